@@ -1,0 +1,25 @@
+"""Alembic environment: runs on the connection that `robot.db.upgrade` hands in."""
+
+from alembic import context
+from sqlalchemy import Connection
+
+from robot.models import metadata
+
+config = context.config
+connection: Connection | None = config.attributes.get("connection")
+if connection is None:  # plain `alembic upgrade head` with sqlalchemy.url set
+    from sqlalchemy import create_engine
+
+    engine = create_engine(config.get_main_option("sqlalchemy.url") or "sqlite:///robot.db")
+    with engine.begin() as own_connection:
+        context.configure(connection=own_connection, target_metadata=metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+else:
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()

@@ -1,0 +1,141 @@
+"""The public tables: outbox, outbox_attachment, outbox_event, suppression.
+
+Revision ID: 0001
+Revises:
+Create Date: 2026-11-22
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+from robot.models import UTCDateTime, utcnow
+
+revision: str = "0001"
+down_revision: str | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+STATUSES = (
+    "'held', 'pending', 'sending', 'sent', 'deferred', 'bounced', 'failed', 'retracted', "
+    "'suppressed'"
+)
+WAITING = sa.text("status IN ('pending', 'deferred')")
+
+
+def upgrade() -> None:
+    op.create_table(
+        "outbox",
+        sa.Column("id", BigId, sa.Identity(), primary_key=True),
+        sa.Column("created_at", UTCDateTime(), nullable=False, server_default=utcnow()),
+        sa.Column("send_after", UTCDateTime()),
+        sa.Column("status", sa.Text(), nullable=False, server_default=sa.text("'pending'")),
+        sa.Column("priority", sa.Integer(), nullable=False, server_default=sa.text("0")),
+        sa.Column("account", sa.Text()),
+        sa.Column("sender", sa.Text()),
+        sa.Column("sender_name", sa.Text()),
+        sa.Column("reply_to", sa.Text()),
+        sa.Column("recipient", sa.Text(), nullable=False),
+        sa.Column("cc", sa.Text()),
+        sa.Column("bcc", sa.Text()),
+        sa.Column("subject", sa.Text(), nullable=False, server_default=sa.text("''")),
+        sa.Column("body_text", sa.Text()),
+        sa.Column("body_html", sa.Text()),
+        sa.Column("headers", sa.Text()),
+        sa.Column("context", sa.Text()),
+        sa.Column("batch", sa.Text()),
+        sa.Column("transactional", sa.Boolean(), nullable=False, server_default=sa.false()),
+        sa.Column("attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
+        sa.Column("next_attempt_at", UTCDateTime()),
+        sa.Column("claimed_by", sa.Text()),
+        sa.Column("claimed_until", UTCDateTime()),
+        sa.Column("message_id", sa.Text()),
+        sa.Column("smtp_code", sa.Integer()),
+        sa.Column("smtp_reply", sa.Text()),
+        sa.Column("last_error", sa.Text()),
+        sa.Column("sent_at", UTCDateTime()),
+        sa.Column("updated_at", UTCDateTime()),
+        sa.PrimaryKeyConstraint("id", name="pk_outbox"),
+        sa.CheckConstraint(f"status IN ({STATUSES})", name="ck_outbox_status"),
+        sqlite_autoincrement=True,
+    )
+    op.create_index(
+        "ix_outbox_queue",
+        "outbox",
+        [sa.text("priority DESC"), "created_at", "id"],
+        postgresql_where=WAITING,
+        sqlite_where=WAITING,
+    )
+    op.create_index(
+        "ix_outbox_lease",
+        "outbox",
+        ["claimed_until"],
+        postgresql_where=sa.text("status = 'sending'"),
+        sqlite_where=sa.text("status = 'sending'"),
+    )
+    op.create_index(
+        "ix_outbox_batch",
+        "outbox",
+        ["batch"],
+        postgresql_where=sa.text("batch IS NOT NULL"),
+        sqlite_where=sa.text("batch IS NOT NULL"),
+    )
+    op.create_index("ix_outbox_status_updated", "outbox", ["status", "updated_at"])
+
+    op.create_table(
+        "outbox_attachment",
+        sa.Column("id", BigId, sa.Identity(), primary_key=True),
+        sa.Column("outbox_id", BigId, nullable=False),
+        sa.Column("filename", sa.Text(), nullable=False),
+        sa.Column(
+            "content_type",
+            sa.Text(),
+            nullable=False,
+            server_default=sa.text("'application/octet-stream'"),
+        ),
+        sa.Column("content", sa.LargeBinary(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_outbox_attachment"),
+        sa.ForeignKeyConstraint(
+            ["outbox_id"],
+            ["outbox.id"],
+            name="fk_outbox_attachment_outbox_id_outbox",
+            ondelete="CASCADE",
+        ),
+    )
+    op.create_index("ix_outbox_attachment_outbox_id", "outbox_attachment", ["outbox_id"])
+
+    op.create_table(
+        "outbox_event",
+        sa.Column("id", BigId, sa.Identity(), primary_key=True),
+        sa.Column("outbox_id", BigId, nullable=False),
+        sa.Column("at", UTCDateTime(), nullable=False, server_default=utcnow()),
+        sa.Column("kind", sa.Text(), nullable=False),
+        sa.Column("smtp_code", sa.Integer()),
+        sa.Column("detail", sa.Text()),
+        sa.PrimaryKeyConstraint("id", name="pk_outbox_event"),
+        sa.ForeignKeyConstraint(
+            ["outbox_id"],
+            ["outbox.id"],
+            name="fk_outbox_event_outbox_id_outbox",
+            ondelete="CASCADE",
+        ),
+    )
+    op.create_index("ix_outbox_event_outbox_id", "outbox_event", ["outbox_id"])
+
+    op.create_table(
+        "suppression",
+        sa.Column("address", sa.Text(), primary_key=True),
+        sa.Column("reason", sa.Text()),
+        sa.Column("created_at", UTCDateTime(), nullable=False, server_default=utcnow()),
+        sa.Column("outbox_id", BigId),
+        sa.PrimaryKeyConstraint("address", name="pk_suppression"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("suppression")
+    op.drop_table("outbox_event")
+    op.drop_table("outbox_attachment")
+    op.drop_table("outbox")

@@ -1,0 +1,349 @@
+"""The `email-robot` command line: parses arguments and wires the other modules together.
+
+Exit codes: 0 done; 1 not done or done in part; 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import mimetypes
+import os
+import traceback
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from robot import __version__
+from robot.config import Settings, find_config, load_settings
+from robot.db import make_engine, schema_is_current, upgrade
+from robot.errors import ConfigError, DeliveryError, RobotError
+from robot.logs import configure_logging
+from robot.queue import Attachment, Outbox
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(RobotError):
+    """The command line asks for something impossible."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; print one line on stderr on failure, never a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        code: int = args.handler(args)
+        return code
+    except ConfigError as exc:
+        print(f"email-robot: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"email-robot: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RobotError as exc:
+        print(f"email-robot: {exc}", file=sys.stderr)
+        return EXIT_PARTIAL
+    except SQLAlchemyError as exc:
+        first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or ["error"])[0]
+        print(f"email-robot: database: {first}", file=sys.stderr)
+        return EXIT_PARTIAL
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: still one line, the traceback only on request
+        if os.environ.get("ROBOT_DEBUG"):
+            raise
+        where = _where(exc)
+        print(
+            f"email-robot: internal error: {type(exc).__name__}: {exc} ({where}; "
+            "ROBOT_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_PARTIAL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser; `-c` is accepted before or after the verb."""
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument(
+        "-c", "--config", default=argparse.SUPPRESS, metavar="PATH", help="robot.ini to use"
+    )
+    parser = argparse.ArgumentParser(
+        prog="email-robot",
+        parents=[config],
+        description="Sends the rows of an outbox table over SMTP.",
+    )
+    parser.add_argument("--version", action="version", version=f"email-robot {__version__}")
+    verbs = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def verb(
+        name: str, handler: Callable[[argparse.Namespace], int], text: str
+    ) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, parents=[config], help=text, description=text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    run = verb("run", cmd_run, "run the daemon (systemd Type=notify)")
+    run.add_argument("--drain", action="store_true", help="send what is due, then exit")
+
+    db = verb("db", lambda a: _usage("db needs a subcommand: upgrade"), "database schema")
+    db_verbs = db.add_subparsers(title="subcommands", metavar="SUBCOMMAND")
+    db_up = db_verbs.add_parser(
+        "upgrade", parents=[config], help="create or upgrade the schema (Alembic)"
+    )
+    db_up.set_defaults(handler=cmd_db_upgrade)
+
+    enqueue = verb("enqueue", cmd_enqueue, "add a message to the outbox")
+    enqueue.add_argument("--to", required=True, help="recipient: addr or 'Name <addr>'")
+    enqueue.add_argument("--subject", default="")
+    body = enqueue.add_mutually_exclusive_group(required=True)
+    body.add_argument("--text", help="plain-text body")
+    body.add_argument("--text-file", type=Path, help="file with the plain-text body")
+    body.add_argument("--html-file", type=Path, help="file with the HTML body")
+    enqueue.add_argument("--also-html-file", type=Path, help="HTML alternative to --text")
+    enqueue.add_argument("--cc")
+    enqueue.add_argument("--bcc")
+    enqueue.add_argument("--account")
+    enqueue.add_argument("--batch")
+    enqueue.add_argument("--priority", type=int, default=0)
+    enqueue.add_argument("--transactional", action="store_true")
+    enqueue.add_argument("--context", help="JSON object: subject and bodies are templates")
+    enqueue.add_argument("--attach", type=Path, action="append", default=[], metavar="FILE")
+
+    listing = verb("list", cmd_list, 'rows with their "due in" countdown, newest first')
+    listing.add_argument("--status")
+    listing.add_argument("--batch")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true")
+
+    show = verb("show", cmd_show, "a row and its history")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+
+    test = verb("test", cmd_test, "send one test message now and print the server's reply")
+    test.add_argument("--to", required=True)
+    test.add_argument("--account", default="default")
+
+    check = verb("check", cmd_check, "validate config, connect, EHLO, AUTH; send nothing")
+    check.add_argument("--account", help="check only this account")
+
+    verb("accounts", cmd_accounts, "configured sender accounts (no secrets)")
+
+    sink = verb("sink", cmd_sink, "a local capture SMTP server for trying the robot out")
+    sink.add_argument("--host", default="127.0.0.1")
+    sink.add_argument("--port", type=int, default=2525)
+    sink.add_argument("--maildir", type=Path, help="also store each message in this Maildir")
+    return parser
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from robot.daemon import Robot
+
+    settings = _settings(args)
+    configure_logging(settings.log.format, settings.log.level)
+    engine = _engine(settings, migrate_sqlite=True)
+    path = Path(settings.path)
+    robot = Robot(settings, engine, drain=args.drain, reload=lambda: load_settings(path))
+    return asyncio.run(robot.run())
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    engine = make_engine(settings.database.url)
+    upgrade(engine)
+    print(f"schema is up to date ({engine.url.render_as_string(hide_password=True)})")
+    return EXIT_OK
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    outbox = _outbox(settings)
+    fields: dict[str, object] = {
+        "recipient": args.to,
+        "subject": args.subject,
+        "cc": args.cc,
+        "bcc": args.bcc,
+        "account": args.account,
+        "batch": args.batch,
+        "priority": args.priority,
+        "transactional": args.transactional,
+        "context": args.context,
+        "body_text": args.text if args.text is not None else _read(args.text_file),
+        "body_html": _read(args.html_file) or _read(args.also_html_file),
+    }
+    files = []
+    for path in args.attach:
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        try:
+            files.append(Attachment(path.name, kind, path.read_bytes()))
+        except OSError as exc:
+            raise UsageError(f"--attach {path}: {exc.strerror}") from None
+    row_id = outbox.enqueue({k: v for k, v in fields.items() if v is not None}, files)
+    print(row_id)
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from robot.report import rows_json, rows_table
+
+    outbox = _outbox(_settings(args))
+    now, rows = outbox.rows(status=args.status, batch=args.batch, limit=args.limit)
+    print(rows_json(now, rows) if args.json else rows_table(now, rows))
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from robot.report import show_json, show_text
+
+    outbox = _outbox(_settings(args))
+    row = outbox.get(args.id)
+    if row is None:
+        print(f"email-robot: no outbox row with id {args.id}", file=sys.stderr)
+        return EXIT_PARTIAL
+    events = outbox.history(args.id)
+    print(show_json(row, events) if args.json else show_text(row, events))
+    return EXIT_OK
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from robot.probe import send_test
+
+    settings = _settings(args)
+    account = settings.accounts.get(args.account)
+    if account is None:
+        raise UsageError(
+            f"unknown account {args.account!r} (known: {', '.join(settings.accounts)})"
+        )
+    configure_logging(settings.log.format, "warning")
+    try:
+        result = asyncio.run(send_test(settings, account, args.to))
+    except DeliveryError as exc:
+        print(
+            f"email-robot: refused: {exc.code} {exc.reply} (at {str(exc.stage).upper()})",
+            file=sys.stderr,
+        )
+        return EXIT_PARTIAL
+    print(f"{result.code} {result.reply}")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from robot.probe import check_account
+
+    settings = _settings(args)
+    configure_logging(settings.log.format, "warning")
+    engine = make_engine(settings.database.url)
+    with engine.connect():
+        pass
+    print(f"database: reachable ({engine.url.render_as_string(hide_password=True)})")
+    names = [args.account] if args.account else list(settings.accounts)
+    failed = False
+    for name in names:
+        account = settings.accounts.get(name)
+        if account is None:
+            raise UsageError(f"unknown account {name!r}")
+        if account.needs_app_password:
+            print(
+                f"account {name}: warning: {account.smtp.preset} needs an app password "
+                "(the account's normal password is refused)",
+                file=sys.stderr,
+            )
+        if account.smtp.direct:
+            print(f"account {name}: direct delivery, no relay to check")
+            continue
+        try:
+            greeting = asyncio.run(check_account(account))
+        except RobotError as exc:
+            print(f"email-robot: account {name}: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        login = f", logged in as {account.smtp.username}" if account.smtp.username else ""
+        print(f"account {name}: {account.smtp.host}:{account.port} ok ({greeting}{login})")
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def cmd_accounts(args: argparse.Namespace) -> int:
+    from robot.report import accounts_table
+
+    print(accounts_table(_settings(args).accounts))
+    return EXIT_OK
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    from robot.sink import serve_sink
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_sink(args.host, args.port, args.maildir, sys.stdout, stop)
+
+    try:
+        asyncio.run(serve())
+    except OSError as exc:
+        raise RobotError(
+            f"sink: cannot listen on {args.host}:{args.port}: {exc.strerror}"
+        ) from None
+    return EXIT_OK
+
+
+# -- wiring -------------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(find_config(getattr(args, "config", None)))
+
+
+def _engine(settings: Settings, *, migrate_sqlite: bool = False) -> Engine:
+    """An engine on a current schema: SQLite is migrated in place, PostgreSQL must be."""
+    engine = make_engine(settings.database.url)
+    if engine.dialect.name == "sqlite" and migrate_sqlite:
+        upgrade(engine)
+    elif not schema_is_current(engine):
+        raise ConfigError(
+            "the database schema is missing or old: run `email-robot db upgrade`",
+            key="database.url",
+            path=settings.path,
+        )
+    return engine
+
+
+def _outbox(settings: Settings) -> Outbox:
+    return Outbox(
+        _engine(settings, migrate_sqlite=True),
+        grace_seconds=settings.robot.grace_minutes * 60,
+        lease_seconds=settings.robot.lease_seconds,
+    )
+
+
+def _read(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _usage(message: str) -> int:
+    raise UsageError(message)
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown place"
+    last = frames[-1]
+    return f"{Path(last.filename).name}:{last.lineno}"

@@ -1,0 +1,499 @@
+"""robot.ini parsed once into frozen dataclasses, with ROBOT_<SECTION>_<KEY> overrides and secrets.
+
+Nothing here runs at import time; `load_settings` is called by the command line and by SIGHUP.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+import re
+import socket
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from robot.errors import ConfigError
+
+SECURITY_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+ACCOUNT_NAME = re.compile(r"^[a-z0-9_-]+$")
+DEFAULT_PATHS = (Path("robot.ini"), Path("/etc/email-robot/robot.ini"))
+
+# Published submission settings of widely used providers: host, port, security, app password.
+PRESETS: dict[str, tuple[str, int, str, bool]] = {
+    "gmail": ("smtp.gmail.com", 587, "starttls", True),
+    "outlook": ("smtp-mail.outlook.com", 587, "starttls", False),
+    "office365": ("smtp.office365.com", 587, "starttls", False),
+    "yahoo": ("smtp.mail.yahoo.com", 465, "ssl", True),
+    "icloud": ("smtp.mail.me.com", 587, "starttls", True),
+    "fastmail": ("smtp.fastmail.com", 465, "ssl", True),
+    "zoho": ("smtp.zoho.com", 465, "ssl", False),
+    "sendgrid": ("smtp.sendgrid.net", 587, "starttls", False),
+    "mailgun": ("smtp.mailgun.org", 587, "starttls", False),
+    "ses-eu-west-1": ("email-smtp.eu-west-1.amazonaws.com", 587, "starttls", False),
+    "ses-us-east-1": ("email-smtp.us-east-1.amazonaws.com", 587, "starttls", False),
+}
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """[database]: where the outbox lives."""
+
+    url: str = "sqlite:///robot.db"
+
+
+@dataclass(frozen=True)
+class RobotSettings:
+    """[robot]: pacing of the queue."""
+
+    name: str = ""
+    grace_minutes: float = 5.0
+    poll_seconds: float = 5.0
+    batch_size: int = 100
+    connections: int = 4
+    rate: float = 0.0
+    retry_minutes: float = 10.0
+    max_errors: int = 10
+    lease_seconds: float = 300.0
+    retention_days: float = 30.0
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """[smtp] (and the SMTP keys of an [account:NAME]): how to reach the server."""
+
+    preset: str | None = None
+    host: str = "localhost"
+    port: int | None = None
+    security: str = "starttls"
+    verify_tls: bool = True
+    ca_file: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    password_file: str | None = None
+    allow_insecure_auth: bool = False
+    helo_name: str | None = None
+    timeout_seconds: float = 30.0
+    max_per_connection: int = 100
+    rate: float = 0.0
+    direct: bool = False
+    dns_servers: str | None = None
+    dns_port: int = 53
+    direct_port: int = 25
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    """[sender] (and the sender keys of an [account:NAME]): who the mail is from."""
+
+    address: str = ""
+    name: str | None = None
+    reply_to: str | None = None
+    footer_text: str | None = None
+    footer_html: str | None = None
+    list_unsubscribe: str | None = None
+    allow_row_sender: bool = True
+    dkim_domain: str | None = None
+    dkim_selector: str | None = None
+    dkim_key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class AttachmentSettings:
+    """[attachments]: whether rows may carry files, and how large."""
+
+    allowed: bool = True
+    max_mb: float = 10.0
+
+
+@dataclass(frozen=True)
+class BounceSettings:
+    """[bounces]: VERP envelope and the mailbox where DSNs arrive."""
+
+    verp: bool = False
+    verp_domain: str | None = None
+    mailbox: str | None = None
+    password_file: str | None = None
+    poll_seconds: float = 60.0
+    ca_file: str | None = None
+    processed_folder: str | None = None
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """[log]: structlog output."""
+
+    format: str = "console"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """[metrics]: Prometheus endpoint."""
+
+    listen: str | None = None
+
+
+@dataclass(frozen=True)
+class Account:
+    """A sender account: the default one ([smtp] + [sender]) or an [account:NAME]."""
+
+    name: str
+    smtp: SmtpSettings
+    sender: SenderSettings
+    credential: str  # file name looked up in $CREDENTIALS_DIRECTORY
+
+    @property
+    def port(self) -> int:
+        """The configured port, else the usual one for the security mode."""
+        return self.smtp.port or SECURITY_PORTS[self.smtp.security]
+
+    @property
+    def helo_name(self) -> str:
+        """The EHLO name: configured, else this machine's FQDN."""
+        return self.smtp.helo_name or socket.getfqdn()
+
+    @property
+    def needs_app_password(self) -> bool:
+        """True when the preset's provider wants an app password rather than the account's."""
+        return bool(self.smtp.preset and PRESETS[self.smtp.preset][3])
+
+    def read_password(self) -> str | None:
+        """The SMTP password: set directly, else password_file, else a systemd credential.
+
+        Read anew at every call so that a rotated password_file is picked up.
+        Raises ConfigError when password_file is set but unreadable.
+        """
+        if self.smtp.password:
+            return self.smtp.password
+        if self.smtp.password_file:
+            return _read_secret(Path(self.smtp.password_file), self.name)
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if creds and (Path(creds) / self.credential).is_file():
+            return _read_secret(Path(creds) / self.credential, self.name)
+        return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole of robot.ini, typed."""
+
+    path: str
+    database: DatabaseSettings
+    robot: RobotSettings
+    smtp: SmtpSettings
+    sender: SenderSettings
+    attachments: AttachmentSettings
+    bounces: BounceSettings
+    log: LogSettings
+    metrics: MetricsSettings
+    accounts: Mapping[str, Account]  # "default" plus every [account:NAME]
+
+    @property
+    def default_account(self) -> Account:
+        """The account of rows whose `account` is NULL."""
+        return self.accounts["default"]
+
+    @property
+    def robot_name(self) -> str:
+        """The name this robot writes into claimed_by."""
+        return self.robot.name or socket.gethostname()
+
+
+SECTIONS: dict[str, type] = {
+    "database": DatabaseSettings,
+    "robot": RobotSettings,
+    "smtp": SmtpSettings,
+    "sender": SenderSettings,
+    "attachments": AttachmentSettings,
+    "bounces": BounceSettings,
+    "log": LogSettings,
+    "metrics": MetricsSettings,
+}
+ACCOUNT_KEYS = {f.name for f in dataclasses.fields(SmtpSettings)} | {
+    f.name for f in dataclasses.fields(SenderSettings)
+}
+LOGIN_KEYS = {"username", "password", "password_file"}
+ENV_PREFIX = "ROBOT_"
+RawConfig = dict[str, dict[str, str]]
+
+
+def find_config(explicit: str | None) -> Path:
+    """The robot.ini to use: -c, else $ROBOT_CONFIG, else ./robot.ini, else /etc/email-robot."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("ROBOT_CONFIG"):
+        return Path(os.environ["ROBOT_CONFIG"])
+    for candidate in DEFAULT_PATHS:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        "no robot.ini found: pass -c PATH or set ROBOT_CONFIG "
+        "(looked in ./robot.ini and /etc/email-robot/robot.ini)"
+    )
+
+
+def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read robot.ini at `path`, apply the environment, validate. Raises ConfigError."""
+    environ = os.environ if environ is None else environ
+    raw = _read_ini(path)
+    _apply_environment(raw, environ, str(path))
+    return _build(raw, str(path))
+
+
+def _read_ini(path: Path) -> RawConfig:
+    parser = configparser.ConfigParser(interpolation=None, default_section="__none__")
+    try:
+        with path.open(encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except configparser.Error as exc:
+        first_line = str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not a valid ini file: {first_line}") from None
+    return {section: dict(parser[section]) for section in parser.sections()}
+
+
+def _apply_environment(raw: RawConfig, environ: Mapping[str, str], path: str) -> None:
+    """Overlay ROBOT_<SECTION>_<KEY> (and ROBOT_ACCOUNT_<NAME>_<KEY>) onto the file's values."""
+    for variable, value in environ.items():
+        if not variable.startswith(ENV_PREFIX) or variable == "ROBOT_CONFIG":
+            continue
+        rest = variable[len(ENV_PREFIX) :].lower()
+        if rest.startswith("account_"):
+            section, key = _account_variable(rest[len("account_") :], raw, variable, path)
+            raw.setdefault(section, {})[key] = value
+            continue
+        for section in SECTIONS:
+            if rest.startswith(section + "_"):
+                key = rest[len(section) + 1 :]
+                if key not in _keys(SECTIONS[section]):
+                    raise ConfigError(
+                        f"{variable}: unknown key '{key}' in section [{section}]",
+                        key=f"{section}.{key}",
+                        path=path,
+                    )
+                raw.setdefault(section, {})[key] = value
+                break
+
+
+def _account_variable(rest: str, raw: RawConfig, variable: str, path: str) -> tuple[str, str]:
+    """Split 'name_with_parts_key' of ROBOT_ACCOUNT_* into ([account:name], key)."""
+    for key in sorted(ACCOUNT_KEYS, key=len, reverse=True):
+        if rest.endswith("_" + key):
+            env_name = rest[: -len(key) - 1]
+            for section in raw:
+                if section.startswith("account:") and _env_form(section[8:]) == env_name:
+                    return section, key
+            return f"account:{env_name}", key
+    raise ConfigError(f"{variable}: no known account key at its end", path=path)
+
+
+def _env_form(name: str) -> str:
+    return name.lower().replace("-", "_")
+
+
+def _keys(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _build(raw: RawConfig, path: str) -> Settings:
+    for section in raw:
+        if section not in SECTIONS and not section.startswith("account:"):
+            raise ConfigError(f"{path}: unknown section [{section}]", path=path)
+    parts: dict[str, typing.Any] = {
+        name: _section(cls, raw.get(name, {}), name, path) for name, cls in SECTIONS.items()
+    }
+    database: DatabaseSettings = parts["database"]
+    if database.url.startswith("postgresql://"):
+        parts["database"] = DatabaseSettings(url="postgresql+psycopg://" + database.url[13:])
+    _check_url(parts["database"].url, path)
+    smtp = _with_preset(parts["smtp"], "smtp", path)
+    sender: SenderSettings = parts["sender"]
+    _check_smtp(smtp, "smtp", path)
+    if not sender.address:
+        raise ConfigError(f"{path}: [sender] address is required", key="sender.address", path=path)
+    accounts = {"default": Account("default", smtp, sender, "smtp_password")}
+    for section, values in raw.items():
+        if section.startswith("account:"):
+            accounts[section[8:]] = _account(section, values, raw, path)
+    _check_ranges(parts, path)
+    return Settings(
+        path=path,
+        smtp=smtp,
+        accounts=accounts,
+        **{name: value for name, value in parts.items() if name != "smtp"},
+    )
+
+
+def _account(section: str, values: dict[str, str], raw: RawConfig, path: str) -> Account:
+    name = section[len("account:") :]
+    if not ACCOUNT_NAME.match(name) or name == "default":
+        raise ConfigError(
+            f"{path}: [{section}]: account names are lower-case letters, digits, - and _ "
+            "(and not 'default')",
+            path=path,
+        )
+    for key in values:
+        if key not in ACCOUNT_KEYS:
+            raise ConfigError(f"{path}: [{section}] {key}: unknown key", key=key, path=path)
+    smtp_keys, sender_keys = _keys(SmtpSettings), _keys(SenderSettings)
+    inherited_smtp = dict(raw.get("smtp", {}))
+    if "preset" in values:  # an account's own preset replaces the inherited server
+        for key in ("host", "port", "security"):
+            inherited_smtp.pop(key, None)
+    if LOGIN_KEYS & values.keys():  # an account with a login of its own inherits none of ours
+        for key in LOGIN_KEYS:
+            inherited_smtp.pop(key, None)
+    smtp_raw = inherited_smtp | {k: v for k, v in values.items() if k in smtp_keys}
+    sender_raw = raw.get("sender", {}) | {k: v for k, v in values.items() if k in sender_keys}
+    smtp = _with_preset(_section(SmtpSettings, smtp_raw, section, path), section, path)
+    _check_smtp(smtp, section, path)
+    sender = _section(SenderSettings, sender_raw, section, path)
+    if not sender.address:
+        raise ConfigError(f"{path}: [{section}] address is required", key="address", path=path)
+    return Account(name, smtp, sender, f"account_{_env_form(name)}_password")
+
+
+def _with_preset(smtp: SmtpSettings, section: str, path: str) -> SmtpSettings:
+    if smtp.preset is None:
+        return smtp
+    if smtp.preset not in PRESETS:
+        raise ConfigError(
+            f"{path}: [{section}] preset: unknown preset '{smtp.preset}' "
+            f"(known: {', '.join(sorted(PRESETS))})",
+            key="preset",
+            path=path,
+        )
+    host, port, security, _ = PRESETS[smtp.preset]
+    defaults = SmtpSettings()
+    return dataclasses.replace(
+        smtp,
+        host=smtp.host if smtp.host != defaults.host else host,
+        port=smtp.port if smtp.port is not None else port,
+        security=smtp.security if smtp.security != defaults.security else security,
+    )
+
+
+def _check_smtp(smtp: SmtpSettings, section: str, path: str) -> None:
+    if smtp.security not in SECURITY_PORTS:
+        raise ConfigError(
+            f"{path}: [{section}] security: must be starttls, ssl or none, not '{smtp.security}'",
+            key="security",
+            path=path,
+        )
+    if smtp.max_per_connection < 1:
+        raise ConfigError(
+            f"{path}: [{section}] max_per_connection: must be at least 1",
+            key="max_per_connection",
+            path=path,
+        )
+    if smtp.timeout_seconds <= 0:
+        raise ConfigError(
+            f"{path}: [{section}] timeout_seconds: must be positive",
+            key="timeout_seconds",
+            path=path,
+        )
+    if smtp.password_file and not Path(smtp.password_file).is_file():
+        raise ConfigError(
+            f"{path}: [{section}] password_file: {smtp.password_file} is not a readable file",
+            key="password_file",
+            path=path,
+        )
+
+
+def _check_ranges(parts: dict[str, typing.Any], path: str) -> None:
+    robot: RobotSettings = parts["robot"]
+    checks = [
+        ("robot", "batch_size", robot.batch_size >= 1, "must be at least 1"),
+        ("robot", "connections", robot.connections >= 1, "must be at least 1"),
+        ("robot", "poll_seconds", robot.poll_seconds > 0, "must be positive"),
+        ("robot", "lease_seconds", robot.lease_seconds >= 10, "must be at least 10"),
+        ("robot", "max_errors", robot.max_errors >= 1, "must be at least 1"),
+        ("robot", "grace_minutes", robot.grace_minutes >= 0, "must not be negative"),
+        ("robot", "retry_minutes", robot.retry_minutes >= 0, "must not be negative"),
+        ("robot", "rate", 0 <= robot.rate <= 10000, "must be between 0 and 10000"),
+        ("robot", "retention_days", robot.retention_days >= 0, "must not be negative"),
+        ("attachments", "max_mb", 0 < parts["attachments"].max_mb <= 100, "must be in (0, 100]"),
+        ("log", "format", parts["log"].format in ("json", "console"), "must be json or console"),
+        (
+            "log",
+            "level",
+            parts["log"].level.lower() in ("debug", "info", "warning", "error", "critical"),
+            "must be debug, info, warning, error or critical",
+        ),
+    ]
+    for section, key, ok, problem in checks:
+        if not ok:
+            raise ConfigError(f"{path}: [{section}] {key}: {problem}", key=key, path=path)
+
+
+def _check_url(url: str, path: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"{path}: [database] url: not an SQLAlchemy URL: {url!r}", key="url", path=path
+        ) from None
+
+
+T = typing.TypeVar("T")
+
+
+def _section(cls: type[T], values: Mapping[str, str], section: str, path: str) -> T:
+    """Build the dataclass `cls` from raw strings, converting each by its annotation."""
+    hints = typing.get_type_hints(cls)
+    known = _keys(cls)
+    kwargs: dict[str, object] = {}
+    for key, text in values.items():
+        if key not in known:
+            if section.startswith("account:") and key in ACCOUNT_KEYS:
+                continue
+            raise ConfigError(f"{path}: [{section}] {key}: unknown key", key=key, path=path)
+        kwargs[key] = _convert(hints[key], text.strip(), f"{path}: [{section}] {key}", key, path)
+    return cls(**kwargs)
+
+
+def _convert(hint: object, text: str, where: str, key: str, path: str) -> object:
+    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    if optional and text == "":
+        return None
+    try:
+        if base is bool:
+            return _boolean(text)
+        if base is int:
+            return int(text)
+        if base is float:
+            return float(text)
+    except ValueError:
+        kind = {bool: "true or false", int: "an integer", float: "a number"}[base]  # type: ignore[index]
+        raise ConfigError(f"{where}: expected {kind}, got {text!r}", key=key, path=path) from None
+    return text
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _read_secret(path: Path, account: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"password file of account {account} unreadable: {path}: {exc.strerror}",
+            key="password_file",
+        ) from None

@@ -1,0 +1,521 @@
+"""The daemon: timed jobs wake a dispatcher that claims due rows; connection workers send them.
+
+SIGTERM/SIGINT: claim nothing more, finish the message on each wire, release the rest of the
+claim, QUIT, exit 0. SIGHUP: reload robot.ini (an invalid one is refused, the old one stays).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from email.utils import getaddresses
+from typing import Any, ParamSpec, TypeVar
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from robot.compose import Composed, compose
+from robot.config import Account, Settings
+from robot.errors import (
+    BadRowError,
+    ConfigError,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    TransportFault,
+)
+from robot.logs import get_logger
+from robot.models import Status
+from robot.policy import Decision, Outcome, Reply, RetryPolicy, Stage, classify, suppresses
+from robot.queue import Outbox, OutboxRow
+from robot.systemd import notify, watchdog_interval
+from robot.throttle import TokenBucket
+from robot.transport import SendResult, SmtpConnection
+
+P = ParamSpec("P")
+T = TypeVar("T")
+DOMAIN = re.compile(r"^[A-Za-z0-9.-]+$")
+FAULT_BACKOFF_FIRST, FAULT_BACKOFF_MAX = 10.0, 600.0
+DB_RETRY_MAX = 30.0
+STOP_DB_PATIENCE = 20.0  # while stopping, how long to keep trying to record an outcome
+
+
+class Robot:
+    """One robot process: owns the scheduler, the dispatcher and `connections` workers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        drain: bool = False,
+        reload: Callable[[], Settings] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.outbox = Outbox(
+            engine,
+            grace_seconds=settings.robot.grace_minutes * 60,
+            lease_seconds=settings.robot.lease_seconds,
+        )
+        self.worker_id = f"{settings.robot_name}:{os.getpid()}"
+        self.drain = drain
+        self.reload = reload
+        self.retry = RetryPolicy(settings.robot.retry_minutes, settings.robot.max_errors)
+        self.bucket = TokenBucket(settings.robot.rate)
+        self.log = get_logger("robot.daemon").bind(robot=self.worker_id)
+        self.stopping = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.room = asyncio.Event()
+        self.queue: asyncio.Queue[OutboxRow | None] = asyncio.Queue()
+        self.in_flight = 0
+        self.unsent: list[int] = []  # taken from the queue after stop: released, not sent
+        self.row_suppressed: dict[int, set[str]] = {}
+        self.paused_until: dict[str, float] = {}
+        self.fault_backoff: dict[str, float] = {}
+        self.faults = 0
+        self.counts: dict[str, int] = {}
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="robot-db")
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until stopped (or, with drain, until nothing is due). Returns the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_settings)
+        scheduler = self._scheduler(loop)
+        workers = [
+            asyncio.create_task(self._worker(), name=f"connection-{n}")
+            for n in range(self.settings.robot.connections)
+        ]
+        dispatcher = asyncio.create_task(self._dispatch(), name="dispatcher")
+        scheduler.start()
+        notify("READY=1")
+        self.log.info(
+            "robot.started",
+            connections=self.settings.robot.connections,
+            grace_minutes=self.settings.robot.grace_minutes,
+            rate=self.settings.robot.rate,
+            drain=self.drain,
+        )
+        try:
+            done, _ = await asyncio.wait(
+                [dispatcher, *workers], return_when=asyncio.FIRST_EXCEPTION
+            )
+            for task in done:
+                if task.exception() is not None:  # a crashed side task stops the daemon
+                    self.log.error(
+                        "robot.crashed", task=task.get_name(), error=repr(task.exception())
+                    )
+                    self.stop()
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            notify("STOPPING=1")
+            scheduler.shutdown(wait=False)
+            self.stop()
+            for task in (dispatcher, *workers):
+                task.cancel()
+            await asyncio.gather(dispatcher, *workers, return_exceptions=True)
+            await self._release_unsent()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            self._executor.shutdown(wait=True)
+        self.log.info("robot.stopped", **self.counts)
+        return 1 if self.drain and self.faults else 0
+
+    def stop(self) -> None:
+        """Claim nothing more; workers finish the message on their wire and exit."""
+        if not self.stopping.is_set():
+            self.log.info("robot.stopping")
+            self.stopping.set()
+            for _ in range(self.settings.robot.connections):
+                self.queue.put_nowait(None)
+        self.wake.set()
+        self.room.set()
+
+    def reload_settings(self) -> None:
+        """SIGHUP: read robot.ini again; keep the old settings if the new ones are invalid."""
+        if self.reload is None:
+            return
+        try:
+            new = self.reload()
+        except ConfigError as exc:
+            self.log.error("config.reload_refused", reason=str(exc))
+            return
+        if new.database.url != self.settings.database.url:
+            self.log.warning("config.reload_database_ignored", reason="restart to change it")
+        if new.robot.connections != self.settings.robot.connections:
+            self.log.warning("config.reload_connections_ignored", reason="restart to change it")
+        self.settings = new
+        self.outbox.grace_seconds = new.robot.grace_minutes * 60
+        self.outbox.lease_seconds = new.robot.lease_seconds
+        self.retry = RetryPolicy(new.robot.retry_minutes, new.robot.max_errors)
+        self.bucket = TokenBucket(new.robot.rate)
+        self.log.info("config.reloaded", path=new.path)
+        self.wake.set()
+
+    def _scheduler(self, loop: asyncio.AbstractEventLoop) -> AsyncIOScheduler:
+        """Timed jobs only wake or claim; they never send."""
+        robot = self.settings.robot
+        scheduler = AsyncIOScheduler(event_loop=loop, timezone=UTC)
+        options: dict[str, Any] = {"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}
+        scheduler.add_job(self.wake.set, "interval", seconds=robot.poll_seconds, **options)
+        scheduler.add_job(
+            self._reap,
+            "interval",
+            seconds=max(5.0, robot.lease_seconds / 3),
+            next_run_time=datetime.now(UTC),
+            **options,
+        )
+        scheduler.add_job(
+            self._renew, "interval", seconds=max(3.0, robot.lease_seconds / 3), **options
+        )
+        interval = watchdog_interval()
+        if interval:
+            scheduler.add_job(notify, "interval", args=["WATCHDOG=1"], seconds=interval, **options)
+        return scheduler
+
+    # -- database access off the event loop ---------------------------------------------
+
+    async def _db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def _db_until_done(
+        self, what: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T | None:
+        """Retry a write through a database outage; give up only while stopping."""
+        delay, started_stopping = 0.5, None
+        while True:
+            try:
+                return await self._db(fn, *args, **kwargs)
+            except SQLAlchemyError as exc:
+                self.log.error(
+                    "database.unavailable", doing=what, error=_first_line(exc), retry_in=delay
+                )
+            if self.stopping.is_set():
+                started_stopping = started_stopping or time.monotonic()
+                if time.monotonic() - started_stopping > STOP_DB_PATIENCE:
+                    self.log.error("database.gave_up", doing=what)
+                    return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, DB_RETRY_MAX)
+
+    async def _reap(self) -> None:
+        try:
+            reaped = await self._db(self.outbox.reap_expired)
+        except SQLAlchemyError as exc:
+            self.log.error("database.unavailable", doing="reap", error=_first_line(exc))
+            return
+        if reaped:
+            self.log.warning("lease.expired", rows=len(reaped), ids=reaped[:20])
+            self.wake.set()
+
+    async def _renew(self) -> None:
+        try:
+            await self._db(self.outbox.renew, self.worker_id)
+        except SQLAlchemyError as exc:
+            self.log.error("database.unavailable", doing="renew", error=_first_line(exc))
+
+    # -- dispatcher --------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        delay = 0.5
+        while not self.stopping.is_set():
+            high_water = self.settings.robot.batch_size
+            if self.queue.qsize() > high_water // 2:
+                self.room.clear()
+                await self.room.wait()
+                continue
+            self.wake.clear()
+            try:
+                rows = await self._db(
+                    self.outbox.claim,
+                    self.worker_id,
+                    high_water - self.queue.qsize(),
+                    self._message_id,
+                    self._paused_accounts(),
+                )
+                if rows:
+                    await self._look_up_suppressed(rows)
+                delay = 0.5
+            except SQLAlchemyError as exc:
+                self.log.error(
+                    "database.unavailable", doing="claim", error=_first_line(exc), retry_in=delay
+                )
+                await self._sleep(delay)
+                delay = min(delay * 2, DB_RETRY_MAX)
+                continue
+            if self.stopping.is_set():
+                await self._db_until_done(
+                    "release",
+                    self.outbox.release,
+                    [r.id for r in rows],
+                    self.worker_id,
+                    "robot stopping",
+                )
+                return
+            for row in rows:
+                self.queue.put_nowait(row)
+            if rows:
+                self.log.debug("claimed", rows=len(rows))
+                continue
+            if self.drain and self.queue.empty() and self.in_flight == 0:
+                self.log.info("drain.done")
+                self.stop()
+                return
+            await self._wait_for_wake()
+
+    async def _wait_for_wake(self) -> None:
+        paused = [until for until in self.paused_until.values() if until > time.monotonic()]
+        timeout = min(paused) - time.monotonic() if paused else None
+        try:
+            await asyncio.wait_for(self.wake.wait(), timeout)
+        except TimeoutError:
+            pass  # a paused account may send again
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _look_up_suppressed(self, rows: list[OutboxRow]) -> None:
+        wanted = {r.id: _addresses(r) for r in rows if not r.transactional}
+        everyone = set().union(*wanted.values()) if wanted else set()
+        hits = set(await self._db(self.outbox.is_suppressed, everyone)) if everyone else set()
+        for row_id, addresses in wanted.items():
+            if addresses & hits:
+                self.row_suppressed[row_id] = addresses & hits
+
+    def _message_id(self, row: OutboxRow) -> str:
+        """`<id.random@domain>`, the domain of the row's From address."""
+        account = self.settings.accounts.get(
+            row.account or "default", self.settings.default_account
+        )
+        domain = (row.sender or account.sender.address).rpartition("@")[2].strip().rstrip(">")
+        if not DOMAIN.match(domain):
+            domain = account.helo_name if DOMAIN.match(account.helo_name) else "email-robot.invalid"
+        return f"<{row.id}.{secrets.token_hex(8)}@{domain}>"
+
+    def _paused_accounts(self) -> list[str]:
+        now = time.monotonic()
+        return [name for name, until in self.paused_until.items() if until > now]
+
+    # -- connection workers ------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        connections: dict[str, SmtpConnection] = {}
+        try:
+            while True:
+                row = await self.queue.get()
+                if row is None:
+                    return
+                if self.queue.qsize() <= self.settings.robot.batch_size // 2:
+                    self.room.set()
+                if self.stopping.is_set():
+                    self.unsent.append(row.id)
+                    continue
+                self.in_flight += 1
+                try:
+                    await self._deliver(row, connections)
+                finally:
+                    self.in_flight -= 1
+                    if self.drain and self.in_flight == 0 and self.queue.empty():
+                        self.wake.set()
+        finally:
+            for connection in connections.values():
+                await connection.close()
+
+    async def _deliver(self, row: OutboxRow, connections: dict[str, SmtpConnection]) -> None:
+        log = self.log.bind(id=row.id, message_id=row.message_id)
+        account = self.settings.accounts.get(row.account or "default")
+        if account is None:
+            await self._bad_row(
+                row,
+                f"unknown account {row.account!r}: robot.ini has no [account:{row.account}]",
+                log,
+            )
+            return
+        if account.name in self._paused_accounts():
+            await self._give_back(row, "account paused after a transport fault")
+            return
+        try:
+            message = compose(
+                row, account, now=datetime.now(UTC), attachments=self.settings.attachments
+            )
+        except BadRowError as exc:
+            await self._bad_row(row, str(exc), log)
+            return
+        blocked = self.row_suppressed.pop(row.id, set())
+        if blocked:
+            kept = tuple(r for r in message.recipients if r.lower() not in blocked)
+            if not kept:
+                reason = f"suppressed address: {', '.join(sorted(blocked))}"
+                await self._finish(
+                    row, Decision(Status.SUPPRESSED, None, reason, "suppressed"), log
+                )
+                return
+            await self._db_until_done(
+                "event",
+                self.outbox.add_event,
+                row.id,
+                "suppressed",
+                f"not sent to {', '.join(sorted(blocked))}",
+            )
+            message = Composed(message.envelope_from, kept, message.data, message.message_id)
+        await self._send(row, account, message, connections, log)
+
+    async def _send(
+        self,
+        row: OutboxRow,
+        account: Account,
+        message: Composed,
+        connections: dict[str, SmtpConnection],
+        log: Any,
+    ) -> None:
+        for _ in range(2):  # a second try only when a reused connection went stale before DATA
+            connection = connections.get(account.name)
+            if connection is not None and (
+                connection.account is not account or not connection.is_open or connection.exhausted
+            ):
+                await connection.close()
+                connection = None
+            if connection is None:
+                connection = SmtpConnection(account)
+                try:
+                    greeting = await connection.open()
+                except TransportFault as exc:
+                    await self._transport_fault(account, row, exc)
+                    return
+                self.fault_backoff.pop(account.name, None)
+                connections[account.name] = connection
+                log.debug("smtp.connected", account=account.name, greeting=greeting)
+            reused = connection.sent_on_connection > 0
+            await self.bucket.acquire()
+            try:
+                result = await connection.send(message)
+            except TransientDeliveryError as exc:
+                if exc.before_data and reused:
+                    log.info("smtp.stale_connection", account=account.name, error=str(exc))
+                    continue
+                await self._failed_delivery(row, exc, log)
+                return
+            except PermanentDeliveryError as exc:
+                await self._failed_delivery(row, exc, log)
+                return
+            await self._sent(row, result, log)
+            if connection.exhausted:
+                await connection.close()
+            return
+
+    async def _sent(self, row: OutboxRow, result: SendResult, log: Any) -> None:
+        decision = self.retry.decide(Outcome.SENT, row.attempts, "")
+        for address, (code, text) in result.refused.items():
+            await self._db_until_done(
+                "event", self.outbox.add_event, row.id, "refused", f"{address}: {code} {text}", code
+            )
+        await self._finish(row, decision, log, code=result.code, reply=result.reply)
+
+    async def _failed_delivery(self, row: OutboxRow, exc: DeliveryError, log: Any) -> None:
+        reply = Reply(
+            exc.code, exc.reply or str(exc), Stage(exc.stage) if exc.stage else Stage.DATA
+        )
+        outcome = classify(reply)
+        reason = reply.describe()
+        if exc.recipient:
+            reason = f"{exc.recipient}: {reason}"
+        decision = self.retry.decide(outcome, row.attempts, reason)
+        suppress = None
+        if outcome is Outcome.BOUNCED and suppresses(reply):
+            suppress = exc.recipient or row.recipient
+        await self._finish(
+            row, decision, log, code=exc.code, reply=exc.reply or str(exc), suppress=suppress
+        )
+
+    async def _bad_row(self, row: OutboxRow, reason: str, log: Any) -> None:
+        await self._finish(row, Decision(Status.FAILED, None, reason, "failed"), log)
+
+    async def _finish(
+        self,
+        row: OutboxRow,
+        decision: Decision,
+        log: Any,
+        *,
+        code: int | None = None,
+        reply: str | None = None,
+        suppress: str | None = None,
+    ) -> None:
+        recorded = await self._db_until_done(
+            "record",
+            self.outbox.finish,
+            row.id,
+            self.worker_id,
+            decision,
+            smtp_code=code,
+            smtp_reply=reply,
+            suppress=suppress,
+        )
+        status = decision.status.value
+        self.counts[status] = self.counts.get(status, 0) + 1
+        event = log.info if decision.status is Status.SENT else log.warning
+        event(
+            f"message.{status}",
+            code=code,
+            attempts=row.attempts,
+            reason=decision.last_error,
+            recorded=bool(recorded),
+        )
+
+    async def _transport_fault(self, account: Account, row: OutboxRow, exc: TransportFault) -> None:
+        """Stop sending on the account for a while; the row goes back untouched."""
+        self.faults += 1
+        backoff = min(
+            self.fault_backoff.get(account.name, FAULT_BACKOFF_FIRST / 2) * 2, FAULT_BACKOFF_MAX
+        )
+        self.fault_backoff[account.name] = backoff
+        first = account.name not in self._paused_accounts()
+        self.paused_until[account.name] = time.monotonic() + backoff
+        if first:
+            self.log.error("account.fault", account=account.name, reason=str(exc), retry_in=backoff)
+        await self._give_back(row, f"transport fault: {exc}")
+        if self.drain:
+            self.wake.set()
+
+    async def _give_back(self, row: OutboxRow, reason: str) -> None:
+        """Release a claimed row without counting an attempt."""
+        await self._db_until_done("release", self.outbox.release, [row.id], self.worker_id, reason)
+
+    async def _release_unsent(self) -> None:
+        while not self.queue.empty():
+            row = self.queue.get_nowait()
+            if row is not None:
+                self.unsent.append(row.id)
+        unsent, self.unsent = self.unsent, []
+        if unsent:
+            released = await self._db_until_done(
+                "release",
+                self.outbox.release,
+                unsent,
+                self.worker_id,
+                "robot stopping or account paused",
+            )
+            self.log.info("claim.released", rows=released)
+
+
+def _addresses(row: OutboxRow) -> set[str]:
+    fields = [row.recipient, row.cc or "", row.bcc or ""]
+    return {addr.lower() for _, addr in getaddresses(fields) if addr}
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

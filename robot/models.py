@@ -1,0 +1,231 @@
+"""The public tables (outbox, outbox_attachment, outbox_event, suppression) as SQLAlchemy Core.
+
+Times are UTC from the database clock: `timestamptz` on PostgreSQL, text
+`YYYY-MM-DD HH:MM:SS.fff` on SQLite (what `datetime('now')` writes, plus milliseconds).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    false,
+    text,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import expression
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+
+class Status(enum.StrEnum):
+    """The states of an outbox row (SPEC.md, "Status")."""
+
+    HELD = "held"
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+    FAILED = "failed"
+    RETRACTED = "retracted"
+    SUPPRESSED = "suppressed"
+
+
+WAITING = (Status.PENDING.value, Status.DEFERRED.value)  # rows that become due
+FINISHED = (
+    Status.SENT.value,
+    Status.BOUNCED.value,
+    Status.FAILED.value,
+    Status.RETRACTED.value,
+    Status.SUPPRESSED.value,
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime: timestamptz on PostgreSQL, sortable UTC text on SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(Text())
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return format_sqlite_time(value)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        parsed: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+
+
+def format_sqlite_time(value: datetime) -> str:
+    """`YYYY-MM-DD HH:MM:SS.fff`, the text SQLite's own strftime('%f') writes."""
+    return value.strftime("%Y-%m-%d %H:%M:%S.") + f"{value.microsecond // 1000:03d}"
+
+
+class utcnow(expression.FunctionElement[datetime]):
+    """The database clock, in UTC, with milliseconds."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(utcnow, "sqlite")
+def _utcnow_sqlite(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
+    return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+
+@compiles(utcnow)
+def _utcnow_default(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
+    return "now()"
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite: INTEGER PRIMARY KEY = rowid
+STATUS_VALUES = ", ".join(f"'{s.value}'" for s in Status)
+WAITING_SQL = "status IN ('pending', 'deferred')"
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigId, Identity(), primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False, server_default=utcnow()),
+    Column("send_after", UTCDateTime()),
+    Column("status", Text(), nullable=False, server_default=text("'pending'")),
+    Column("priority", Integer(), nullable=False, server_default=text("0")),
+    Column("account", Text()),
+    Column("sender", Text()),
+    Column("sender_name", Text()),
+    Column("reply_to", Text()),
+    Column("recipient", Text(), nullable=False),
+    Column("cc", Text()),
+    Column("bcc", Text()),
+    Column("subject", Text(), nullable=False, server_default=text("''")),
+    Column("body_text", Text()),
+    Column("body_html", Text()),
+    Column("headers", Text()),
+    Column("context", Text()),
+    Column("batch", Text()),
+    Column("transactional", Boolean(), nullable=False, server_default=false()),
+    Column("attempts", Integer(), nullable=False, server_default=text("0")),
+    Column("next_attempt_at", UTCDateTime()),
+    Column("claimed_by", Text()),
+    Column("claimed_until", UTCDateTime()),
+    Column("message_id", Text()),
+    Column("smtp_code", Integer()),
+    Column("smtp_reply", Text()),
+    Column("last_error", Text()),
+    Column("sent_at", UTCDateTime()),
+    Column("updated_at", UTCDateTime()),
+    CheckConstraint(f"status IN ({STATUS_VALUES})", name="status"),
+    sqlite_autoincrement=True,  # never reuse an id: Message-IDs and history are keyed on it
+)
+
+# The claim query walks this small partial index in claim order and stops after batch_size
+# rows, so its cost does not grow with the number of finished rows in the table.
+Index(
+    "ix_outbox_queue",
+    outbox.c.priority.desc(),
+    outbox.c.created_at,
+    outbox.c.id,
+    postgresql_where=text(WAITING_SQL),
+    sqlite_where=text(WAITING_SQL),
+)
+Index(
+    "ix_outbox_lease",
+    outbox.c.claimed_until,
+    postgresql_where=text("status = 'sending'"),
+    sqlite_where=text("status = 'sending'"),
+)
+Index(
+    "ix_outbox_batch",
+    outbox.c.batch,
+    postgresql_where=text("batch IS NOT NULL"),
+    sqlite_where=text("batch IS NOT NULL"),
+)
+Index("ix_outbox_status_updated", outbox.c.status, outbox.c.updated_at)
+
+outbox_attachment = Table(
+    "outbox_attachment",
+    metadata,
+    Column("id", BigId, Identity(), primary_key=True),
+    Column(
+        "outbox_id",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        ForeignKey("outbox.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("filename", Text(), nullable=False),
+    Column(
+        "content_type",
+        Text(),
+        nullable=False,
+        server_default=text("'application/octet-stream'"),
+    ),
+    Column("content", LargeBinary(), nullable=False),
+)
+
+outbox_event = Table(
+    "outbox_event",
+    metadata,
+    Column("id", BigId, Identity(), primary_key=True),
+    Column(
+        "outbox_id",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        ForeignKey("outbox.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("at", UTCDateTime(), nullable=False, server_default=utcnow()),
+    Column("kind", Text(), nullable=False),
+    Column("smtp_code", Integer()),
+    Column("detail", Text()),
+)
+
+suppression = Table(
+    "suppression",
+    metadata,
+    Column("address", Text(), primary_key=True),
+    Column("reason", Text()),
+    Column("created_at", UTCDateTime(), nullable=False, server_default=utcnow()),
+    Column("outbox_id", BigInteger().with_variant(Integer(), "sqlite")),
+)

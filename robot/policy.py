@@ -1,0 +1,111 @@
+"""What an SMTP reply means for a row: sent, deferred, bounced or failed, and when to retry.
+
+Pure: no database, socket or clock. The queue applies the `Decision` this module returns.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+from robot.models import Status
+
+ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+class Stage(enum.StrEnum):
+    """Where in the SMTP dialogue a reply came."""
+
+    CONNECT = "connect"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+
+
+class Outcome(enum.StrEnum):
+    """What a reply means for the message."""
+
+    SENT = "sent"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One server reply: basic code (None for a timeout or dropped connection) and text."""
+
+    code: int | None
+    text: str
+    stage: Stage = Stage.DATA
+
+    @property
+    def enhanced(self) -> str | None:
+        """The RFC 3463 enhanced status code at the start of the text, if any."""
+        match = ENHANCED.match(self.text)
+        return ".".join(match.groups()) if match else None
+
+    def describe(self) -> str:
+        """One line for last_error and logs: '550 5.1.1 No such user (at RCPT)'."""
+        if self.code is None:
+            return f"{self.text} (at {self.stage.upper()})"
+        return f"{self.code} {self.text} (at {self.stage.upper()})".strip()
+
+
+def classify(reply: Reply) -> Outcome:
+    """Map a reply to an outcome: 2xx sent; 4xx, timeout, disconnect deferred; 5xx by stage.
+
+    5xx at RCPT, or a 5.1.x (bad destination) anywhere, bounces; other 5xx fail.
+    An enhanced code of class 4 defers even under a 5xx basic code.
+    """
+    if reply.code is None:
+        return Outcome.DEFERRED
+    enhanced = reply.enhanced
+    if 200 <= reply.code < 300:
+        return Outcome.SENT
+    if 400 <= reply.code < 500 or (enhanced is not None and enhanced.startswith("4.")):
+        return Outcome.DEFERRED
+    if 500 <= reply.code < 600:
+        if reply.stage is Stage.RCPT or (enhanced or "").startswith("5.1."):
+            return Outcome.BOUNCED
+        return Outcome.FAILED
+    return Outcome.DEFERRED  # a code outside 2xx-5xx is a broken server: try again later
+
+
+def suppresses(reply: Reply) -> bool:
+    """True when the reply says the address does not exist (5.1.x): add it to suppression."""
+    return classify(reply) is Outcome.BOUNCED and (reply.enhanced or "").startswith("5.1.")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to write into the row after an attempt."""
+
+    status: Status
+    retry_after: timedelta | None  # set for deferred rows: next_attempt_at = now + this
+    last_error: str | None
+    event: str  # outbox_event.kind
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The one place that decides whether and when a row is tried again."""
+
+    retry_minutes: float
+    max_errors: int
+
+    def decide(self, outcome: Outcome, attempts: int, reason: str) -> Decision:
+        """The row's next state after its `attempts`-th try ended in `outcome`."""
+        if outcome is Outcome.SENT:
+            return Decision(Status.SENT, None, None, "sent")
+        if outcome is Outcome.BOUNCED:
+            return Decision(Status.BOUNCED, None, reason, "bounced")
+        if outcome is Outcome.FAILED:
+            return Decision(Status.FAILED, None, reason, "failed")
+        if attempts >= self.max_errors:
+            return Decision(
+                Status.FAILED, None, f"gave up after {attempts} attempts: {reason}", "failed"
+            )
+        return Decision(Status.DEFERRED, timedelta(minutes=self.retry_minutes), reason, "deferred")

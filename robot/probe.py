@@ -1,0 +1,74 @@
+"""`check` and `test`: talk to an account's server now, outside the queue."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from datetime import UTC, datetime
+
+from robot.compose import compose
+from robot.config import Account, Settings
+from robot.queue import OutboxRow
+from robot.transport import SendResult, SmtpConnection
+
+
+async def check_account(account: Account) -> str:
+    """Connect, EHLO, STARTTLS/TLS and AUTH, then QUIT. Returns the greeting.
+
+    Raises TransportFault with the reason when any step fails.
+    """
+    connection = SmtpConnection(account)
+    greeting = await connection.open()
+    await connection.close()
+    return greeting
+
+
+async def send_test(settings: Settings, account: Account, to: str) -> SendResult:
+    """Send one test message to `to` now; writes no outbox row.
+
+    Raises BadRowError for a bad address, TransportFault or DeliveryError when refused.
+    """
+    now = datetime.now(UTC)
+    domain = account.sender.address.rpartition("@")[2] or socket.getfqdn()
+    row = OutboxRow(
+        id=0,
+        created_at=now,
+        send_after=None,
+        status="sending",
+        priority=0,
+        account=account.name,
+        sender=None,
+        sender_name=None,
+        reply_to=None,
+        recipient=to,
+        cc=None,
+        bcc=None,
+        subject=f"email-robot test message from account {account.name}",
+        body_text=(
+            f"This is a test message sent by email-robot at {now:%Y-%m-%d %H:%M:%S} UTC\n"
+            f"through {account.smtp.host}:{account.port} ({account.smtp.security}), "
+            f"account {account.name}.\n"
+        ),
+        body_html=None,
+        headers=None,
+        context=None,
+        batch=None,
+        transactional=True,
+        attempts=1,
+        next_attempt_at=None,
+        claimed_by=None,
+        claimed_until=None,
+        message_id=f"<test.{secrets.token_hex(8)}@{domain}>",
+        smtp_code=None,
+        smtp_reply=None,
+        last_error=None,
+        sent_at=None,
+        updated_at=None,
+    )
+    message = compose(row, account, now=now, attachments=settings.attachments)
+    connection = SmtpConnection(account)
+    await connection.open()
+    try:
+        return await connection.send(message)
+    finally:
+        await connection.close()

@@ -1,0 +1,237 @@
+"""SMTP connections of one account, over aiosmtplib. The only module that sees its errors.
+
+aiosmtplib's exceptions are re-raised as TransportFault (the account cannot send at all),
+TransientDeliveryError (try the message later) or PermanentDeliveryError (never).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+from dataclasses import dataclass, field
+
+import aiosmtplib
+
+from robot.compose import Composed
+from robot.config import Account
+from robot.errors import (
+    ConfigError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    TransportFault,
+)
+from robot.policy import Stage
+
+SERVICE_CLOSING = 421
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The server accepted DATA for at least one recipient."""
+
+    code: int
+    reply: str
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)  # recipient -> reply
+
+
+def tls_context(account: Account) -> ssl.SSLContext:
+    """Verified by default (system CAs, or `ca_file`); unverified only if verify_tls = false."""
+    context = ssl.create_default_context(cafile=account.smtp.ca_file)
+    if not account.smtp.verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class SmtpConnection:
+    """One reusable connection of an account: open, send messages, close."""
+
+    def __init__(self, account: Account) -> None:
+        self.account = account
+        self.sent_on_connection = 0
+        self._smtp: aiosmtplib.SMTP | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """True while the connection can take another message."""
+        return self._smtp is not None and self._smtp.is_connected
+
+    @property
+    def exhausted(self) -> bool:
+        """True once max_per_connection messages went over this connection."""
+        return self.sent_on_connection >= self.account.smtp.max_per_connection
+
+    async def open(self) -> str:
+        """Connect, EHLO with helo_name, STARTTLS or TLS, AUTH. Returns the greeting.
+
+        Raises TransportFault when the server cannot be reached, TLS fails or AUTH is refused.
+        """
+        smtp_settings = self.account.smtp
+        security = smtp_settings.security
+        smtp = aiosmtplib.SMTP(
+            hostname=smtp_settings.host,
+            port=self.account.port,
+            local_hostname=self.account.helo_name,
+            timeout=smtp_settings.timeout_seconds,
+            use_tls=security == "ssl",
+            start_tls=security == "starttls",
+            validate_certs=smtp_settings.verify_tls,
+            tls_context=tls_context(self.account) if security != "none" else None,
+        )
+        where = f"{smtp_settings.host}:{self.account.port}"
+        try:
+            greeting = await smtp.connect()
+            if smtp_settings.username:
+                await self._login(smtp, where)
+        except ssl.SSLError as exc:
+            await _abort(smtp)
+            raise TransportFault(f"TLS with {where} failed: {exc.reason or exc}") from exc
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            await _abort(smtp)
+            raise TransportFault(
+                f"{where} refused the login of {smtp_settings.username!r}: {exc.code} {exc.message}"
+            ) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            await _abort(smtp)
+            raise TransportFault(f"{where} answered {exc.code} {exc.message}") from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            await _abort(smtp)
+            raise TransportFault(f"cannot connect to {where}: {_describe(exc)}") from exc
+        self._smtp = smtp
+        self.sent_on_connection = 0
+        return f"{greeting.code} {greeting.message}"
+
+    async def _login(self, smtp: aiosmtplib.SMTP, where: str) -> None:
+        settings = self.account.smtp
+        if (
+            settings.security == "none"
+            and not settings.allow_insecure_auth
+            and not is_loopback(settings.host)
+        ):
+            raise TransportFault(
+                f"refusing to send the password of {settings.username!r} to {where} "
+                "over an unencrypted connection (set security = starttls or ssl, "
+                "or allow_insecure_auth = true)"
+            )
+        try:
+            password = self.account.read_password()
+        except ConfigError as exc:
+            raise TransportFault(str(exc)) from None
+        if password is None:
+            raise TransportFault(
+                f"account {self.account.name} has a username but no password "
+                "(password_file, ROBOT_SMTP_PASSWORD or a systemd credential)"
+            )
+        assert settings.username is not None
+        await smtp.login(settings.username, password)
+
+    async def send(self, message: Composed) -> SendResult:
+        """Send one message: MAIL, RCPT for each recipient, DATA.
+
+        Raises TransientDeliveryError or PermanentDeliveryError, with the stage.
+        """
+        if self._smtp is None:
+            raise TransientDeliveryError("connection is not open", stage=Stage.CONNECT)
+        smtp = self._smtp
+        self.sent_on_connection += 1
+        options = []
+        if not message.envelope_from.isascii() or not all(a.isascii() for a in message.recipients):
+            options.append("SMTPUTF8")
+        if smtp.supports_extension("size"):
+            options.append(f"SIZE={len(message.data)}")
+        stage = Stage.MAIL
+        try:
+            await smtp.mail(message.envelope_from, options=options)
+            stage = Stage.RCPT
+            refused: dict[str, tuple[int, str]] = {}
+            for recipient in message.recipients:
+                try:
+                    await smtp.rcpt(recipient)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    refused[recipient] = (exc.code, exc.message)
+            if len(refused) == len(message.recipients):
+                await smtp.rset()
+                first, (code, text) = next(iter(refused.items()))
+                raise _delivery_error(code, text, Stage.RCPT, first, refused)
+            stage = Stage.DATA
+            reply = await smtp.data(message.data)
+        except (TransientDeliveryError, PermanentDeliveryError):
+            raise
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code == SERVICE_CLOSING:
+                await self.close()
+            else:
+                await self._reset()
+            raise _delivery_error(exc.code, exc.message, stage, None) from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            await self.close()
+            raise TransientDeliveryError(
+                _describe(exc), reply=_describe(exc), stage=stage, before_data=stage != Stage.DATA
+            ) from exc
+        return SendResult(code=reply.code, reply=reply.message, refused=refused)
+
+    async def _reset(self) -> None:
+        """RSET after a refused transaction, so the connection can carry the next message."""
+        if self._smtp is None:
+            return
+        try:
+            await self._smtp.rset()
+        except (aiosmtplib.SMTPException, OSError):
+            await self.close()
+
+    async def close(self) -> None:
+        """QUIT politely; drop the socket if the server does not answer."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is None or not smtp.is_connected:
+            return
+        try:
+            await smtp.quit(timeout=5)
+        except (aiosmtplib.SMTPException, OSError):
+            smtp.close()
+
+
+def _delivery_error(
+    code: int,
+    text: str,
+    stage: Stage,
+    recipient: str | None,
+    refused: dict[str, tuple[int, str]] | None = None,
+) -> TransientDeliveryError | PermanentDeliveryError:
+    kind = PermanentDeliveryError if 500 <= code < 600 else TransientDeliveryError
+    return kind(
+        f"{code} {text}",
+        code=code,
+        reply=text,
+        recipient=recipient,
+        stage=stage,
+        refused=refused,
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return f"timed out ({exc})"
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return f"connection dropped ({exc})"
+    if isinstance(exc, socket.gaierror):
+        return f"host not found ({exc.strerror})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0]
+
+
+async def _abort(smtp: aiosmtplib.SMTP) -> None:
+    if smtp.is_connected:
+        smtp.close()
