@@ -9,8 +9,8 @@ import argparse
 import asyncio
 import mimetypes
 import os
-import traceback
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -38,8 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    wiring = Wiring(getattr(args, "config", None))
     try:
-        code: int = args.handler(args)
+        code: int = args.handler(args, wiring)
         return code
     except ConfigError as exc:
         print(f"email-robot: {exc}", file=sys.stderr)
@@ -66,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_PARTIAL
+    finally:
+        wiring.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     def verb(
-        name: str, handler: Callable[[argparse.Namespace], int], text: str
+        name: str, handler: Callable[[argparse.Namespace, Wiring], int], text: str
     ) -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, parents=[config], help=text, description=text)
         sub.set_defaults(handler=handler)
@@ -92,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = verb("run", cmd_run, "run the daemon (systemd Type=notify)")
     run.add_argument("--drain", action="store_true", help="send what is due, then exit")
 
-    db = verb("db", lambda a: _usage("db needs a subcommand: upgrade"), "database schema")
+    db = verb("db", lambda a, w: _usage("db needs a subcommand: upgrade"), "database schema")
     db_verbs = db.add_subparsers(title="subcommands", metavar="SUBCOMMAND")
     db_up = db_verbs.add_parser(
         "upgrade", parents=[config], help="create or upgrade the schema (Alembic)"
@@ -145,28 +148,26 @@ def build_parser() -> argparse.ArgumentParser:
 # -- commands -----------------------------------------------------------------------------
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, wiring: Wiring) -> int:
     from robot.daemon import Robot
 
-    settings = _settings(args)
+    settings = wiring.settings()
     configure_logging(settings.log.format, settings.log.level)
-    engine = _engine(settings, migrate_sqlite=True)
+    engine = wiring.engine(migrate_sqlite=True)
     path = Path(settings.path)
     robot = Robot(settings, engine, drain=args.drain, reload=lambda: load_settings(path))
     return asyncio.run(robot.run())
 
 
-def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    engine = make_engine(settings.database.url)
+def cmd_db_upgrade(args: argparse.Namespace, wiring: Wiring) -> int:
+    engine = wiring.engine(current=False)
     upgrade(engine)
     print(f"schema is up to date ({engine.url.render_as_string(hide_password=True)})")
     return EXIT_OK
 
 
-def cmd_enqueue(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    outbox = _outbox(settings)
+def cmd_enqueue(args: argparse.Namespace, wiring: Wiring) -> int:
+    outbox = wiring.outbox()
     fields: dict[str, object] = {
         "recipient": args.to,
         "subject": args.subject,
@@ -192,19 +193,19 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+def cmd_list(args: argparse.Namespace, wiring: Wiring) -> int:
     from robot.report import rows_json, rows_table
 
-    outbox = _outbox(_settings(args))
+    outbox = wiring.outbox()
     now, rows = outbox.rows(status=args.status, batch=args.batch, limit=args.limit)
     print(rows_json(now, rows) if args.json else rows_table(now, rows))
     return EXIT_OK
 
 
-def cmd_show(args: argparse.Namespace) -> int:
+def cmd_show(args: argparse.Namespace, wiring: Wiring) -> int:
     from robot.report import show_json, show_text
 
-    outbox = _outbox(_settings(args))
+    outbox = wiring.outbox()
     row = outbox.get(args.id)
     if row is None:
         print(f"email-robot: no outbox row with id {args.id}", file=sys.stderr)
@@ -214,10 +215,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_test(args: argparse.Namespace) -> int:
+def cmd_test(args: argparse.Namespace, wiring: Wiring) -> int:
     from robot.probe import send_test
 
-    settings = _settings(args)
+    settings = wiring.settings()
     account = settings.accounts.get(args.account)
     if account is None:
         raise UsageError(
@@ -236,12 +237,12 @@ def cmd_test(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def cmd_check(args: argparse.Namespace, wiring: Wiring) -> int:
     from robot.probe import check_account
 
-    settings = _settings(args)
+    settings = wiring.settings()
     configure_logging(settings.log.format, "warning")
-    engine = make_engine(settings.database.url)
+    engine = wiring.engine(current=False)
     with engine.connect():
         pass
     print(f"database: reachable ({engine.url.render_as_string(hide_password=True)})")
@@ -271,14 +272,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
-def cmd_accounts(args: argparse.Namespace) -> int:
+def cmd_accounts(args: argparse.Namespace, wiring: Wiring) -> int:
     from robot.report import accounts_table
 
-    print(accounts_table(_settings(args).accounts))
+    print(accounts_table(wiring.settings().accounts))
     return EXIT_OK
 
 
-def cmd_sink(args: argparse.Namespace) -> int:
+def cmd_sink(args: argparse.Namespace, wiring: Wiring) -> int:
     from robot.sink import serve_sink
 
     async def serve() -> None:
@@ -302,30 +303,49 @@ def cmd_sink(args: argparse.Namespace) -> int:
 # -- wiring -------------------------------------------------------------------------------
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(find_config(getattr(args, "config", None)))
+class Wiring:
+    """Loads the settings and opens the engine once per command, and closes it after."""
 
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._settings: Settings | None = None
+        self._engine: Engine | None = None
 
-def _engine(settings: Settings, *, migrate_sqlite: bool = False) -> Engine:
-    """An engine on a current schema: SQLite is migrated in place, PostgreSQL must be."""
-    engine = make_engine(settings.database.url)
-    if engine.dialect.name == "sqlite" and migrate_sqlite:
-        upgrade(engine)
-    elif not schema_is_current(engine):
-        raise ConfigError(
-            "the database schema is missing or old: run `email-robot db upgrade`",
-            key="database.url",
-            path=settings.path,
+    def settings(self) -> Settings:
+        """robot.ini, found and parsed. Raises ConfigError."""
+        if self._settings is None:
+            self._settings = load_settings(find_config(self.config_path))
+        return self._settings
+
+    def engine(self, *, migrate_sqlite: bool = False, current: bool = True) -> Engine:
+        """The engine; with `current`, on the newest schema (SQLite may be migrated in place,
+        PostgreSQL must have been: `email-robot db upgrade`)."""
+        if self._engine is None:
+            settings = self.settings()
+            self._engine = make_engine(settings.database.url)
+            if self._engine.dialect.name == "sqlite" and migrate_sqlite:
+                upgrade(self._engine)
+            elif current and not schema_is_current(self._engine):
+                raise ConfigError(
+                    "the database schema is missing or old: run `email-robot db upgrade`",
+                    key="database.url",
+                    path=settings.path,
+                )
+        return self._engine
+
+    def outbox(self) -> Outbox:
+        """The outbox gateway on a current schema."""
+        robot = self.settings().robot
+        return Outbox(
+            self.engine(migrate_sqlite=True),
+            grace_seconds=robot.grace_minutes * 60,
+            lease_seconds=robot.lease_seconds,
         )
-    return engine
 
-
-def _outbox(settings: Settings) -> Outbox:
-    return Outbox(
-        _engine(settings, migrate_sqlite=True),
-        grace_seconds=settings.robot.grace_minutes * 60,
-        lease_seconds=settings.robot.lease_seconds,
-    )
+    def close(self) -> None:
+        """Close every database connection the command opened."""
+        if self._engine is not None:
+            self._engine.dispose()
 
 
 def _read(path: Path | None) -> str | None:

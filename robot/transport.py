@@ -220,6 +220,10 @@ def _delivery_error(
 
 
 def _describe(exc: BaseException) -> str:
+    """A short reason; aiosmtplib wraps the socket error, so look at the cause too."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, aiosmtplib.SMTPConnectError) and isinstance(cause, OSError):
+        exc = cause
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
         return f"timed out ({exc})"
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected):

@@ -1,0 +1,35 @@
+"""Talk to the outbox the way a host application does: its own driver, plain SQL."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+
+def host_sql(url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement with the plain driver (sqlite3 or psycopg), commit, return rows.
+
+    Write placeholders as `?`; they are turned into `%s` for psycopg.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        with sqlite3.connect(parsed.database or ":memory:", timeout=30) as conn:
+            cursor = conn.execute(sql, tuple(params))
+            return cursor.fetchall()
+    dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn) as conn:
+        cursor = conn.execute(sql.replace("?", "%s"), tuple(params))  # type: ignore[arg-type]
+        rows = cursor.fetchall() if cursor.description else []
+        conn.commit()
+        return rows
+
+
+def now_plus_sql(url: str, seconds: float) -> str:
+    """SQL for 'the database clock plus `seconds`' in the host's dialect."""
+    if url.startswith("sqlite"):
+        return f"strftime('%Y-%m-%d %H:%M:%f', 'now', '{seconds:+} seconds')"
+    return f"now() + interval '{seconds} seconds'"

@@ -1,0 +1,110 @@
+"""The schema: `db upgrade` on empty SQLite and PostgreSQL, plain INSERTs, models == migrations."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect
+
+from robot.cli import main
+from robot.db import make_engine, schema_is_current, upgrade
+from robot.models import metadata
+from tests.conftest import WriteIni
+from tests.integration.host import host_sql
+
+SQLITE_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}$")
+
+
+def test_plain_insert_gets_every_default(db_url: str) -> None:
+    host_sql(
+        db_url,
+        "INSERT INTO outbox (recipient, subject, body_text) VALUES (?, ?, ?)",
+        ["alice@example.org", "Hello", "Hi"],
+    )
+    rows = host_sql(
+        db_url,
+        "SELECT id, status, priority, attempts, transactional, created_at, message_id, "
+        "account, send_after FROM outbox",
+    )
+    assert len(rows) == 1
+    row_id, status, priority, attempts, transactional, created_at, message_id, account, later = (
+        rows[0]
+    )
+    assert row_id == 1
+    assert (status, priority, attempts, message_id, account, later) == (
+        "pending",
+        0,
+        0,
+        None,
+        None,
+        None,
+    )
+    assert transactional in (False, 0)
+    if db_url.startswith("sqlite"):
+        assert SQLITE_TIME.match(created_at), created_at  # UTC text with milliseconds
+    else:
+        assert created_at.tzinfo is not None
+
+
+def test_subject_defaults_to_empty_and_status_is_checked(db_url: str) -> None:
+    host_sql(db_url, "INSERT INTO outbox (recipient, body_text) VALUES ('a@example.org', 'x')")
+    assert host_sql(db_url, "SELECT subject FROM outbox") == [("",)]
+    try:
+        host_sql(
+            db_url,
+            "INSERT INTO outbox (recipient, body_text, status) VALUES ('a@b.org', 'x', 'bogus')",
+        )
+    except Exception as exc:  # each driver raises its own IntegrityError
+        assert "ck_outbox_status" in str(exc) or "CHECK" in str(exc)
+    else:
+        raise AssertionError("a bad status was accepted")
+
+
+def test_migrated_schema_equals_the_models(engine: Engine) -> None:
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+    assert schema_is_current(engine)
+
+
+def test_upgrade_twice_is_harmless_and_creates_the_queue_index(engine: Engine) -> None:
+    upgrade(engine)
+    names = {ix["name"] for ix in inspect(engine).get_indexes("outbox")}
+    assert {"ix_outbox_queue", "ix_outbox_lease", "ix_outbox_batch"} <= names
+
+
+def test_db_upgrade_command_creates_an_empty_sqlite_database(
+    tmp_path: Path, write_ini: WriteIni
+) -> None:
+    url = f"sqlite:///{tmp_path}/fresh.db"
+    ini = write_ini(url)
+    assert main(["-c", str(ini), "db", "upgrade"]) == 0
+    engine = make_engine(url)
+    assert schema_is_current(engine)
+    assert set(inspect(engine).get_table_names()) >= {
+        "outbox",
+        "outbox_attachment",
+        "outbox_event",
+        "suppression",
+    }
+    engine.dispose()
+
+
+def test_db_upgrade_command_on_an_empty_postgresql_database(
+    pg_cluster: object, write_ini: WriteIni
+) -> None:
+    from tests.support.pg import PgCluster
+
+    assert isinstance(pg_cluster, PgCluster)
+    url = pg_cluster.create_database("fresh_upgrade")
+    ini = write_ini(url.replace("postgresql+psycopg://", "postgresql://"))
+    assert main(["db", "upgrade", "-c", str(ini)]) == 0
+    engine = make_engine(url)
+    assert schema_is_current(engine)
+    engine.dispose()
+    host_sql(url, "INSERT INTO outbox (recipient, subject, body_text) VALUES ('a@b.org', 's', 't')")
+    assert host_sql(url, "SELECT status FROM outbox") == [("pending",)]
+    pg_cluster.drop_database("fresh_upgrade")

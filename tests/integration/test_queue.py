@@ -1,0 +1,176 @@
+"""Claiming on real SQLite and PostgreSQL: the due rule, order, leases, no double claims."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from sqlalchemy import Engine
+
+from robot.models import Status
+from robot.policy import Decision, Outcome, RetryPolicy
+from robot.queue import Outbox, OutboxRow
+from tests.integration.host import host_sql, now_plus_sql
+
+
+def mid(row: OutboxRow) -> str:
+    return f"<{row.id}.test@example.org>"
+
+
+def insert(url: str, recipient: str = "a@example.org", **columns: str) -> int:
+    names = ["recipient", "body_text", *columns]
+    values = ["'" + recipient + "'", "'body'", *columns.values()]
+    host_sql(url, f"INSERT INTO outbox ({', '.join(names)}) VALUES ({', '.join(values)})")
+    return int(host_sql(url, "SELECT max(id) FROM outbox")[0][0])
+
+
+def outbox(engine: Engine, grace: float = 0, lease: float = 60) -> Outbox:
+    return Outbox(engine, grace_seconds=grace, lease_seconds=lease)
+
+
+def test_grace_delay_send_after_and_priority(db_url: str, engine: Engine) -> None:
+    past = now_plus_sql(db_url, -120)
+    fresh = insert(db_url, "fresh@example.org")  # created now: inside the 60 s grace delay
+    old_low = insert(db_url, "old-low@example.org", created_at=past)
+    old_high = insert(db_url, "old-high@example.org", created_at=past, priority="5")
+    scheduled = insert(
+        db_url, "later@example.org", created_at=past, send_after=now_plus_sql(db_url, 3600)
+    )
+    held = insert(db_url, "held@example.org", created_at=past, status="'held'")
+    rows = outbox(engine, grace=60).claim("w1", 10, mid)
+    assert [r.id for r in rows] == [old_high, old_low]
+    assert {fresh, scheduled, held}.isdisjoint(r.id for r in rows)
+    assert all(r.status == "sending" and r.claimed_by == "w1" and r.attempts == 1 for r in rows)
+    assert rows[0].message_id == f"<{old_high}.test@example.org>"
+    # the Message-ID is stored, as the header will carry it
+    assert host_sql(db_url, f"SELECT message_id FROM outbox WHERE id = {old_high}") == [
+        (f"<{old_high}.test@example.org>",)
+    ]
+
+
+def test_send_after_in_the_past_but_grace_not_over_waits_for_grace(
+    db_url: str, engine: Engine
+) -> None:
+    insert(db_url, send_after=now_plus_sql(db_url, -600))
+    assert outbox(engine, grace=60).claim("w1", 10, mid) == []
+    assert len(outbox(engine, grace=0).claim("w1", 10, mid)) == 1
+
+
+def test_claim_limit_and_oldest_first(db_url: str, engine: Engine) -> None:
+    ids = [
+        insert(db_url, f"r{n}@example.org", created_at=now_plus_sql(db_url, -100 + n))
+        for n in range(5)
+    ]
+    first = outbox(engine).claim("w1", 3, mid)
+    second = outbox(engine).claim("w2", 3, mid)
+    assert [r.id for r in first] == ids[:3]
+    assert [r.id for r in second] == ids[3:]
+    assert outbox(engine).claim("w3", 3, mid) == []
+
+
+def test_message_id_is_kept_across_retries(db_url: str, engine: Engine) -> None:
+    insert(db_url)
+    queue = outbox(engine)
+    (row,) = queue.claim("w1", 1, mid)
+    decision = RetryPolicy(retry_minutes=0, max_errors=3).decide(Outcome.DEFERRED, 1, "451 later")
+    assert queue.finish(row.id, "w1", decision, smtp_code=451, smtp_reply="later")
+    (again,) = queue.claim("w1", 1, lambda r: "<different@example.org>")
+    assert again.id == row.id
+    assert again.message_id == row.message_id
+    assert again.attempts == 2
+    assert again.status == "sending"
+
+
+def test_deferred_row_waits_for_next_attempt_at(db_url: str, engine: Engine) -> None:
+    insert(db_url)
+    queue = outbox(engine)
+    (row,) = queue.claim("w1", 1, mid)
+    queue.finish(row.id, "w1", Decision(Status.DEFERRED, timedelta(minutes=10), "451", "deferred"))
+    assert queue.claim("w1", 1, mid) == []
+    (status,) = host_sql(db_url, f"SELECT status FROM outbox WHERE id = {row.id}")[0]
+    assert status == "deferred"
+
+
+def test_finish_only_by_the_lease_holder(db_url: str, engine: Engine) -> None:
+    insert(db_url)
+    queue = outbox(engine)
+    (row,) = queue.claim("w1", 1, mid)
+    sent = Decision(Status.SENT, None, None, "sent")
+    assert not queue.finish(row.id, "intruder", sent)
+    assert queue.finish(row.id, "w1", sent, smtp_code=250, smtp_reply="2.0.0 OK")
+    assert not queue.finish(row.id, "w1", sent)  # already finished
+    assert host_sql(
+        db_url, f"SELECT status, smtp_code, attempts FROM outbox WHERE id={row.id}"
+    ) == [("sent", 250, 1)]
+    kinds = [e.kind for e in queue.history(row.id)]
+    assert kinds == ["claimed", "sent"]
+
+
+def test_release_gives_back_the_attempt(db_url: str, engine: Engine) -> None:
+    insert(db_url)
+    queue = outbox(engine)
+    (row,) = queue.claim("w1", 1, mid)
+    assert queue.release([row.id], "w1", "stopping") == 1
+    assert host_sql(
+        db_url, f"SELECT status, attempts, claimed_by FROM outbox WHERE id={row.id}"
+    ) == [("pending", 0, None)]
+
+
+def test_expired_lease_is_taken_back_and_renew_keeps_it(db_url: str, engine: Engine) -> None:
+    insert(db_url)
+    insert(db_url, "b@example.org")
+    queue = outbox(engine, lease=60)
+    rows = queue.claim("dead-robot", 2, mid)
+    assert len(rows) == 2
+    assert queue.reap_expired() == []  # leases still valid
+    host_sql(
+        db_url,
+        f"UPDATE outbox SET claimed_until = {now_plus_sql(db_url, -1)} WHERE id = {rows[0].id}",
+    )
+    assert queue.renew("dead-robot") == 2  # renewing pushes both leases again...
+    host_sql(
+        db_url,
+        f"UPDATE outbox SET claimed_until = {now_plus_sql(db_url, -1)} WHERE id = {rows[0].id}",
+    )
+    assert queue.reap_expired() == [rows[0].id]  # ...and only the expired one comes back
+    (again,) = queue.claim("new-robot", 5, mid)
+    assert again.id == rows[0].id
+    assert again.message_id == rows[0].message_id
+    assert "lease-expired" in [e.kind for e in queue.history(again.id)]
+
+
+def test_concurrent_claimers_never_share_a_row(db_url: str, engine: Engine) -> None:
+    total = 300
+    host_sql(
+        db_url,
+        "INSERT INTO outbox (recipient, body_text) "
+        + (
+            "SELECT 'x@example.org', 'b' FROM generate_series(1, 300)"
+            if not db_url.startswith("sqlite")
+            else "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) "
+            "SELECT 'x@example.org', 'b' FROM n"
+        ),
+    )
+    claimed: dict[str, list[int]] = {}
+    errors: list[BaseException] = []
+
+    def claimer(name: str) -> None:
+        queue = outbox(engine)
+        got: list[int] = []
+        try:
+            while rows := queue.claim(name, 7, mid):
+                got.extend(r.id for r in rows)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        claimed[name] = got
+
+    threads = [threading.Thread(target=claimer, args=(f"w{n}",)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    every = [row_id for got in claimed.values() for row_id in got]
+    assert len(every) == total
+    assert len(set(every)) == total
+    assert sum(1 for got in claimed.values() if got) >= 2  # they really ran side by side

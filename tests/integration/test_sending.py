@@ -1,0 +1,292 @@
+"""The main path end to end: plain SQL INSERTs, the robot, a real SMTP server on a socket."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trustme
+from sqlalchemy import Engine
+
+from robot.queue import Outbox
+from tests.conftest import WriteIni
+from tests.integration.host import host_sql, now_plus_sql
+from tests.integration.robot_run import drain
+from tests.support.smtpd import TestSMTPServer
+
+
+def rows(url: str, where: str = "1=1") -> list[tuple]:
+    return host_sql(
+        url,
+        "SELECT id, status, attempts, smtp_code, message_id, last_error, next_attempt_at "
+        f"FROM outbox WHERE {where} ORDER BY id",
+    )
+
+
+async def test_host_rows_are_sent_with_their_message_id(
+    db_url: str, engine: Engine, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    host_sql(
+        db_url,
+        "INSERT INTO outbox (recipient, subject, body_text, cc, bcc) VALUES (?, ?, ?, ?, ?)",
+        [
+            "Alice <alice@example.org>",
+            "Ballot notice",
+            "Your ballot",
+            "c@example.org",
+            "b@example.org",
+        ],
+    )
+    host_sql(
+        db_url,
+        "INSERT INTO outbox (recipient, subject, body_html) VALUES (?, ?, ?)",
+        ["bob@example.org", "Grüße", "<p>Hello <a href='https://example.org/x'>here</a></p>"],
+    )
+    code, _ = await drain(write_ini(db_url, smtp_server.port))
+    assert code == 0
+    assert len(smtp_server.received) == 2
+    table = rows(db_url)
+    assert [r[1] for r in table] == ["sent", "sent"]
+    assert [r[3] for r in table] == [250, 250]
+    by_id = {r[4]: r for r in table}
+    for received in smtp_server.received:
+        message = received.message()
+        assert message["Message-ID"] in by_id
+        assert received.helo == "robot.test.example"
+        assert received.mail_from == "robot@example.org"
+    first = next(r for r in smtp_server.received if r.message()["Subject"] == "Ballot notice")
+    assert sorted(first.rcpt_tos) == ["alice@example.org", "b@example.org", "c@example.org"]
+    assert "Bcc" not in first.message()
+    assert first.message()["From"] == "Test Robot <robot@example.org>"
+    html_only = next(r for r in smtp_server.received if r.message()["Subject"] == "Grüße").message()
+    assert html_only.get_content_type() == "multipart/alternative"
+    text = html_only.get_body(("plain",)).get_content()
+    assert "here (https://example.org/x)" in text
+    kinds = [e.kind for e in Outbox(engine, grace_seconds=0, lease_seconds=60).history(table[0][0])]
+    assert kinds == ["claimed", "sent"]
+
+
+async def test_grace_delay_keeps_fresh_rows_and_priority_orders_the_rest(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    past = now_plus_sql(db_url, -600)
+    host_sql(
+        db_url,
+        "INSERT INTO outbox (recipient, subject, body_text) VALUES ('fresh@example.org', 'fresh', 'x')",
+    )
+    for subject, priority in (("low", 0), ("high", 9), ("mid", 5)):
+        host_sql(
+            db_url,
+            f"INSERT INTO outbox (recipient, subject, body_text, priority, created_at) "
+            f"VALUES ('p@example.org', '{subject}', 'x', {priority}, {past})",
+        )
+    host_sql(
+        db_url,
+        "INSERT INTO outbox (recipient, subject, body_text, created_at, send_after) "
+        f"VALUES ('s@example.org', 'scheduled', 'x', {past}, {now_plus_sql(db_url, 3600)})",
+    )
+    ini = write_ini(db_url, smtp_server.port, "[robot]\ngrace_minutes = 5\nconnections = 1\n")
+    code, _ = await drain(ini)
+    assert code == 0
+    assert [r.message()["Subject"] for r in smtp_server.received] == ["high", "mid", "low"]
+    waiting = host_sql(
+        db_url, "SELECT subject, status FROM outbox WHERE status = 'pending' ORDER BY id"
+    )
+    assert waiting == [("fresh", "pending"), ("scheduled", "pending")]
+
+
+async def test_max_per_connection_reconnects_with_helo_name(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    for n in range(10):
+        host_sql(
+            db_url, f"INSERT INTO outbox (recipient, body_text) VALUES ('r{n}@example.org', 'x')"
+        )
+    ini = write_ini(
+        db_url, smtp_server.port, "[smtp]\nmax_per_connection = 3\n[robot]\nconnections = 2\n"
+    )
+    code, _ = await drain(ini)
+    assert code == 0
+    assert len(smtp_server.received) == 10
+    assert smtp_server.connections >= 4
+    per_session: dict[int, int] = {}
+    for received in smtp_server.received:
+        per_session[received.session_id] = per_session.get(received.session_id, 0) + 1
+    assert max(per_session.values()) <= 3
+    assert set(smtp_server.helos) == {"robot.test.example"}
+    assert [r[1] for r in rows(db_url)] == ["sent"] * 10
+
+
+async def test_starttls_verified_and_auth(
+    db_url: str, write_ini: WriteIni, tls_ca: trustme.CA, ca_file: Path, tmp_path: Path
+) -> None:
+    server = TestSMTPServer(
+        tls_cert=tls_ca.issue_cert("127.0.0.1", "localhost"),
+        require_starttls=True,
+        auth={"robot": "s3cret-pw"},
+    )
+    await server.start()
+    try:
+        secret = tmp_path / "pw"
+        secret.write_text("s3cret-pw\n")
+        ini = write_ini(
+            db_url,
+            server.port,
+            f"[smtp]\nsecurity = starttls\nca_file = {ca_file}\nusername = robot\n"
+            f"password_file = {secret}\n",
+        )
+        host_sql(db_url, "INSERT INTO outbox (recipient, body_text) VALUES ('a@example.org', 'x')")
+        code, events = await drain(ini)
+    finally:
+        await server.stop()
+    assert code == 0
+    assert len(server.received) == 1
+    assert ("robot", True) in server.auth_attempts
+    assert "s3cret-pw" not in str(events)
+
+
+async def test_untrusted_certificate_is_a_transport_fault(
+    db_url: str, write_ini: WriteIni, tls_ca: trustme.CA
+) -> None:
+    server = TestSMTPServer(tls_cert=tls_ca.issue_cert("127.0.0.1"), require_starttls=True)
+    await server.start()
+    try:
+        ini = write_ini(db_url, server.port, "[smtp]\nsecurity = starttls\n")  # no ca_file
+        host_sql(db_url, "INSERT INTO outbox (recipient, body_text) VALUES ('a@example.org', 'x')")
+        code, events = await drain(ini)
+    finally:
+        await server.stop()
+    assert code == 1
+    assert server.received == []
+    faults = [e for e in events if e["event"] == "account.fault"]
+    assert faults and "TLS" in faults[0]["reason"]
+    assert rows(db_url)[0][1:3] == ("pending", 0)  # no attempt burnt
+
+
+async def test_refused_login_keeps_rows_pending_and_never_logs_the_password(
+    db_url: str, write_ini: WriteIni, tls_ca: trustme.CA, ca_file: Path
+) -> None:
+    server = TestSMTPServer(
+        tls_cert=tls_ca.issue_cert("127.0.0.1"), require_starttls=True, auth={"robot": "right"}
+    )
+    await server.start()
+    try:
+        ini = write_ini(
+            db_url,
+            server.port,
+            f"[smtp]\nsecurity = starttls\nca_file = {ca_file}\nusername = robot\n"
+            "password = wrong-password-123\n",
+        )
+        host_sql(db_url, "INSERT INTO outbox (recipient, body_text) VALUES ('a@example.org', 'x')")
+        code, events = await drain(ini)
+    finally:
+        await server.stop()
+    assert code == 1
+    assert ("robot", False) in server.auth_attempts
+    assert rows(db_url)[0][1:3] == ("pending", 0)
+    assert "wrong-password-123" not in str(events)
+    assert any(e["event"] == "account.fault" and "refused the login" in e["reason"] for e in events)
+
+
+async def test_connection_refused_is_a_transport_fault(db_url: str, write_ini: WriteIni) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nobody listens there
+    host_sql(db_url, "INSERT INTO outbox (recipient, body_text) VALUES ('a@example.org', 'x')")
+    code, events = await drain(write_ini(db_url, port))
+    assert code == 1
+    assert rows(db_url)[0][1:3] == ("pending", 0)
+    assert any("connection refused" in e.get("reason", "") for e in events)
+
+
+async def test_replies_decide_the_status(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    smtp_server.rcpt_replies = {"gone@example.org": "550 5.1.1 No such user"}
+    for recipient in ("gone@example.org", "ok@example.org"):
+        host_sql(db_url, f"INSERT INTO outbox (recipient, body_text) VALUES ('{recipient}', 'x')")
+    ini = write_ini(db_url, smtp_server.port, "[robot]\nconnections = 1\n")
+    code, _ = await drain(ini)
+    assert code == 0
+    table = {r[0]: r for r in rows(db_url)}
+    assert table[1][1] == "bounced"
+    assert "5.1.1" in table[1][5]
+    assert table[2][1] == "sent"
+    assert host_sql(db_url, "SELECT address FROM suppression") == [("gone@example.org",)]
+
+
+async def test_temporary_and_permanent_data_replies(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    smtp_server.data_replies = ["451 4.3.0 try later", "554 5.7.1 rejected as spam"]
+    for n in range(3):
+        host_sql(
+            db_url, f"INSERT INTO outbox (recipient, body_text) VALUES ('r{n}@example.org', 'x')"
+        )
+    ini = write_ini(db_url, smtp_server.port, "[robot]\nconnections = 1\n")
+    code, _ = await drain(ini)
+    assert code == 0
+    table = rows(db_url)
+    assert [r[1] for r in table] == ["deferred", "failed", "sent"]
+    assert table[0][6] is not None  # next_attempt_at set for the retry
+    assert "451" in table[0][5] and "554" in table[1][5]
+
+
+async def test_dropped_connection_defers_one_row_and_the_rest_go_on(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    smtp_server.drop_after_data_count = 2
+    for n in range(5):
+        host_sql(
+            db_url, f"INSERT INTO outbox (recipient, body_text) VALUES ('r{n}@example.org', 'x')"
+        )
+    ini = write_ini(db_url, smtp_server.port, "[robot]\nconnections = 1\n")
+    code, _ = await drain(ini)
+    assert code == 0
+    statuses = [r[1] for r in rows(db_url)]
+    assert statuses.count("sent") == 4
+    assert statuses.count("deferred") == 1
+    assert smtp_server.connections >= 2
+
+
+async def test_bad_rows_fail_with_a_reason_and_do_not_stop_the_others(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    bad = [
+        ("no-body@example.org", "NULL", "NULL", "'nobody'"),
+        ("not an address", "'x'", "NULL", "NULL"),
+        ("a@example.org", "'x'", '\'{"X-Tag": "a\\r\\nBcc: evil@example.org"}\'', "NULL"),
+        ("a@example.org", "'x'", "'not json'", "NULL"),
+    ]
+    for recipient, body, headers, account in bad:
+        host_sql(
+            db_url,
+            "INSERT INTO outbox (recipient, body_text, headers, account) "
+            f"VALUES ('{recipient}', {body}, {headers}, {account})",
+        )
+    host_sql(db_url, "INSERT INTO outbox (recipient, body_text) VALUES ('good@example.org', 'x')")
+    code, _ = await drain(write_ini(db_url, smtp_server.port))
+    assert code == 0
+    table = rows(db_url)
+    assert [r[1] for r in table] == ["failed"] * 4 + ["sent"]
+    reasons = [r[5] for r in table[:4]]
+    assert "neither body_text nor body_html" in reasons[0] or "nobody" in reasons[0]
+    assert "recipient" in reasons[1]
+    assert "line break" in reasons[2]
+    assert "JSON" in reasons[3]
+    assert [r.rcpt_tos for r in smtp_server.received] == [["good@example.org"]]
+
+
+async def test_unknown_account_fails_the_row(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    host_sql(
+        db_url,
+        "INSERT INTO outbox (recipient, body_text, account) VALUES ('a@example.org', 'x', 'nosuch')",
+    )
+    code, _ = await drain(write_ini(db_url, smtp_server.port))
+    assert code == 0
+    (row,) = rows(db_url)
+    assert row[1] == "failed"
+    assert "unknown account 'nosuch'" in row[5]

@@ -1,0 +1,276 @@
+"""In-process SMTP test server (aiosmtpd) running in the current event loop.
+
+Records what it receives and can inject faults (per-recipient replies, DATA errors, drops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.policy
+import ssl
+import warnings
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any
+
+import trustme
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+__all__ = ["Received", "TestSMTPServer"]
+
+
+@dataclass
+class Received:
+    """One message accepted by the test server."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    helo: str | None
+    peer: tuple[Any, ...]
+    session_id: int
+
+    def message(self) -> EmailMessage:
+        """Parse the raw data with ``email.policy.default``."""
+        msg = BytesParser(policy=email.policy.default).parsebytes(self.data)
+        assert isinstance(msg, EmailMessage)
+        return msg
+
+
+class _SMTP(SMTP):
+    """aiosmtpd protocol that knows its connection index."""
+
+    def __init__(self, owner: TestSMTPServer, session_id: int, *args: Any, **kw: Any) -> None:
+        self.owner = owner
+        self.session_id = session_id
+        super().__init__(*args, **kw)
+
+
+def _is_ok(reply: str) -> bool:
+    return reply.startswith("2")
+
+
+class _Handler:
+    """aiosmtpd hooks; all state lives on the owning TestSMTPServer."""
+
+    def __init__(self, owner: TestSMTPServer) -> None:
+        self.owner = owner
+
+    async def handle_EHLO(
+        self,
+        server: _SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        self.owner.helos.append(hostname)
+        session.host_name = hostname
+        if self.owner.auth is None:
+            # No AUTH configured: do not advertise it at all (not even after STARTTLS).
+            responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
+        return responses
+
+    async def handle_HELO(
+        self, server: _SMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
+        self.owner.helos.append(hostname)
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
+    async def handle_MAIL(
+        self,
+        server: _SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        reply = self.owner.mail_reply
+        if reply is None or _is_ok(reply):
+            envelope.mail_from = address
+            envelope.mail_options.extend(mail_options)
+        return reply if reply is not None else "250 OK"
+
+    async def handle_RCPT(
+        self,
+        server: _SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        reply = self.owner.rcpt_replies.get(address.lower())
+        if reply is None or _is_ok(reply):
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        return reply if reply is not None else "250 OK"
+
+    async def handle_DATA(self, server: _SMTP, session: Session, envelope: Envelope) -> str:
+        owner = self.owner
+        if owner.data_delay > 0:
+            await asyncio.sleep(owner.data_delay)
+        drop_after = owner.drop_after_data_count
+        if drop_after is not None and len(owner.received) >= drop_after:
+            # One-shot: kill the connection after the client's final "." without replying,
+            # then park until connection_lost() cancels this (aiosmtpd's) handler task.
+            owner.drop_after_data_count = None
+            assert isinstance(server.transport, asyncio.Transport)
+            server.transport.abort()
+            await asyncio.get_running_loop().create_future()
+        reply = owner.data_replies.pop(0) if owner.data_replies else "250 OK"
+        if _is_ok(reply):
+            peer = session.peer
+            owner.received.append(
+                Received(
+                    mail_from=envelope.mail_from or "",
+                    rcpt_tos=list(envelope.rcpt_tos),
+                    data=bytes(envelope.original_content or b""),
+                    helo=session.host_name,
+                    peer=tuple(peer) if peer is not None else (),
+                    session_id=server.session_id,
+                )
+            )
+            owner._changed.set()
+        return reply
+
+
+class TestSMTPServer:
+    """SMTP server on 127.0.0.1:<ephemeral> inside the running asyncio loop.
+
+    Fault knobs (``rcpt_replies``, ``mail_reply``, ``data_replies``, ``drop_after_data_count``,
+    ``data_delay``) may be changed at any time, also while clients are connected.
+    """
+
+    __test__ = False  # not a pytest test class despite the name
+
+    def __init__(
+        self,
+        *,
+        tls_cert: trustme.LeafCert | None = None,
+        implicit_tls: bool = False,
+        require_starttls: bool = False,
+        auth: dict[str, str] | None = None,
+    ) -> None:
+        if (implicit_tls or require_starttls) and tls_cert is None:
+            raise ValueError("implicit_tls/require_starttls need tls_cert")
+        self.tls_cert = tls_cert
+        self.implicit_tls = implicit_tls
+        self.require_starttls = require_starttls
+        self.auth = dict(auth) if auth is not None else None
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.received: list[Received] = []
+        self.connections = 0
+        self.helos: list[str] = []
+        self.auth_attempts: list[tuple[str, bool]] = []
+        self.rcpt_replies: dict[str, str] = {}
+        self.mail_reply: str | None = None
+        self.data_replies: list[str] = []
+        self.drop_after_data_count: int | None = None
+        self.data_delay = 0.0
+        self._server: asyncio.Server | None = None
+        self._protocols: list[_SMTP] = []
+        self._changed = asyncio.Event()
+        self._handler = _Handler(self)
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls_cert is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.tls_cert.configure_cert(ctx)
+        return ctx
+
+    def _authenticate(
+        self,
+        server: _SMTP,
+        session: Session,
+        envelope: Envelope,
+        mechanism: str,
+        auth_data: Any,
+    ) -> AuthResult:
+        assert self.auth is not None
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user = auth_data.login.decode("utf-8", "replace")
+        password = auth_data.password.decode("utf-8", "replace")
+        ok = user in self.auth and self.auth[user] == password
+        self.auth_attempts.append((user, ok))
+        # handled=False makes aiosmtpd send the standard 535 reply on failure.
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+
+    async def start(self) -> None:
+        """Start listening on 127.0.0.1 with an ephemeral port (sets ``port``)."""
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        loop = asyncio.get_running_loop()
+        ctx = self._ssl_context()
+        starttls_ctx = None if self.implicit_tls else ctx
+        listen_ctx = ctx if self.implicit_tls else None
+        kwargs: dict[str, Any] = {
+            "hostname": "smtp.test.invalid",
+            "tls_context": starttls_ctx,
+            "require_starttls": self.require_starttls and starttls_ctx is not None,
+            "loop": loop,
+        }
+        if self.auth is not None:
+            kwargs.update(
+                authenticator=self._authenticate,
+                auth_required=True,
+                # aiosmtpd cannot tell that an implicit-TLS socket is encrypted, so only
+                # insist on TLS for AUTH when STARTTLS is what provides it.
+                auth_require_tls=starttls_ctx is not None,
+            )
+
+        def factory() -> _SMTP:
+            session_id = self.connections
+            self.connections += 1
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
+                proto = _SMTP(self, session_id, self._handler, **kwargs)
+            self._protocols.append(proto)
+            return proto
+
+        self._server = await loop.create_server(factory, self.host, 0, ssl=listen_ctx)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop listening and abort every client connection still open."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        tasks = []
+        for proto in self._protocols:
+            # Abort both layers: aborting only the TLS layer mid-handshake (client gave up on
+            # STARTTLS) leaves aiosmtpd waiting for input that can never arrive.
+            for transport in (proto.transport, proto._original_transport):
+                if isinstance(transport, asyncio.Transport):
+                    transport.abort()
+            if proto._handler_coroutine is not None:
+                proto._handler_coroutine.cancel()
+                tasks.append(proto._handler_coroutine)
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # aiosmtpd may re-raise ConnectionResetError; mark retrieved
+        await server.wait_closed()
+        self._protocols.clear()
+
+    async def _wait_for(self, n: int, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                while len(self.received) < n:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise TimeoutError(
+                f"expected {n} messages within {timeout}s, got {len(self.received)}"
+            ) from None
+
+    def wait_for(self, n: int, timeout: float = 10) -> Awaitable[None]:
+        """Wait until at least ``n`` messages were received; raise TimeoutError otherwise."""
+        return self._wait_for(n, timeout)
