@@ -313,7 +313,7 @@ def _build(raw: RawConfig, path: str) -> Settings:
     if database.url.startswith("postgresql://"):
         parts["database"] = DatabaseSettings(url="postgresql+psycopg://" + database.url[13:])
     _check_url(parts["database"].url, path)
-    smtp = _with_preset(parts["smtp"], "smtp", path)
+    smtp = _with_preset(parts["smtp"], raw.get("smtp", {}).keys(), "smtp", path)
     sender: SenderSettings = parts["sender"]
     _check_smtp(smtp, "smtp", path)
     if not sender.address:
@@ -352,7 +352,9 @@ def _account(section: str, values: dict[str, str], raw: RawConfig, path: str) ->
             inherited_smtp.pop(key, None)
     smtp_raw = inherited_smtp | {k: v for k, v in values.items() if k in smtp_keys}
     sender_raw = raw.get("sender", {}) | {k: v for k, v in values.items() if k in sender_keys}
-    smtp = _with_preset(_section(SmtpSettings, smtp_raw, section, path), section, path)
+    smtp = _with_preset(
+        _section(SmtpSettings, smtp_raw, section, path), smtp_raw.keys(), section, path
+    )
     _check_smtp(smtp, section, path)
     sender = _section(SenderSettings, sender_raw, section, path)
     if not sender.address:
@@ -360,7 +362,10 @@ def _account(section: str, values: dict[str, str], raw: RawConfig, path: str) ->
     return Account(name, smtp, sender, f"account_{_env_form(name)}_password")
 
 
-def _with_preset(smtp: SmtpSettings, section: str, path: str) -> SmtpSettings:
+def _with_preset(
+    smtp: SmtpSettings, explicit: typing.Iterable[str], section: str, path: str
+) -> SmtpSettings:
+    """Fill host, port and security from the preset, except the keys set explicitly."""
     if smtp.preset is None:
         return smtp
     if smtp.preset not in PRESETS:
@@ -371,12 +376,12 @@ def _with_preset(smtp: SmtpSettings, section: str, path: str) -> SmtpSettings:
             path=path,
         )
     host, port, security, _ = PRESETS[smtp.preset]
-    defaults = SmtpSettings()
+    given = set(explicit)
     return dataclasses.replace(
         smtp,
-        host=smtp.host if smtp.host != defaults.host else host,
-        port=smtp.port if smtp.port is not None else port,
-        security=smtp.security if smtp.security != defaults.security else security,
+        host=smtp.host if "host" in given else host,
+        port=smtp.port if "port" in given else port,
+        security=smtp.security if "security" in given else security,
     )
 
 

@@ -20,6 +20,8 @@ class TokenBucket:
 
     def delay(self) -> float:
         """Take a token if one is there (return 0), else the seconds until the next one."""
+        if self.rate <= 0:
+            return 0.0
         now = self._clock()
         self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now

@@ -54,3 +54,23 @@ def write_ini(tmp_path: Path) -> WriteIni:
         return path
 
     return write
+
+
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember skipped tests: in CI a skip (say, of PostgreSQL) is a failure."""
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when CI is set and anything was skipped."""
+    import os
+
+    if os.environ.get("CI") and _skipped and exitstatus == 0:
+        print(f"\n{len(_skipped)} test(s) skipped in CI, which counts as a failure:")
+        for nodeid in _skipped:
+            print(f"  {nodeid}")
+        session.exitstatus = 1
