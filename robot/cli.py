@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import mimetypes
 import os
 import sys
@@ -22,7 +23,7 @@ from robot.config import Settings, find_config, load_settings
 from robot.db import make_engine, schema_is_current, upgrade
 from robot.errors import ConfigError, DeliveryError, RobotError
 from robot.logs import configure_logging
-from robot.queue import Attachment, Outbox
+from robot.queue import Attachment, Outbox, outbox_for
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
@@ -35,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; print one line on stderr on failure, never a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # a row's odd bytes must not crash a listing
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -89,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         name: str, handler: Callable[[argparse.Namespace, Wiring], int], text: str
     ) -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, parents=[config], help=text, description=text)
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=handler, command=name)
         return sub
 
     run = verb("run", cmd_run, "run the daemon (systemd Type=notify)")
@@ -129,6 +133,38 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id", type=int)
     show.add_argument("--json", action="store_true")
 
+    for name, text in (
+        ("retract", "the oops button: retract pending, deferred or held rows"),
+        ("hold", "hold pending or deferred rows (a draft; `release` lets them go)"),
+        ("release", "release held rows"),
+    ):
+        change = verb(name, cmd_change, text + "; says which were too late")
+        change.add_argument("ids", type=int, nargs="*", metavar="ID")
+        change.add_argument("--batch", help="every row of this batch")
+    retry = verb("retry", cmd_change, "send failed, bounced or deferred rows again, now")
+    retry.add_argument("ids", type=int, nargs="*", metavar="ID")
+    retry.add_argument("--failed", action="store_true", help="every failed row")
+    retry.add_argument("--batch", help="with --failed: only this batch's")
+
+    status = verb("status", cmd_status, "counts by status, the due backlog and its ETA")
+    status.add_argument("--batch")
+    status.add_argument("--json", action="store_true")
+
+    suppress = verb(
+        "suppress", lambda a, w: _usage("suppress needs add, remove or list"), "suppression list"
+    )
+    suppress_verbs = suppress.add_subparsers(title="subcommands", metavar="SUBCOMMAND")
+    add = suppress_verbs.add_parser("add", parents=[config], help="never mail these addresses")
+    add.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    add.add_argument("--reason", default="added by the operator")
+    add.set_defaults(handler=cmd_suppress_add)
+    remove = suppress_verbs.add_parser("remove", parents=[config], help="mail them again")
+    remove.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    remove.set_defaults(handler=cmd_suppress_remove)
+    show_list = suppress_verbs.add_parser("list", parents=[config], help="the list")
+    show_list.add_argument("--json", action="store_true")
+    show_list.set_defaults(handler=cmd_suppress_list)
+
     test = verb("test", cmd_test, "send one test message now and print the server's reply")
     test.add_argument("--to", required=True)
     test.add_argument("--account", default="default")
@@ -153,7 +189,7 @@ def cmd_run(args: argparse.Namespace, wiring: Wiring) -> int:
 
     settings = wiring.settings()
     configure_logging(settings.log.format, settings.log.level)
-    engine = wiring.engine(migrate_sqlite=True)
+    engine = wiring.engine(migrate_sqlite=True, lenient_text=False)
     path = Path(settings.path)
     robot = Robot(settings, engine, drain=args.drain, reload=lambda: load_settings(path))
     return asyncio.run(robot.run())
@@ -212,6 +248,81 @@ def cmd_show(args: argparse.Namespace, wiring: Wiring) -> int:
         return EXIT_PARTIAL
     events = outbox.history(args.id)
     print(show_json(row, events) if args.json else show_text(row, events))
+    return EXIT_OK
+
+
+def cmd_change(args: argparse.Namespace, wiring: Wiring) -> int:
+    """retract, hold, release, retry: one conditional UPDATE; exit 1 if any was too late."""
+    from robot.report import change_text
+
+    verb = args.command
+    everything_failed = getattr(args, "failed", False)
+    if args.batch is not None and (args.ids or (verb == "retry" and not everything_failed)):
+        raise UsageError(
+            f"{verb}: give IDs or --batch, not both"
+            if args.ids
+            else "retry --batch needs --failed (retry --failed --batch B)"
+        )
+    if not args.ids and args.batch is None and not everything_failed:
+        raise UsageError(
+            f"{verb}: give row IDs or --batch B" + (" or --failed" if verb == "retry" else "")
+        )
+    if everything_failed and args.ids:
+        raise UsageError("retry: give IDs or --failed, not both")
+    change = wiring.outbox().transition(
+        verb,
+        ids=args.ids,
+        batch=args.batch,
+        statuses=("failed",) if everything_failed else (),
+        reason=f"{verb} by {_operator()}",
+    )
+    print(change_text(verb, change))
+    return EXIT_PARTIAL if change.too_late else EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, wiring: Wiring) -> int:
+    from robot.report import status_json, status_text
+
+    rate = wiring.settings().robot.rate
+    status = wiring.outbox().status(batch=args.batch)
+    print(status_json(status, rate) if args.json else status_text(status, rate, args.batch))
+    return EXIT_OK
+
+
+def cmd_suppress_add(args: argparse.Namespace, wiring: Wiring) -> int:
+    outbox = wiring.outbox()
+    for address in _addresses(args.addresses):
+        added = outbox.suppress(address, args.reason)
+        print(f"{address}: {'added' if added else 'already suppressed'}")
+    return EXIT_OK
+
+
+def cmd_suppress_remove(args: argparse.Namespace, wiring: Wiring) -> int:
+    outbox = wiring.outbox()
+    missing = False
+    for address in _addresses(args.addresses):
+        removed = outbox.unsuppress(address)
+        missing |= not removed
+        print(f"{address}: {'removed' if removed else 'not in the list'}")
+    return EXIT_PARTIAL if missing else EXIT_OK
+
+
+def cmd_suppress_list(args: argparse.Namespace, wiring: Wiring) -> int:
+    from robot.report import suppression_table
+
+    entries = wiring.outbox().suppressed()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"address": a, "reason": r, "since": t.isoformat() if t else None}
+                    for a, r, t in entries
+                ],
+                indent=2,
+            )
+        )
+    else:
+        print(suppression_table(entries))
     return EXIT_OK
 
 
@@ -317,12 +428,15 @@ class Wiring:
             self._settings = load_settings(find_config(self.config_path))
         return self._settings
 
-    def engine(self, *, migrate_sqlite: bool = False, current: bool = True) -> Engine:
+    def engine(
+        self, *, migrate_sqlite: bool = False, current: bool = True, lenient_text: bool = True
+    ) -> Engine:
         """The engine; with `current`, on the newest schema (SQLite may be migrated in place,
-        PostgreSQL must have been: `email-robot db upgrade`)."""
+        PostgreSQL must have been: `email-robot db upgrade`). The daemon reads text with the
+        fast decoder (`lenient_text` off); the operator's commands show odd bytes escaped."""
         if self._engine is None:
             settings = self.settings()
-            self._engine = make_engine(settings.database.url)
+            self._engine = make_engine(settings.database.url, lenient_text=lenient_text)
             if self._engine.dialect.name == "sqlite" and migrate_sqlite:
                 upgrade(self._engine)
             elif current and not schema_is_current(self._engine):
@@ -335,12 +449,7 @@ class Wiring:
 
     def outbox(self) -> Outbox:
         """The outbox gateway on a current schema."""
-        robot = self.settings().robot
-        return Outbox(
-            self.engine(migrate_sqlite=True),
-            grace_seconds=robot.grace_minutes * 60,
-            lease_seconds=robot.lease_seconds,
-        )
+        return outbox_for(self.settings(), self.engine(migrate_sqlite=True))
 
     def close(self) -> None:
         """Close every database connection the command opened."""
@@ -355,6 +464,29 @@ def _read(path: Path | None) -> str | None:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _addresses(values: Sequence[str]) -> list[str]:
+    """Lower-cased bare addresses; a value that is not an address is a usage error."""
+    from email.utils import parseaddr
+
+    found = []
+    for value in values:
+        address = parseaddr(value)[1]
+        if not address or "@" not in address or address.startswith("@") or address.endswith("@"):
+            raise UsageError(f"not an e-mail address: {value!r}")
+        found.append(address.lower())
+    return found
+
+
+def _operator() -> str:
+    """Who ran the command, for the history: the login name."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "an operator"
 
 
 def _usage(message: str) -> int:

@@ -65,8 +65,10 @@ def compose(
     *,
     now: datetime,
     attachments: AttachmentSettings | None = None,
+    max_body_mb: float = 10.0,
 ) -> Composed:
     """Build the message of `row` sent from `account`. Raises BadRowError."""
+    _check_body_size(row, max_body_mb)
     _check_text_fields(row)
     subject, body_text, body_html = _render(row)
     if not (body_text or body_html):
@@ -121,8 +123,21 @@ def compose(
     return Composed(from_address, tuple(recipients), data, row.message_id)
 
 
+def _check_body_size(row: OutboxRow, max_body_mb: float) -> None:
+    """Reject bodies over the limit (the claim measured them and left them out)."""
+    size = row.body_bytes
+    if size is None:
+        size = sum(len((body or "").encode("utf-8", "surrogateescape"))
+                   for body in (row.body_text, row.body_html))  # fmt: skip
+    if size > max_body_mb * 1048576:
+        raise BadRowError(
+            f"body_text and body_html total {size / 1048576:.1f} MiB, over the limit of "
+            f"{max_body_mb:g} MiB ([robot] max_body_mb)"
+        )
+
+
 def _check_text_fields(row: OutboxRow) -> None:
-    """Reject values that cannot be sent: undecodable bytes and NUL characters."""
+    """Reject values that cannot be sent: non-text, undecodable bytes and NUL characters."""
     for name in (
         "sender", "sender_name", "reply_to", "recipient", "cc", "bcc", "subject",
         "body_text", "body_html", "headers", "context",
@@ -130,6 +145,8 @@ def _check_text_fields(row: OutboxRow) -> None:
         value = getattr(row, name)
         if value is None:
             continue
+        if not isinstance(value, str):  # SQLite stores whatever a host gives it
+            raise BadRowError(f"{name} is not text but {type(value).__name__}")
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
@@ -242,11 +259,13 @@ def _cte(body: str) -> str:
 
 
 def _attach(msg: EmailMessage, row: OutboxRow, settings: AttachmentSettings) -> None:
-    if not row.attachments:
+    total = sum(len(a.content) for a in row.attachments)
+    if row.attachment_bytes is not None:  # measured by the database; big files not read
+        total = max(total, row.attachment_bytes)
+    if not row.attachments and not total:
         return
     if not settings.allowed:
         raise BadRowError("the row has attachments and [attachments] allowed = false")
-    total = sum(len(a.content) for a in row.attachments)
     limit = int(settings.max_mb * 1024 * 1024)
     if total > limit:
         raise BadRowError(

@@ -59,6 +59,7 @@ class RobotSettings:
     max_errors: int = 10
     lease_seconds: float = 300.0
     retention_days: float = 30.0
+    max_body_mb: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -424,6 +425,7 @@ def _check_ranges(parts: dict[str, typing.Any], path: str) -> None:
         ("robot", "retry_minutes", robot.retry_minutes >= 0, "must not be negative"),
         ("robot", "rate", 0 <= robot.rate <= 10000, "must be between 0 and 10000"),
         ("robot", "retention_days", robot.retention_days >= 0, "must not be negative"),
+        ("robot", "max_body_mb", 0 < robot.max_body_mb <= 100, "must be in (0, 100]"),
         ("attachments", "max_mb", 0 < parts["attachments"].max_mb <= 100, "must be in (0, 100]"),
         ("log", "format", parts["log"].format in ("json", "console"), "must be json or console"),
         (

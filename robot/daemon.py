@@ -35,7 +35,7 @@ from robot.errors import (
 from robot.logs import get_logger
 from robot.models import Status
 from robot.policy import Decision, Outcome, Reply, RetryPolicy, Stage, classify, suppresses
-from robot.queue import Outbox, OutboxRow
+from robot.queue import MIB, OutboxRow, outbox_for
 from robot.systemd import notify, watchdog_interval
 from robot.throttle import TokenBucket
 from robot.transport import SendResult, SmtpConnection
@@ -46,6 +46,7 @@ DOMAIN = re.compile(r"^[A-Za-z0-9.-]+$")
 FAULT_BACKOFF_FIRST, FAULT_BACKOFF_MAX = 10.0, 600.0
 DB_RETRY_MAX = 30.0
 STOP_DB_PATIENCE = 20.0  # while stopping, how long to keep trying to record an outcome
+HOUSEKEEPING_SECONDS = 3600.0  # retention and sanity sweeps
 
 
 class Robot:
@@ -60,11 +61,7 @@ class Robot:
         reload: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
-        self.outbox = Outbox(
-            engine,
-            grace_seconds=settings.robot.grace_minutes * 60,
-            lease_seconds=settings.robot.lease_seconds,
-        )
+        self.outbox = outbox_for(settings, engine)
         self.worker_id = f"{settings.robot_name}:{os.getpid()}"
         self.drain = drain
         self.reload = reload
@@ -97,6 +94,7 @@ class Robot:
             asyncio.create_task(self._worker(), name=f"connection-{n}")
             for n in range(self.settings.robot.connections)
         ]
+        await self._housekeeping()  # once at start, then hourly
         dispatcher = asyncio.create_task(self._dispatch(), name="dispatcher")
         scheduler.start()
         notify("READY=1")
@@ -158,6 +156,8 @@ class Robot:
         self.settings = new
         self.outbox.grace_seconds = new.robot.grace_minutes * 60
         self.outbox.lease_seconds = new.robot.lease_seconds
+        self.outbox.max_body_bytes = int(new.robot.max_body_mb * MIB)
+        self.outbox.max_attachment_bytes = int(new.attachments.max_mb * MIB)
         self.retry = RetryPolicy(new.robot.retry_minutes, new.robot.max_errors)
         self.bucket = TokenBucket(new.robot.rate)
         self.log.info("config.reloaded", path=new.path)
@@ -179,6 +179,7 @@ class Robot:
         scheduler.add_job(
             self._renew, "interval", seconds=max(3.0, robot.lease_seconds / 3), **options
         )
+        scheduler.add_job(self._housekeeping, "interval", seconds=HOUSEKEEPING_SECONDS, **options)
         interval = watchdog_interval()
         if interval:
             scheduler.add_job(notify, "interval", args=["WATCHDOG=1"], seconds=interval, **options)
@@ -212,13 +213,30 @@ class Robot:
 
     async def _reap(self) -> None:
         try:
-            reaped = await self._db(self.outbox.reap_expired)
+            reaped, failed = await self._db(
+                self.outbox.reap_expired, self.settings.robot.max_errors
+            )
         except SQLAlchemyError as exc:
             self.log.error("database.unavailable", doing="reap", error=_first_line(exc))
             return
+        if failed:
+            self.log.error("lease.expired_too_often", rows=len(failed), ids=failed[:20])
         if reaped:
             self.log.warning("lease.expired", rows=len(reaped), ids=reaped[:20])
             self.wake.set()
+
+    async def _housekeeping(self) -> None:
+        """Retention (finished rows older than retention_days) and unreadable schedules."""
+        try:
+            purged = await self._db(self.outbox.purge_finished, self.settings.robot.retention_days)
+            failed = await self._db(self.outbox.fail_unschedulable)
+        except SQLAlchemyError as exc:
+            self.log.error("database.unavailable", doing="housekeeping", error=_first_line(exc))
+            return
+        if purged:
+            self.log.info("retention.purged", rows=purged, days=self.settings.robot.retention_days)
+        if failed:
+            self.log.warning("rows.unschedulable", rows=len(failed), ids=failed[:20])
 
     async def _renew(self) -> None:
         try:
@@ -237,6 +255,7 @@ class Robot:
                 await self.room.wait()
                 continue
             self.wake.clear()
+            rows: list[OutboxRow] = []
             try:
                 rows = await self._db(
                     self.outbox.claim,
@@ -249,9 +268,18 @@ class Robot:
                     await self._look_up_suppressed(rows)
                 delay = 0.5
             except SQLAlchemyError as exc:
+                doing = "suppression look-up" if rows else "claim"
                 self.log.error(
-                    "database.unavailable", doing="claim", error=_first_line(exc), retry_in=delay
+                    "database.unavailable", doing=doing, error=_first_line(exc), retry_in=delay
                 )
+                if rows:  # claimed but not queued: give them back, or renew keeps them forever
+                    await self._db_until_done(
+                        "release",
+                        self.outbox.release,
+                        [r.id for r in rows],
+                        self.worker_id,
+                        "suppression look-up failed",
+                    )
                 await self._sleep(delay)
                 delay = min(delay * 2, DB_RETRY_MAX)
                 continue
@@ -351,10 +379,18 @@ class Robot:
             return
         try:
             message = compose(
-                row, account, now=datetime.now(UTC), attachments=self.settings.attachments
+                row,
+                account,
+                now=datetime.now(UTC),
+                attachments=self.settings.attachments,
+                max_body_mb=self.settings.robot.max_body_mb,
             )
         except BadRowError as exc:
             await self._bad_row(row, str(exc), log)
+            return
+        except Exception as exc:  # a value compose did not foresee must not stop the robot
+            log.exception("compose.crashed")
+            await self._bad_row(row, f"cannot build the message: {type(exc).__name__}: {exc}", log)
             return
         blocked = self.row_suppressed.pop(row.id, set())
         if blocked:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -9,16 +11,18 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
 SQLITE_BUSY_MS = 30_000
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, lenient_text: bool = False) -> Engine:
     """An engine for `url`. SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE transactions,
-    so that the robot and host applications can write the same file at once."""
+    so that the robot and host applications can write the same file at once. With
+    `lenient_text`, SQLite text that is not UTF-8 is read with surrogate escapes instead of
+    failing the query (for the operator's commands)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
@@ -34,6 +38,8 @@ def make_engine(url: str) -> Engine:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        if lenient_text:
+            dbapi_connection.text_factory = _decode_leniently
         cursor = dbapi_connection.cursor()
         if not memory:
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -48,6 +54,26 @@ def make_engine(url: str) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _decode_leniently(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+@contextmanager
+def lenient_text(conn: Connection) -> Iterator[None]:
+    """Within the block, SQLite text that is not UTF-8 reads with surrogate escapes (the
+    default, fast decoder refuses the whole query)."""
+    raw: Any = conn.connection.driver_connection
+    if not hasattr(raw, "text_factory"):
+        yield
+        return
+    before = raw.text_factory
+    raw.text_factory = _decode_leniently
+    try:
+        yield
+    finally:
+        raw.text_factory = before
 
 
 def migrations_dir() -> Path:

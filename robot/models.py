@@ -82,7 +82,13 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        parsed: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+        if isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:  # SQLite keeps whatever text a host wrote; it is never due
+                return None
+        else:
+            parsed = value
         if parsed.tzinfo is None:
             return parsed.replace(tzinfo=UTC)
         return parsed.astimezone(UTC)

@@ -16,8 +16,11 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    LargeBinary,
     bindparam,
     case,
+    cast,
+    delete,
     func,
     insert,
     select,
@@ -25,8 +28,12 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
+from sqlalchemy.exc import OperationalError
 
+from robot.config import Settings
+from robot.db import lenient_text
 from robot.models import (
+    FINISHED,
     WAITING_SQL,
     Status,
     UTCDateTime,
@@ -39,6 +46,14 @@ from robot.models import (
 from robot.policy import Decision
 
 SQLITE_TIME = "%Y-%m-%d %H:%M:%f"
+MIB = 1024 * 1024
+RECENT_SECONDS = 300  # the window `status` measures the observed sending rate over
+PURGE_CHUNK = 500  # rows deleted per transaction by the retention job
+LEASE_GIVE_UP = (
+    "the robot sending it stopped answering on every attempt (lease expired); "
+    "it may have been delivered before that: check before `email-robot retry`"
+)
+UNSCHEDULABLE = "created_at or send_after is not a time the database can read"
 WAITING = text(WAITING_SQL)  # literal, so that the planners match the partial index
 CLAIM_ORDER = (outbox.c.priority.desc(), outbox.c.created_at, outbox.c.id)
 
@@ -86,12 +101,26 @@ class OutboxRow:
     sent_at: datetime | None
     updated_at: datetime | None
     attachments: tuple[Attachment, ...] = ()
+    # Sizes in bytes as the database measured them. A claim leaves out bodies and files over
+    # the limits (they stay in the database) so that one huge row cannot exhaust memory.
+    body_bytes: int | None = None
+    attachment_bytes: int | None = None
 
     @classmethod
-    def from_mapping(cls, values: Any, attachments: tuple[Attachment, ...] = ()) -> OutboxRow:
-        """Build from a result row mapping with every outbox column."""
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "attachments"]
-        return cls(**{name: values[name] for name in names}, attachments=attachments)
+    def from_mapping(
+        cls,
+        values: Any,
+        attachments: tuple[Attachment, ...] = (),
+        attachment_bytes: int | None = None,
+    ) -> OutboxRow:
+        """Build from a result row mapping with every outbox column (and maybe body_bytes)."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name in outbox.c]
+        return cls(
+            **{name: values[name] for name in names},
+            attachments=attachments,
+            body_bytes=values.get("body_bytes"),
+            attachment_bytes=attachment_bytes,
+        )
 
 
 @dataclass(frozen=True)
@@ -105,20 +134,89 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Transition:
+    """An operator's state change: from which statuses, to which, and its history event."""
+
+    verb: str
+    event: str
+    sources: tuple[str, ...]  # statuses it applies to
+    already: tuple[str, ...]  # statuses that mean "nothing to do" (not too late)
+    values: dict[str, Any]
+
+
+TRANSITIONS = {
+    "retract": Transition(
+        "retract",
+        "retracted",
+        (Status.PENDING.value, Status.DEFERRED.value, Status.HELD.value),
+        (Status.RETRACTED.value,),
+        {"status": Status.RETRACTED.value},
+    ),
+    "hold": Transition(
+        "hold",
+        "held",
+        (Status.PENDING.value, Status.DEFERRED.value),
+        (Status.HELD.value,),
+        {"status": Status.HELD.value},
+    ),
+    "release": Transition(
+        "release",
+        "released",
+        (Status.HELD.value,),
+        (Status.PENDING.value, Status.DEFERRED.value),
+        {"status": Status.PENDING.value},
+    ),
+    # A new start: attempts count from zero again and the row is due now (Message-ID kept).
+    "retry": Transition(
+        "retry",
+        "retried",
+        (Status.FAILED.value, Status.BOUNCED.value, Status.DEFERRED.value),
+        (Status.PENDING.value,),
+        {"status": Status.PENDING.value, "attempts": 0, "next_attempt_at": None},
+    ),
+}
+
+
+@dataclass(frozen=True)
 class Change:
-    """What an operator command changed, and what it found too late to change."""
+    """What an operator command changed, what needed no change, and what was too late."""
 
     changed: list[int]
+    unchanged: list[tuple[int, str]]  # (id, status): already in the wanted state
     too_late: list[tuple[int, str]]  # (id, current status), or status 'missing'
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """The numbers behind `email-robot status`."""
+
+    now: datetime
+    counts: dict[str, int]
+    due: int  # waiting rows whose due time has come
+    later: int  # waiting rows due in the future
+    next_due: datetime | None
+    last_due: datetime | None
+    sent_recently: int  # rows sent in the last RECENT_SECONDS
+    sending: int
 
 
 class Outbox:
     """The narrow gateway between the robot and the outbox tables."""
 
-    def __init__(self, engine: Engine, *, grace_seconds: float, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        grace_seconds: float,
+        lease_seconds: float,
+        max_body_bytes: int = 10 * MIB,
+        max_attachment_bytes: int = 10 * MIB,
+    ) -> None:
         self.engine = engine
         self.grace_seconds = grace_seconds
         self.lease_seconds = lease_seconds
+        self.max_body_bytes = max_body_bytes
+        self.max_attachment_bytes = max_attachment_bytes
         self.sqlite = engine.dialect.name == "sqlite"
 
     # -- clock and due rule ------------------------------------------------------------
@@ -143,7 +241,12 @@ class Outbox:
             graced = func.strftime(
                 SQLITE_TIME, outbox.c.created_at, f"{self.grace_seconds:+.3f} seconds"
             )
-            scheduled = func.coalesce(func.strftime(SQLITE_TIME, outbox.c.send_after), created)
+            # NULL send_after: not scheduled; unreadable send_after: never due (housekeeping
+            # fails the row) rather than sent at once.
+            scheduled = case(
+                (outbox.c.send_after.is_(None), created),
+                else_=func.strftime(SQLITE_TIME, outbox.c.send_after),
+            )
             expr = func.coalesce(outbox.c.next_attempt_at, func.max(graced, scheduled))
         else:
             graced = outbox.c.created_at + func.make_interval(0, 0, 0, 0, 0, 0, self.grace_seconds)
@@ -185,32 +288,88 @@ class Outbox:
         else:
             locked = due.with_for_update(skip_locked=True).subquery()
             stmt = update(outbox).where(outbox.c.id == locked.c.id, WAITING)
-        with self.engine.begin() as conn:
-            found = conn.execute(stmt.values(values).returning(*outbox.c)).mappings().all()
-            if not found:
-                return []
-            files = self._attachments(conn, [r["id"] for r in found])
-            rows = [OutboxRow.from_mapping(r, files.get(r["id"], ())) for r in found]
-            rows = self._fix_message_ids(conn, rows, message_id_for)
-            conn.execute(
-                insert(outbox_event),
-                [{"outbox_id": r.id, "kind": "claimed", "detail": worker} for r in rows],
-            )
+        stmt = stmt.values(values).returning(*self._sized_columns())
+        try:
+            with self.engine.begin() as conn:
+                rows = self._claimed(conn, stmt, worker, message_id_for)
+        except OperationalError as exc:
+            if not (self.sqlite and "decode" in str(exc)):
+                raise
+            # A host wrote bytes that are not UTF-8 into a text column (SQLite allows it).
+            # Claim again reading them leniently: compose then fails just those rows.
+            with self.engine.begin() as conn, lenient_text(conn):
+                rows = self._claimed(conn, stmt, worker, message_id_for)
         rows.sort(key=lambda r: (-r.priority, r.created_at, r.id))
         return rows
 
-    def _attachments(self, conn: Connection, ids: list[int]) -> dict[int, tuple[Attachment, ...]]:
-        found: dict[int, list[Attachment]] = {}
-        query = (
-            select(outbox_attachment)
-            .where(outbox_attachment.c.outbox_id.in_(ids))
-            .order_by(outbox_attachment.c.id)
+    def _claimed(
+        self,
+        conn: Connection,
+        stmt: Any,
+        worker: str,
+        message_id_for: Callable[[OutboxRow], str],
+    ) -> list[OutboxRow]:
+        """Run the claiming UPDATE of `stmt`; read files, fix Message-IDs, write events."""
+        found = conn.execute(stmt).mappings().all()
+        if not found:
+            return []
+        files, sizes = self._attachments(conn, [r["id"] for r in found])
+        rows = [
+            OutboxRow.from_mapping(r, files.get(r["id"], ()), sizes.get(r["id"], 0)) for r in found
+        ]
+        rows = self._fix_message_ids(conn, rows, message_id_for)
+        conn.execute(
+            insert(outbox_event),
+            [{"outbox_id": r.id, "kind": "claimed", "detail": worker} for r in rows],
         )
-        for r in conn.execute(query).mappings():
-            found.setdefault(r["outbox_id"], []).append(
-                Attachment(r["filename"], r["content_type"], bytes(r["content"]))
+        return rows
+
+    def _octets(self, column: ColumnElement[Any]) -> ColumnElement[int]:
+        """The stored size of a text or binary value in bytes, without reading it whole."""
+        if self.sqlite:
+            return func.coalesce(func.length(cast(column, LargeBinary())), 0)
+        return func.coalesce(func.octet_length(column), 0)
+
+    def _sized_columns(self) -> list[ColumnElement[Any]]:
+        """Every outbox column, bodies left out (NULL) when together over the limit."""
+        size = self._octets(outbox.c.body_text) + self._octets(outbox.c.body_html)
+        fits = size <= self.max_body_bytes
+        return [
+            *(c for c in outbox.c if c.name not in ("body_text", "body_html")),
+            case((fits, outbox.c.body_text), else_=None).label("body_text"),
+            case((fits, outbox.c.body_html), else_=None).label("body_html"),
+            size.label("body_bytes"),
+        ]
+
+    def _attachments(
+        self, conn: Connection, ids: list[int]
+    ) -> tuple[dict[int, tuple[Attachment, ...]], dict[int, int]]:
+        """The files of rows `ids` and each row's total; files of rows over the limit are
+        not read."""
+        sizes: dict[int, int] = {
+            row_id: int(size)
+            for row_id, size in conn.execute(
+                select(
+                    outbox_attachment.c.outbox_id,
+                    func.sum(self._octets(outbox_attachment.c.content)),
+                )
+                .where(outbox_attachment.c.outbox_id.in_(ids))
+                .group_by(outbox_attachment.c.outbox_id)
             )
-        return {key: tuple(value) for key, value in found.items()}
+        }
+        wanted = [i for i, size in sizes.items() if size <= self.max_attachment_bytes]
+        found: dict[int, list[Attachment]] = {}
+        if wanted:
+            query = (
+                select(outbox_attachment)
+                .where(outbox_attachment.c.outbox_id.in_(wanted))
+                .order_by(outbox_attachment.c.id)
+            )
+            for r in conn.execute(query).mappings():
+                found.setdefault(r["outbox_id"], []).append(
+                    Attachment(r["filename"], r["content_type"], bytes(r["content"]))
+                )
+        return {key: tuple(value) for key, value in found.items()}, sizes
 
     def _fix_message_ids(
         self, conn: Connection, rows: list[OutboxRow], message_id_for: Callable[[OutboxRow], str]
@@ -323,16 +482,36 @@ class Outbox:
                 .values(claimed_until=self.now_plus(self.lease_seconds))
             ).rowcount
 
-    def reap_expired(self) -> list[int]:
-        """Take back rows whose lease ran out (their robot died); they become due again."""
+    def reap_expired(self, max_errors: int | None = None) -> tuple[list[int], list[int]]:
+        """Take back rows whose lease ran out (their robot died): they become due again, or
+        `failed` once they have used `max_errors` attempts (a row that keeps killing robots
+        must not kill them for ever). Returns (taken back, failed)."""
+        expired: list[ColumnElement[bool]] = [
+            text("status = 'sending'"),  # type: ignore[list-item]
+            outbox.c.claimed_until < utcnow(),
+        ]
         with self.engine.begin() as conn:
-            reaped = (
+            failed: list[int] = []
+            if max_errors is not None:
+                failed = list(
+                    conn.execute(
+                        update(outbox)
+                        .where(*expired, outbox.c.attempts >= max_errors)
+                        .values(
+                            status=Status.FAILED.value,
+                            claimed_by=None,
+                            claimed_until=None,
+                            updated_at=utcnow(),
+                            last_error=LEASE_GIVE_UP,
+                        )
+                        .returning(outbox.c.id)
+                    ).scalars()
+                )
+                self._events(conn, failed, "failed", LEASE_GIVE_UP)
+            reaped = list(
                 conn.execute(
                     update(outbox)
-                    .where(
-                        text("status = 'sending'"),
-                        outbox.c.claimed_until < utcnow(),
-                    )
+                    .where(*expired)
                     .values(
                         status=self._waiting_status(),
                         claimed_by=None,
@@ -340,12 +519,10 @@ class Outbox:
                         updated_at=utcnow(),
                     )
                     .returning(outbox.c.id)
-                )
-                .scalars()
-                .all()
+                ).scalars()
             )
             self._events(conn, reaped, "lease-expired", "the robot holding it stopped answering")
-        return list(reaped)
+        return reaped, failed
 
     def is_suppressed(self, addresses: Iterable[str]) -> list[str]:
         """The addresses among `addresses` that are in the suppression list."""
@@ -411,8 +588,8 @@ class Outbox:
             found = conn.execute(select(outbox).where(outbox.c.id == row_id)).mappings().first()
             if found is None:
                 return None
-            files = self._attachments(conn, [row_id])
-            return OutboxRow.from_mapping(found, files.get(row_id, ()))
+            files, sizes = self._attachments(conn, [row_id])
+            return OutboxRow.from_mapping(found, files.get(row_id, ()), sizes.get(row_id, 0))
 
     def history(self, row_id: int) -> list[Event]:
         """A row's events, oldest first."""
@@ -443,6 +620,190 @@ class Outbox:
 
     def counts(self) -> dict[str, int]:
         """Number of rows in each status."""
-        query = select(outbox.c.status, func.count()).group_by(outbox.c.status)
         with self.engine.connect() as conn:
-            return {status: count for status, count in conn.execute(query).tuples()}
+            return self._counts(conn)
+
+    @staticmethod
+    def _counts(conn: Connection, *where: ColumnElement[bool]) -> dict[str, int]:
+        query = select(outbox.c.status, func.count()).where(*where).group_by(outbox.c.status)
+        return {status: count for status, count in conn.execute(query)}
+
+    # -- operator control ----------------------------------------------------------------
+
+    def transition(
+        self,
+        verb: str,
+        *,
+        ids: Sequence[int] = (),
+        batch: str | None = None,
+        statuses: Sequence[str] = (),
+        reason: str = "by the operator",
+    ) -> Change:
+        """Apply an operator `verb` (retract, hold, release, retry) to rows `ids`, to every
+        row of `batch`, or to every row in `statuses`: one conditional UPDATE, so that a row
+        a robot claims at the same moment is either changed or claimed, never both."""
+        move = TRANSITIONS[verb]
+        chosen: list[ColumnElement[bool]] = []
+        if ids:
+            chosen.append(outbox.c.id.in_(list(ids)))
+        if batch is not None:
+            chosen.append(outbox.c.batch == batch)
+        if statuses:
+            chosen.append(outbox.c.status.in_(list(statuses)))
+        if not chosen:
+            raise ValueError("transition needs ids, a batch or statuses")
+        with self.engine.begin() as conn:
+            changed = list(
+                conn.execute(
+                    update(outbox)
+                    .where(*chosen, outbox.c.status.in_(move.sources))
+                    .values(**move.values, updated_at=utcnow())
+                    .returning(outbox.c.id)
+                ).scalars()
+            )
+            self._events(conn, changed, move.event, reason)
+            chosen_rows = conn.execute(
+                select(outbox.c.id, outbox.c.status).where(*chosen).order_by(outbox.c.id)
+            )
+            done = set(changed)
+            unchanged: list[tuple[int, str]] = []
+            too_late: list[tuple[int, str]] = []
+            for row_id, status in chosen_rows:
+                if row_id not in done:
+                    (unchanged if status in move.already else too_late).append((row_id, status))
+        missing = sorted(set(ids) - set(changed) - {i for i, _ in unchanged + too_late})
+        too_late += [(row_id, "missing") for row_id in missing]
+        return Change(sorted(changed), unchanged, too_late)
+
+    def status(self, batch: str | None = None) -> QueueStatus:
+        """Counts per status, the due backlog and its spread, and the recent sending rate,
+        of the whole outbox or of one batch."""
+        of_batch = [outbox.c.batch == batch] if batch is not None else []
+        waiting = select(self.due_at().label("due_at")).where(WAITING, *of_batch).subquery()
+        with self.engine.connect() as conn:
+            now = conn.execute(select(utcnow())).scalar_one()
+            counts = self._counts(conn, *of_batch)
+            due, later, next_due, last_due = conn.execute(
+                select(
+                    func.count().filter(waiting.c.due_at <= now),
+                    func.count().filter(waiting.c.due_at > now),
+                    func.min(waiting.c.due_at).filter(waiting.c.due_at > now),
+                    func.max(waiting.c.due_at),
+                )
+            ).one()
+            recent = conn.execute(
+                select(func.count()).where(
+                    *of_batch,
+                    outbox.c.status == Status.SENT.value,
+                    outbox.c.sent_at >= self.now_plus(-RECENT_SECONDS),
+                )
+            ).scalar_one()
+        return QueueStatus(
+            now=now,
+            counts=counts,
+            due=due,
+            later=later,
+            next_due=_as_time(next_due),
+            last_due=_as_time(last_due),
+            sent_recently=recent,
+            sending=counts.get(Status.SENDING.value, 0),
+        )
+
+    # -- suppression list ------------------------------------------------------------------
+
+    def suppress(self, address: str, reason: str) -> bool:
+        """Add `address` (lower-cased); False if it was already there."""
+        with self.engine.begin() as conn:
+            before = self._suppressed_count(conn, address)
+            self._suppress(conn, address, reason, None)
+        return before == 0
+
+    def unsuppress(self, address: str) -> bool:
+        """Remove `address`; False if it was not there."""
+        with self.engine.begin() as conn:
+            gone = conn.execute(
+                delete(suppression).where(suppression.c.address == address.lower())
+            ).rowcount
+        return bool(gone)
+
+    def suppressed(self, limit: int | None = None) -> list[tuple[str, str | None, datetime]]:
+        """The suppression list, newest first: (address, reason, since)."""
+        query = select(
+            suppression.c.address, suppression.c.reason, suppression.c.created_at
+        ).order_by(suppression.c.created_at.desc(), suppression.c.address)
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(query.limit(limit))]
+
+    @staticmethod
+    def _suppressed_count(conn: Connection, address: str) -> int:
+        return int(
+            conn.execute(
+                select(func.count()).where(suppression.c.address == address.lower())
+            ).scalar_one()
+        )
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def purge_finished(self, retention_days: float, chunk: int = PURGE_CHUNK) -> int:
+        """Delete finished rows last changed more than `retention_days` ago, `chunk` rows per
+        transaction so that no lock is held for long. Their events and files go with them."""
+        if retention_days <= 0:
+            return 0
+        old = (
+            select(outbox.c.id)
+            .where(
+                outbox.c.status.in_(FINISHED),
+                outbox.c.updated_at < self.now_plus(-retention_days * 86400),
+            )
+            .limit(chunk)
+        )
+        purged = 0
+        while True:
+            with self.engine.begin() as conn:
+                ids = list(conn.execute(old).scalars())
+                if ids:
+                    conn.execute(delete(outbox_event).where(outbox_event.c.outbox_id.in_(ids)))
+                    conn.execute(
+                        delete(outbox_attachment).where(outbox_attachment.c.outbox_id.in_(ids))
+                    )
+                    conn.execute(delete(outbox).where(outbox.c.id.in_(ids)))
+            purged += len(ids)
+            if len(ids) < chunk:
+                return purged
+
+    def fail_unschedulable(self) -> list[int]:
+        """Fail waiting rows whose times cannot be read (a host wrote text that is not a
+        time into created_at or send_after on SQLite): they would never become due."""
+        with self.engine.begin() as conn:
+            failed = list(
+                conn.execute(
+                    update(outbox)
+                    .where(WAITING, self.due_at().is_(None))
+                    .values(
+                        status=Status.FAILED.value,
+                        updated_at=utcnow(),
+                        last_error=UNSCHEDULABLE,
+                    )
+                    .returning(outbox.c.id)
+                ).scalars()
+            )
+            self._events(conn, failed, "failed", UNSCHEDULABLE)
+        return failed
+
+
+def outbox_for(settings: Settings, engine: Engine) -> Outbox:
+    """The gateway with the grace, lease and size limits of `settings`."""
+    return Outbox(
+        engine,
+        grace_seconds=settings.robot.grace_minutes * 60,
+        lease_seconds=settings.robot.lease_seconds,
+        max_body_bytes=int(settings.robot.max_body_mb * MIB),
+        max_attachment_bytes=int(settings.attachments.max_mb * MIB),
+    )
+
+
+def _as_time(value: Any) -> datetime | None:
+    """A time from an aggregate: SQLite hands back its text form."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return UTCDateTime().process_result_value(value, None)  # type: ignore[arg-type]

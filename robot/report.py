@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from robot.config import Account
 from robot.models import WAITING
-from robot.queue import Event, OutboxRow
+from robot.queue import RECENT_SECONDS, Change, Event, OutboxRow, QueueStatus
 
 
 def countdown(seconds: float) -> str:
@@ -29,14 +30,16 @@ def countdown(seconds: float) -> str:
     return f"{secs}s"
 
 
-def due_in(row: OutboxRow, due_at: datetime, now: datetime) -> str:
+def due_in(row: OutboxRow, due_at: datetime | None, now: datetime) -> str:
     """The 'due in' column: a countdown for waiting rows, '-' for the others."""
     if row.status not in WAITING:
         return "-"
+    if due_at is None:
+        return "never"  # a time the database cannot read; housekeeping fails the row
     return countdown((due_at - now).total_seconds())
 
 
-def rows_table(now: datetime, rows: Sequence[tuple[OutboxRow, datetime]]) -> str:
+def rows_table(now: datetime, rows: Sequence[tuple[OutboxRow, datetime | None]]) -> str:
     """One line per row: id, status, due in, attempts, recipient, subject."""
     header = f"{'ID':>8}  {'STATUS':<10} {'DUE IN':>8} {'TRIES':>5}  {'RECIPIENT':<32} SUBJECT"
     lines = [header]
@@ -48,11 +51,15 @@ def rows_table(now: datetime, rows: Sequence[tuple[OutboxRow, datetime]]) -> str
     return "\n".join(lines)
 
 
-def rows_json(now: datetime, rows: Sequence[tuple[OutboxRow, datetime]]) -> str:
+def rows_json(now: datetime, rows: Sequence[tuple[OutboxRow, datetime | None]]) -> str:
     """The rows as a JSON array, each with due_at and due_in_seconds."""
     return json.dumps(
         [
-            _row_dict(row) | {"due_at": _iso(due), "due_in_seconds": (due - now).total_seconds()}
+            _row_dict(row)
+            | {
+                "due_at": _iso(due),
+                "due_in_seconds": (due - now).total_seconds() if due is not None else None,
+            }
             for row, due in rows
         ],
         indent=2,
@@ -126,8 +133,8 @@ def _row_dict(row: OutboxRow) -> dict[str, Any]:
     return values
 
 
-def _iso(value: datetime) -> str:
-    return value.isoformat(timespec="milliseconds")
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="milliseconds") if value is not None else None
 
 
 def _text(value: Any) -> str:
@@ -140,3 +147,128 @@ def _text(value: Any) -> str:
 def _cut(text: str, width: int) -> str:
     text = text.replace("\n", " ")
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# -- operator commands -----------------------------------------------------------------------
+
+PAST = {"retract": "retracted", "hold": "held", "release": "released", "retry": "retried"}
+SHOWN_IDS = 20
+
+
+def change_text(verb: str, change: Change) -> str:
+    """What an operator command changed, what needed nothing, and what was too late."""
+    lines = [f"{PAST[verb]} {len(change.changed)}: {_ids(change.changed) or '-'}"]
+    if change.unchanged:
+        lines.append(f"unchanged {len(change.unchanged)}: {_ids_with_status(change.unchanged)}")
+    if change.too_late:
+        lines.append(f"too late {len(change.too_late)}: {_ids_with_status(change.too_late)}")
+    return "\n".join(lines)
+
+
+def _ids(ids: Sequence[int]) -> str:
+    shown = " ".join(str(i) for i in ids[:SHOWN_IDS])
+    return shown + (f" ... ({len(ids) - SHOWN_IDS} more)" if len(ids) > SHOWN_IDS else "")
+
+
+def _ids_with_status(pairs: Sequence[tuple[int, str]]) -> str:
+    shown = ", ".join(
+        f"{row_id} ({'no such row' if status == 'missing' else status})"
+        for row_id, status in pairs[:SHOWN_IDS]
+    )
+    more = len(pairs) - SHOWN_IDS
+    return shown + (f" ... ({more} more)" if more > 0 else "")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """When the backlog will have been sent, and at what rate that was reckoned."""
+
+    rate: float | None  # messages per second used, None if unknown
+    basis: str  # where the rate comes from
+    due_done_at: datetime | None  # the backlog that is due now
+    all_done_at: datetime | None  # every waiting row, the scheduled ones included
+
+
+def estimate(status: QueueStatus, configured_rate: float) -> Estimate:
+    """The ETA of the backlog: at the observed sending rate of the last minutes, capped by
+    the configured `rate`; at the configured rate when nothing was sent lately."""
+    observed = status.sent_recently / RECENT_SECONDS
+    if observed > 0 and configured_rate > 0:
+        rate, basis = min(observed, configured_rate), "observed, capped by [robot] rate"
+    elif observed > 0:
+        rate, basis = observed, f"observed over the last {RECENT_SECONDS // 60} minutes"
+    elif configured_rate > 0:
+        rate, basis = configured_rate, "[robot] rate"
+    else:
+        return Estimate(None, "unknown: rate unlimited and nothing sent lately", None, None)
+    backlog = status.due + status.sending
+    due_done = status.now + timedelta(seconds=backlog / rate)
+    all_done = status.now + timedelta(seconds=(backlog + status.later) / rate)
+    if status.last_due is not None and status.last_due > all_done:
+        all_done = status.last_due  # the last scheduled row cannot go before its time
+    return Estimate(rate, basis, due_done, all_done)
+
+
+def status_text(status: QueueStatus, configured_rate: float, batch: str | None = None) -> str:
+    """`email-robot status`: counts, backlog and ETA."""
+    title = f"batch {batch!r}" if batch is not None else "outbox"
+    lines = [f"{title} at {status.now:%Y-%m-%d %H:%M:%S} UTC"]
+    for name in ORDER:
+        if status.counts.get(name):
+            lines.append(f"  {name:<11}{status.counts[name]:>10}")
+    if not status.counts:
+        lines.append("  (empty)")
+    lines.append(f"  {'due now':<11}{status.due:>10}")
+    later = f"  {'due later':<11}{status.later:>10}"
+    if status.next_due is not None:
+        later += f"   next in {countdown((status.next_due - status.now).total_seconds())}"
+    lines.append(later)
+    eta = estimate(status, configured_rate)
+    if eta.rate is None:
+        lines.append(f"ETA: {eta.basis}")
+    else:
+        lines.append(f"rate: {eta.rate:.1f}/s ({eta.basis})")
+        lines.append(f"ETA due now: {_when(eta.due_done_at, status.now)}")
+        if status.later:
+            lines.append(f"ETA all waiting: {_when(eta.all_done_at, status.now)}")
+    return "\n".join(lines)
+
+
+def status_json(status: QueueStatus, configured_rate: float) -> str:
+    """The same as a JSON object."""
+    eta = estimate(status, configured_rate)
+    return json.dumps(
+        {
+            "now": _iso(status.now),
+            "counts": status.counts,
+            "due": status.due,
+            "later": status.later,
+            "next_due": _iso(status.next_due),
+            "last_due": _iso(status.last_due),
+            "sent_last_5_minutes": status.sent_recently,
+            "rate": eta.rate,
+            "rate_basis": eta.basis,
+            "eta_due": _iso(eta.due_done_at),
+            "eta_all": _iso(eta.all_done_at),
+        },
+        indent=2,
+    )
+
+
+ORDER = ("held", "pending", "deferred", "sending", "sent", "bounced", "failed", "retracted",
+         "suppressed")  # fmt: skip
+
+
+def _when(at: datetime | None, now: datetime) -> str:
+    if at is None:
+        return "unknown"
+    return f"{at:%Y-%m-%d %H:%M:%S} UTC (in {countdown((at - now).total_seconds())})"
+
+
+def suppression_table(entries: Sequence[tuple[str, str | None, datetime]]) -> str:
+    """The suppression list: address, since, reason."""
+    lines = [f"{'ADDRESS':<40} {'SINCE':<19}  REASON"]
+    for address, reason, since in entries:
+        when = f"{since:%Y-%m-%d %H:%M:%S}" if since else "-"
+        lines.append(f"{address:<40} {when:<19}  {reason or ''}")
+    return "\n".join(lines)

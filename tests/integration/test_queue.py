@@ -122,7 +122,7 @@ def test_expired_lease_is_taken_back_and_renew_keeps_it(db_url: str, engine: Eng
     queue = outbox(engine, lease=60)
     rows = queue.claim("dead-robot", 2, mid)
     assert len(rows) == 2
-    assert queue.reap_expired() == []  # leases still valid
+    assert queue.reap_expired() == ([], [])  # leases still valid
     host_sql(
         db_url,
         f"UPDATE outbox SET claimed_until = {now_plus_sql(db_url, -1)} WHERE id = {rows[0].id}",
@@ -132,7 +132,7 @@ def test_expired_lease_is_taken_back_and_renew_keeps_it(db_url: str, engine: Eng
         db_url,
         f"UPDATE outbox SET claimed_until = {now_plus_sql(db_url, -1)} WHERE id = {rows[0].id}",
     )
-    assert queue.reap_expired() == [rows[0].id]  # ...and only the expired one comes back
+    assert queue.reap_expired() == ([rows[0].id], [])  # ...only the expired one comes back
     (again,) = queue.claim("new-robot", 5, mid)
     assert again.id == rows[0].id
     assert again.message_id == rows[0].message_id
@@ -174,3 +174,21 @@ def test_concurrent_claimers_never_share_a_row(db_url: str, engine: Engine) -> N
     assert len(every) == total
     assert len(set(every)) == total
     assert sum(1 for got in claimed.values() if got) >= 2  # they really ran side by side
+
+
+def test_a_row_whose_lease_keeps_expiring_fails_after_max_errors(
+    db_url: str, engine: Engine
+) -> None:
+    row_id = insert(db_url)
+    queue = outbox(engine, lease=60)
+    for attempt in range(1, 4):
+        (row,) = queue.claim(f"robot-{attempt}", 5, mid)
+        assert row.attempts == attempt
+        host_sql(db_url, f"UPDATE outbox SET claimed_until = {now_plus_sql(db_url, -1)}")
+        reaped, failed = queue.reap_expired(max_errors=3)
+        assert (reaped, failed) == (([row_id], []) if attempt < 3 else ([], [row_id]))
+    status, error = host_sql(db_url, f"SELECT status, last_error FROM outbox WHERE id = {row_id}")[
+        0
+    ]
+    assert status == "failed"
+    assert "stopped answering" in error
