@@ -234,6 +234,7 @@ class Outbox:
         """coalesce(next_attempt_at, max(created_at + grace, coalesce(send_after, created_at)))."""
         expr: ColumnElement[Any]
         graced: ColumnElement[Any]
+        scheduled: ColumnElement[Any]
         if self.sqlite:
             # Host applications write what datetime() writes, or ISO text: normalise it so
             # that the text comparison is a time comparison.
