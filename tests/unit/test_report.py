@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from robot.queue import OutboxRow
-from robot.report import countdown, due_in
+from robot.queue import Change, OutboxRow, QueueStatus
+from robot.report import change_text, countdown, due_in, estimate, status_text
 
 
 @pytest.mark.parametrize(
@@ -55,3 +55,66 @@ def test_due_in_for_waiting_rows(status: str, text: str) -> None:
 def test_due_in_for_other_rows(status: str) -> None:
     now = datetime(2024, 5, 17, 9, 0, tzinfo=UTC)
     assert due_in(_row(status), now + timedelta(seconds=245), now) == "-"
+
+
+# -- status and its ETA ----------------------------------------------------------------------
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def queue_status(due: int, later: int = 0, sent_recently: int = 0, **kw: object) -> QueueStatus:
+    values: dict[str, object] = {
+        "now": NOW,
+        "counts": {"pending": due + later},
+        "due": due,
+        "later": later,
+        "next_due": None,
+        "last_due": None,
+        "sent_recently": sent_recently,
+        "sending": 0,
+    }
+    values.update(kw)
+    return QueueStatus(**values)  # type: ignore[arg-type]
+
+
+def test_eta_at_the_configured_rate_when_nothing_was_sent_lately() -> None:
+    eta = estimate(queue_status(due=1200), configured_rate=50)
+    assert eta.rate == 50 and eta.basis == "[robot] rate"
+    assert eta.due_done_at == NOW + timedelta(seconds=24)
+
+
+def test_eta_uses_the_observed_rate_capped_by_the_configured_one() -> None:
+    observed = estimate(queue_status(due=600, sent_recently=3000), configured_rate=0)
+    assert observed.rate == 10  # 3000 in the last 300 s
+    assert observed.due_done_at == NOW + timedelta(seconds=60)
+    capped = estimate(queue_status(due=600, sent_recently=30000), configured_rate=20)
+    assert capped.rate == 20
+
+
+def test_eta_unknown_when_unlimited_and_idle() -> None:
+    eta = estimate(queue_status(due=10), configured_rate=0)
+    assert eta.rate is None and eta.due_done_at is None
+    assert "ETA: unknown" in status_text(queue_status(due=10), 0)
+
+
+def test_eta_of_everything_waits_for_the_last_scheduled_row() -> None:
+    last = NOW + timedelta(hours=2)
+    eta = estimate(queue_status(due=10, later=10, last_due=last), configured_rate=10)
+    assert eta.due_done_at == NOW + timedelta(seconds=1)
+    assert eta.all_done_at == last
+    text = status_text(queue_status(due=10, later=10, last_due=last, next_due=last), 10, "june")
+    assert text.splitlines()[0] == "batch 'june' at 2026-11-25 12:00:00 UTC"
+    assert "ETA all waiting: 2026-11-25 14:00:00 UTC (in 2h00m)" in text
+    assert "next in 2h00m" in text
+
+
+def test_change_text_lists_changed_unchanged_and_too_late() -> None:
+    change = Change(
+        changed=list(range(1, 26)),
+        unchanged=[(30, "retracted")],
+        too_late=[(31, "sent"), (99, "missing")],
+    )
+    lines = change_text("retract", change).splitlines()
+    assert lines[0].startswith("retracted 25: 1 2 3") and lines[0].endswith("20 ... (5 more)")
+    assert lines[1] == "unchanged 1: 30 (retracted)"
+    assert lines[2] == "too late 2: 31 (sent), 99 (no such row)"
