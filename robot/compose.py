@@ -14,13 +14,14 @@ from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, getaddresses, parseaddr
+from urllib.parse import quote
 
 import email_validator
 from email_validator import EmailNotValidError, validate_email
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-from robot.config import Account, AttachmentSettings
+from robot.config import Account, AttachmentSettings, BounceSettings
 from robot.errors import BadRowError
 from robot.htmltext import html_to_text
 from robot.queue import OutboxRow
@@ -40,6 +41,7 @@ RESERVED_HEADERS = {
     "sender",
     "reply-to",
     "return-path",
+    "dkim-signature",
 }
 
 # A self-hosted robot serves intranets too: mail to user@host.local or @localhost is legitimate.
@@ -66,6 +68,7 @@ def compose(
     now: datetime,
     attachments: AttachmentSettings | None = None,
     max_body_mb: float = 10.0,
+    bounces: BounceSettings | None = None,
 ) -> Composed:
     """Build the message of `row` sent from `account`. Raises BadRowError."""
     _check_body_size(row, max_body_mb)
@@ -100,8 +103,13 @@ def compose(
         msg["Subject"] = _clean(subject)
         msg["Date"] = format_datetime(now)
         msg["Message-ID"] = row.message_id
-        for name, value in _extra_headers(row.headers):
+        extra = _extra_headers(row.headers)
+        for name, value in extra:
             msg[name] = value
+        own = any(name.lower() == "list-unsubscribe" for name, _ in extra)  # the row's wins
+        if sender.list_unsubscribe and not row.transactional and not own:
+            for name, value in list_unsubscribe(sender.list_unsubscribe, to.addr_spec, row.id):
+                msg[name] = value
 
         text_part = _with_text_footer(
             body_text if body_text else html_to_text(body_html or ""), sender.footer_text
@@ -120,7 +128,24 @@ def compose(
         address = mailbox.addr_spec
         if address.lower() not in (r.lower() for r in recipients):
             recipients.append(address)
-    return Composed(from_address, tuple(recipients), data, row.message_id)
+    envelope_from = from_address
+    if bounces is not None and bounces.verp:
+        domain = bounces.verp_domain or from_address.rpartition("@")[2]
+        envelope_from = f"bounces+{row.id}@{domain}"
+    return Composed(envelope_from, tuple(recipients), data, row.message_id)
+
+
+def list_unsubscribe(template: str, recipient: str, row_id: int) -> list[tuple[str, str]]:
+    """List-Unsubscribe (and, with an https target, RFC 8058's one-click List-Unsubscribe-Post)
+    for `recipient`: `{recipient}` (URL-encoded) and `{id}` are replaced in each target."""
+    targets = []
+    for target in (t.strip() for t in template.split(",") if t.strip()):
+        url = target.replace("{recipient}", quote(recipient, safe="")).replace("{id}", str(row_id))
+        targets.append(f"<{_clean(url)}>")
+    headers = [("List-Unsubscribe", ", ".join(targets))]
+    if any(t.startswith("<https://") for t in targets):
+        headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    return headers
 
 
 def _check_body_size(row: OutboxRow, max_body_mb: float) -> None:

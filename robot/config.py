@@ -324,6 +324,8 @@ def _build(raw: RawConfig, path: str) -> Settings:
         if section.startswith("account:"):
             accounts[section[8:]] = _account(section, values, raw, path)
     _check_ranges(parts, path)
+    for account in accounts.values():
+        _check_list_unsubscribe(account, path)
     return Settings(
         path=path,
         smtp=smtp,
@@ -409,6 +411,21 @@ def _check_smtp(smtp: SmtpSettings, section: str, path: str) -> None:
         raise ConfigError(
             f"{path}: [{section}] password_file: {smtp.password_file} is not a readable file",
             key="password_file",
+            path=path,
+        )
+
+
+def _check_list_unsubscribe(account: Account, path: str) -> None:
+    """Each comma-separated target must be an https or mailto URL (RFC 8058)."""
+    value = account.sender.list_unsubscribe
+    if value is None:
+        return
+    section = "sender" if account.name == "default" else f"account:{account.name}"
+    targets = [t.strip() for t in value.split(",") if t.strip()]
+    if not targets or any(not t.startswith(("https://", "mailto:")) for t in targets):
+        raise ConfigError(
+            f"{path}: [{section}] list_unsubscribe: give https:// or mailto: URLs, comma-separated",
+            key="list_unsubscribe",
             path=path,
         )
 

@@ -7,6 +7,7 @@ claim, QUIT, exit 0. SIGHUP: reload robot.ini (an invalid one is refused, the ol
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import secrets
@@ -24,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from robot.compose import Composed, compose
 from robot.config import Account, Settings
+from robot.dkim import DkimSigner, load_signer
 from robot.errors import (
     BadRowError,
     ConfigError,
@@ -67,6 +69,8 @@ class Robot:
         self.reload = reload
         self.retry = RetryPolicy(settings.robot.retry_minutes, settings.robot.max_errors)
         self.bucket = TokenBucket(settings.robot.rate)
+        self.account_buckets = _account_buckets(settings)
+        self.signers = _signers(settings)  # raises ConfigError for a bad DKIM key
         self.log = get_logger("robot.daemon").bind(robot=self.worker_id)
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
@@ -146,6 +150,7 @@ class Robot:
             return
         try:
             new = self.reload()
+            signers = _signers(new)
         except ConfigError as exc:
             self.log.error("config.reload_refused", reason=str(exc))
             return
@@ -160,6 +165,8 @@ class Robot:
         self.outbox.max_attachment_bytes = int(new.attachments.max_mb * MIB)
         self.retry = RetryPolicy(new.robot.retry_minutes, new.robot.max_errors)
         self.bucket = TokenBucket(new.robot.rate)
+        self.account_buckets = _account_buckets(new)
+        self.signers = signers
         self.log.info("config.reloaded", path=new.path)
         self.wake.set()
 
@@ -384,7 +391,11 @@ class Robot:
                 now=datetime.now(UTC),
                 attachments=self.settings.attachments,
                 max_body_mb=self.settings.robot.max_body_mb,
+                bounces=self.settings.bounces,
             )
+            signer = self.signers.get(account.name)
+            if signer is not None:
+                message = dataclasses.replace(message, data=signer.sign(message.data))
         except BadRowError as exc:
             await self._bad_row(row, str(exc), log)
             return
@@ -437,7 +448,7 @@ class Robot:
                 connections[account.name] = connection
                 log.debug("smtp.connected", account=account.name, greeting=greeting)
             reused = connection.sent_on_connection > 0
-            await self.bucket.acquire()
+            await self._throttle(account)
             try:
                 result = await connection.send(message)
             except TransientDeliveryError as exc:
@@ -449,10 +460,22 @@ class Robot:
             except PermanentDeliveryError as exc:
                 await self._failed_delivery(row, exc, log)
                 return
+            except TransportFault as exc:  # 530: the server wants a login or TLS first
+                await connection.close()
+                await self._transport_fault(account, row, exc)
+                return
             await self._sent(row, result, log)
             if connection.exhausted:
                 await connection.close()
             return
+
+    async def _throttle(self, account: Account) -> None:
+        """Wait for the account's `rate`, then the robot's: a token of the robot's bucket is
+        never held while the account's bucket makes us wait."""
+        bucket = self.account_buckets.get(account.name)
+        if bucket is not None:
+            await bucket.acquire()
+        await self.bucket.acquire()
 
     async def _sent(self, row: OutboxRow, result: SendResult, log: Any) -> None:
         decision = self.retry.decide(Outcome.SENT, row.attempts, "")
@@ -460,6 +483,10 @@ class Robot:
             await self._db_until_done(
                 "event", self.outbox.add_event, row.id, "refused", f"{address}: {code} {text}", code
             )
+            if suppresses(Reply(code, text, Stage.RCPT)):  # a 5.1.x unknown cc/bcc
+                await self._db_until_done(
+                    "suppress", self.outbox.suppress, address, f"bounced: {code} {text}"
+                )
         await self._finish(row, decision, log, code=result.code, reply=result.reply)
 
     async def _failed_delivery(self, row: OutboxRow, exc: DeliveryError, log: Any) -> None:
@@ -473,7 +500,21 @@ class Robot:
         decision = self.retry.decide(outcome, row.attempts, reason)
         suppress = None
         if outcome is Outcome.BOUNCED and suppresses(reply):
-            suppress = exc.recipient or row.recipient
+            suppress = exc.recipient  # None at DATA with several recipients: whose fault?
+        if len(exc.refused) > 1:  # every recipient refused: each refusal goes in the history
+            for address, (code, text) in exc.refused.items():
+                await self._db_until_done(
+                    "event",
+                    self.outbox.add_event,
+                    row.id,
+                    "refused",
+                    f"{address}: {code} {text}",
+                    code,
+                )
+                if address != suppress and suppresses(Reply(code, text, Stage.RCPT)):
+                    await self._db_until_done(
+                        "suppress", self.outbox.suppress, address, f"bounced: {code} {text}"
+                    )
         await self._finish(
             row, decision, log, code=exc.code, reply=exc.reply or str(exc), suppress=suppress
         )
@@ -546,6 +587,25 @@ class Robot:
                 "robot stopping or account paused",
             )
             self.log.info("claim.released", rows=released)
+
+
+def _account_buckets(settings: Settings) -> dict[str, TokenBucket]:
+    """A token bucket for each account with a `rate` of its own."""
+    return {
+        name: TokenBucket(account.smtp.rate)
+        for name, account in settings.accounts.items()
+        if account.smtp.rate > 0
+    }
+
+
+def _signers(settings: Settings) -> dict[str, DkimSigner]:
+    """The DKIM signer of each account that has one. Raises ConfigError."""
+    found = {}
+    for name, account in settings.accounts.items():
+        signer = load_signer(account.sender, name, settings.path)
+        if signer is not None:
+            found[name] = signer
+    return found
 
 
 def _addresses(row: OutboxRow) -> set[str]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import socket
 from datetime import UTC, datetime
 
 from robot.compose import compose
 from robot.config import Account, Settings
+from robot.dkim import load_signer
 from robot.queue import OutboxRow
 from robot.transport import SendResult, SmtpConnection
 
@@ -66,6 +68,9 @@ async def send_test(settings: Settings, account: Account, to: str) -> SendResult
         updated_at=None,
     )
     message = compose(row, account, now=now, attachments=settings.attachments)
+    signer = load_signer(account.sender, account.name, settings.path)
+    if signer is not None:
+        message = dataclasses.replace(message, data=signer.sign(message.data))
     connection = SmtpConnection(account)
     await connection.open()
     try:

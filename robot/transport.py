@@ -21,9 +21,10 @@ from robot.errors import (
     TransientDeliveryError,
     TransportFault,
 )
-from robot.policy import Stage
+from robot.policy import Outcome, Reply, Stage, classify
 
 SERVICE_CLOSING = 421
+AUTH_REQUIRED = 530  # RFC 4954; also "530 Must issue a STARTTLS command first"
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,9 @@ class SmtpConnection:
     async def send(self, message: Composed) -> SendResult:
         """Send one message: MAIL, RCPT for each recipient, DATA.
 
-        Raises TransientDeliveryError or PermanentDeliveryError, with the stage.
+        Raises TransientDeliveryError or PermanentDeliveryError, with the stage (and the
+        recipient, when the reply is about one), or TransportFault when the server wants a
+        login or TLS first (530 before DATA): no message of this account can go through.
         """
         if self._smtp is None:
             raise TransientDeliveryError("connection is not open", stage=Stage.CONNECT)
@@ -151,18 +154,30 @@ class SmtpConnection:
         if smtp.supports_extension("size"):
             options.append(f"SIZE={len(message.data)}")
         stage = Stage.MAIL
+        refused: dict[str, tuple[int, str]] = {}
         try:
             await smtp.mail(message.envelope_from, options=options)
             stage = Stage.RCPT
-            refused: dict[str, tuple[int, str]] = {}
             for recipient in message.recipients:
                 try:
                     await smtp.rcpt(recipient)
                 except aiosmtplib.SMTPRecipientRefused as exc:
+                    if exc.code == SERVICE_CLOSING:  # the server closed: not a refusal
+                        await self.close()
+                        raise _delivery_error(exc.code, exc.message, stage, recipient) from exc
                     refused[recipient] = (exc.code, exc.message)
             if len(refused) == len(message.recipients):
-                await smtp.rset()
-                first, (code, text) = next(iter(refused.items()))
+                await self._reset()
+                # Bounce only if every refusal is for good: one that may change defers the row.
+                first = next(
+                    (
+                        r
+                        for r, (c, t) in refused.items()
+                        if classify(Reply(c, t, stage)) is Outcome.DEFERRED
+                    ),
+                    next(iter(refused)),
+                )
+                code, text = refused[first]
                 raise _delivery_error(code, text, Stage.RCPT, first, refused)
             stage = Stage.DATA
             reply = await smtp.data(message.data)
@@ -173,7 +188,14 @@ class SmtpConnection:
                 await self.close()
             else:
                 await self._reset()
-            raise _delivery_error(exc.code, exc.message, stage, None) from exc
+            if exc.code == AUTH_REQUIRED and stage is not Stage.DATA:
+                raise TransportFault(
+                    f"{self.account.smtp.host}:{self.account.port} answered {exc.code} "
+                    f"{exc.message} (at {stage.upper()}): check username and security"
+                ) from exc
+            accepted = [r for r in message.recipients if r not in refused]
+            only = accepted[0] if stage is Stage.DATA and len(accepted) == 1 else None
+            raise _delivery_error(exc.code, exc.message, stage, only) from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             await self.close()
             raise TransientDeliveryError(

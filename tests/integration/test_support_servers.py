@@ -19,7 +19,7 @@ import trustme
 
 from robot.sink import serve_sink
 from tests.support.pg import PgCluster
-from tests.support.smtpd import TestSMTPServer
+from tests.support.smtpd import NO_REPLY, TestSMTPServer
 
 
 def make_message(subject: str = "hello", to: str = "alice@example.org") -> EmailMessage:
@@ -250,6 +250,191 @@ async def test_stop_closes_open_client_connections() -> None:
     with pytest.raises(aiosmtplib.SMTPServerDisconnected):
         await client.noop()
     client.close()
+
+
+# -- TestSMTPServer.fault() ----------------------------------------------------------------
+
+
+async def _read_reply(reader: asyncio.StreamReader) -> str:
+    """One (possibly multi-line) reply; returns its last line, or '' at end of stream."""
+    while True:
+        line = (await asyncio.wait_for(reader.readline(), 10)).decode()
+        if not line or line[3:4] != "-":
+            return line.rstrip("\r\n")
+
+
+async def _raw_dialogue(server: TestSMTPServer, *commands: str) -> tuple[list[str], bool]:
+    """Send commands one by one over a bare socket; the replies, and whether the server
+    closed the connection after the last one (without being asked to)."""
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        replies = [await _read_reply(reader)]  # greeting
+        for command in commands:
+            writer.write(command.encode() + b"\r\n")
+            replies.append(await _read_reply(reader))
+        closed = await asyncio.wait_for(reader.read(), 10) == b""
+        return replies, closed
+    finally:
+        writer.close()
+
+
+async def test_fault_replies_per_command_and_address(smtpd: TestSMTPServer) -> None:
+    refuse_bob = smtpd.fault("rcpt", "550 5.1.1 No such user", address="Bob@example.org")
+    busy_once = smtpd.fault("MAIL", "451 4.3.2 Busy", times=1)
+    spam = smtpd.fault("DATA", "554 5.7.1 Spam", address="carol@example.org")
+    with pytest.raises(aiosmtplib.SMTPSenderRefused) as mail_refused:
+        await aiosmtplib.send(make_message(), hostname=smtpd.host, port=smtpd.port)
+    assert mail_refused.value.code == 451
+    errors, _ = await aiosmtplib.send(
+        make_message(),
+        recipients=["alice@example.org", "bob@example.org"],
+        hostname=smtpd.host,
+        port=smtpd.port,
+    )
+    assert list(errors) == ["bob@example.org"] and errors["bob@example.org"].code == 550
+    with pytest.raises(aiosmtplib.SMTPDataError) as data_refused:
+        await aiosmtplib.send(
+            make_message(),
+            recipients=["alice@example.org", "carol@example.org"],
+            hostname=smtpd.host,
+            port=smtpd.port,
+        )
+    assert data_refused.value.code == 554
+    assert (busy_once.fired, refuse_bob.fired, spam.fired) == (1, 1, 1)
+    assert [r.rcpt_tos for r in smtpd.received] == [["alice@example.org"]]
+    assert [(t.rcpt_tos, t.reply) for t in smtpd.transactions] == [
+        (["alice@example.org"], "250 OK"),
+        (["alice@example.org", "carol@example.org"], "554 5.7.1 Spam"),
+    ]
+
+
+async def test_fault_rules_count_down_and_first_match_wins(smtpd: TestSMTPServer) -> None:
+    smtpd.fault("DATA", "452 4.3.1 Full", times=2)
+    smtpd.fault("DATA", "554 5.7.1 never reached while the first rule applies", times=1)
+    codes = []
+    for _ in range(4):
+        try:
+            await aiosmtplib.send(make_message(), hostname=smtpd.host, port=smtpd.port)
+            codes.append(250)
+        except aiosmtplib.SMTPDataError as exc:
+            codes.append(exc.code)
+    assert codes == [452, 452, 554, 250]
+    assert [f.fired for f in smtpd.faults] == [2, 1]
+    with pytest.raises(ValueError, match="unknown command"):
+        smtpd.fault("QUIT", "221 bye")
+
+
+@pytest.mark.parametrize(
+    ("command", "fault_address", "commands"),
+    [
+        ("EHLO", None, ["EHLO client.test"]),
+        ("MAIL", None, ["EHLO client.test", "MAIL FROM:<robot@example.com>"]),
+        (
+            "RCPT",
+            "b@example.org",
+            [
+                "EHLO client.test",
+                "MAIL FROM:<robot@example.com>",
+                "RCPT TO:<a@example.org>",
+                "RCPT TO:<b@example.org>",
+            ],
+        ),
+        (
+            "DATA",
+            None,
+            [
+                "EHLO client.test",
+                "MAIL FROM:<robot@example.com>",
+                "RCPT TO:<a@example.org>",
+                "DATA",
+                "Subject: x\r\n\r\nbody\r\n.",
+            ],
+        ),
+    ],
+)
+async def test_fault_421_replies_then_closes(
+    smtpd: TestSMTPServer, command: str, fault_address: str | None, commands: list[str]
+) -> None:
+    smtpd.fault(command, "421 4.7.0 Too busy, closing", address=fault_address)
+    replies, closed = await _raw_dialogue(smtpd, *commands)
+    assert replies[-1] == "421 4.7.0 Too busy, closing"
+    assert all(r.startswith(("2", "3")) for r in replies[:-1]), replies
+    assert closed
+    assert smtpd.received == []
+
+
+async def test_without_421_the_connection_stays_open(smtpd: TestSMTPServer) -> None:
+    smtpd.fault("RCPT", "450 4.2.0 Mailbox busy")
+    replies, closed = await _raw_dialogue(
+        smtpd, "EHLO client.test", "MAIL FROM:<r@example.com>", "RCPT TO:<a@example.org>", "QUIT"
+    )
+    assert replies[-2:] == ["450 4.2.0 Mailbox busy", "221 Bye"]
+    assert closed  # after QUIT only
+
+
+async def test_fault_delay_outlasts_the_client_timeout(smtpd: TestSMTPServer) -> None:
+    slow = smtpd.fault("RCPT", delay=30, times=1)  # normal reply, but far too late
+    with pytest.raises(aiosmtplib.SMTPTimeoutError):
+        await aiosmtplib.send(make_message(), hostname=smtpd.host, port=smtpd.port, timeout=0.5)
+    assert slow.fired == 1
+    await aiosmtplib.send(make_message(), hostname=smtpd.host, port=smtpd.port, timeout=10)
+    assert len(smtpd.received) == 1
+
+
+async def test_fault_delay_on_data_records_the_unanswered_message(smtpd: TestSMTPServer) -> None:
+    smtpd.fault("DATA", delay=30, address="alice@example.org")
+    with pytest.raises(aiosmtplib.SMTPTimeoutError):
+        await aiosmtplib.send(make_message(), hostname=smtpd.host, port=smtpd.port, timeout=0.5)
+    (seen,) = smtpd.transactions
+    assert seen.reply == NO_REPLY
+    assert seen.message()["Message-ID"] == "<test-1@example.com>"
+    assert smtpd.received == []
+
+
+async def test_fault_drop_per_address(smtpd: TestSMTPServer) -> None:
+    smtpd.fault("DATA", address="bob@example.org", drop=True, times=1)
+    with pytest.raises(aiosmtplib.SMTPServerDisconnected):
+        await aiosmtplib.send(
+            make_message(), recipients=["bob@example.org"], hostname=smtpd.host, port=smtpd.port
+        )
+    await aiosmtplib.send(make_message(), hostname=smtpd.host, port=smtpd.port)
+    await aiosmtplib.send(
+        make_message(), recipients=["bob@example.org"], hostname=smtpd.host, port=smtpd.port
+    )
+    assert [r.rcpt_tos for r in smtpd.received] == [["alice@example.org"], ["bob@example.org"]]
+    assert [t.reply for t in smtpd.transactions] == [NO_REPLY, "250 OK", "250 OK"]
+    smtpd.fault("MAIL", drop=True)
+    with pytest.raises(aiosmtplib.SMTPServerDisconnected):
+        await aiosmtplib.send(make_message(), hostname=smtpd.host, port=smtpd.port)
+
+
+async def test_fault_on_auth() -> None:
+    server = TestSMTPServer(auth={"robot": "s3cret"})
+    await server.start()
+    try:
+        rule = server.fault("AUTH", "454 4.7.0 Temporary authentication failure")
+        with pytest.raises(aiosmtplib.SMTPAuthenticationError) as excinfo:
+            await aiosmtplib.send(
+                make_message(),
+                hostname=server.host,
+                port=server.port,
+                username="robot",
+                password="s3cret",
+            )
+        assert excinfo.value.code == 454
+        assert rule.fired >= 1
+        assert server.auth_attempts == []  # the password was never checked
+        server.faults.clear()
+        await aiosmtplib.send(
+            make_message(),
+            hostname=server.host,
+            port=server.port,
+            username="robot",
+            password="s3cret",
+        )
+        assert server.auth_attempts == [("robot", True)]
+    finally:
+        await server.stop()
 
 
 # -- robot.sink ---------------------------------------------------------------------------

@@ -1,6 +1,15 @@
 """In-process SMTP test server (aiosmtpd) running in the current event loop.
 
-Records what it receives and can inject faults (per-recipient replies, DATA errors, drops).
+Records what it receives and can inject faults. Two ways to program it:
+
+* the simple knobs: ``rcpt_replies`` (per recipient, every time), ``mail_reply`` (every
+  time), ``data_replies`` (a queue, one per DATA), ``drop_after_data_count`` (one mid-DATA
+  disconnect), ``data_delay`` (every DATA);
+* ``fault()``: a rule for one command (EHLO, AUTH, MAIL, RCPT, DATA), optionally for one
+  address only, that replies with a given line, waits before replying (past the client's
+  timeout: a slow server), drops the connection instead of replying, or all of these, for a
+  number of times or for ever. A reply with code 421 is sent and then the server closes the
+  connection, as real servers do. Rules are tried before the simple knobs, first match wins.
 """
 
 from __future__ import annotations
@@ -16,14 +25,16 @@ from email.parser import BytesParser
 from typing import Any
 
 import trustme
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
-__all__ = ["Received", "TestSMTPServer"]
+__all__ = ["COMMANDS", "NO_REPLY", "Fault", "Received", "TestSMTPServer"]
+
+COMMANDS = ("EHLO", "AUTH", "MAIL", "RCPT", "DATA")
 
 
 @dataclass
 class Received:
-    """One message accepted by the test server."""
+    """One message body the test server read (``received``: only those it accepted)."""
 
     mail_from: str
     rcpt_tos: list[str]
@@ -31,12 +42,34 @@ class Received:
     helo: str | None
     peer: tuple[Any, ...]
     session_id: int
+    reply: str = "250 OK"  # what DATA was answered; NO_REPLY if the connection went first
 
     def message(self) -> EmailMessage:
         """Parse the raw data with ``email.policy.default``."""
         msg = BytesParser(policy=email.policy.default).parsebytes(self.data)
         assert isinstance(msg, EmailMessage)
         return msg
+
+
+NO_REPLY = "(no reply: connection closed)"
+
+
+@dataclass
+class Fault:
+    """One programmed misbehaviour; made by ``TestSMTPServer.fault()``, which documents it."""
+
+    command: str
+    reply: str | None = None
+    address: str | None = None
+    delay: float = 0.0
+    drop: bool = False
+    times: int | None = None
+    fired: int = 0  # how many times the rule applied
+
+    def matches(self, command: str, addresses: list[str]) -> bool:
+        if command != self.command or (self.times is not None and self.fired >= self.times):
+            return False
+        return self.address is None or self.address.lower() in (a.lower() for a in addresses)
 
 
 class _SMTP(SMTP):
@@ -52,11 +85,36 @@ def _is_ok(reply: str) -> bool:
     return reply.startswith("2")
 
 
+async def _park() -> None:
+    """Wait until connection_lost() cancels this (aiosmtpd's) handler task."""
+    await asyncio.get_running_loop().create_future()
+
+
 class _Handler:
     """aiosmtpd hooks; all state lives on the owning TestSMTPServer."""
 
     def __init__(self, owner: TestSMTPServer) -> None:
         self.owner = owner
+
+    async def _apply(self, server: _SMTP, command: str, addresses: list[str]) -> str | None:
+        """Apply the first matching fault: wait, drop or 421-and-close (these never return),
+        else return the reply to give instead of the normal one (None: the normal one)."""
+        fault = next((f for f in self.owner.faults if f.matches(command, addresses)), None)
+        if fault is None:
+            return None
+        fault.fired += 1
+        if fault.delay > 0:
+            await asyncio.sleep(fault.delay)
+        transport = server.transport
+        assert isinstance(transport, asyncio.Transport)
+        if fault.drop:
+            transport.abort()
+            await _park()
+        if fault.reply is not None and fault.reply.startswith("421"):
+            await server.push(fault.reply)
+            transport.close()
+            await _park()
+        return fault.reply
 
     async def handle_EHLO(
         self,
@@ -68,6 +126,9 @@ class _Handler:
     ) -> list[str]:
         self.owner.helos.append(hostname)
         session.host_name = hostname
+        reply = await self._apply(server, "EHLO", [])
+        if reply is not None:
+            return [reply]
         if self.owner.auth is None:
             # No AUTH configured: do not advertise it at all (not even after STARTTLS).
             responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
@@ -88,7 +149,9 @@ class _Handler:
         address: str,
         mail_options: list[str],
     ) -> str:
-        reply = self.owner.mail_reply
+        reply = await self._apply(server, "MAIL", [address])
+        if reply is None:
+            reply = self.owner.mail_reply
         if reply is None or _is_ok(reply):
             envelope.mail_from = address
             envelope.mail_options.extend(mail_options)
@@ -102,37 +165,50 @@ class _Handler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        reply = self.owner.rcpt_replies.get(address.lower())
+        reply = await self._apply(server, "RCPT", [address])
+        if reply is None:
+            reply = self.owner.rcpt_replies.get(address.lower())
         if reply is None or _is_ok(reply):
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
         return reply if reply is not None else "250 OK"
 
+    async def handle_AUTH(
+        self, server: _SMTP, session: Session, envelope: Envelope, args: list[str]
+    ) -> Any:
+        reply = await self._apply(server, "AUTH", [])
+        return MISSING if reply is None else reply  # MISSING: aiosmtpd checks the password
+
     async def handle_DATA(self, server: _SMTP, session: Session, envelope: Envelope) -> str:
         owner = self.owner
+        peer = session.peer
+        # The whole body has been read (the client's final "." came): record it now, so a
+        # body whose reply never went out (drop, client timeout) is in `transactions` too.
+        seen = Received(
+            mail_from=envelope.mail_from or "",
+            rcpt_tos=list(envelope.rcpt_tos),
+            data=bytes(envelope.original_content or b""),
+            helo=session.host_name,
+            peer=tuple(peer) if peer is not None else (),
+            session_id=server.session_id,
+            reply=NO_REPLY,
+        )
+        owner.transactions.append(seen)
+        reply = await self._apply(server, "DATA", seen.rcpt_tos)
         if owner.data_delay > 0:
             await asyncio.sleep(owner.data_delay)
         drop_after = owner.drop_after_data_count
         if drop_after is not None and len(owner.received) >= drop_after:
-            # One-shot: kill the connection after the client's final "." without replying,
-            # then park until connection_lost() cancels this (aiosmtpd's) handler task.
+            # One-shot: kill the connection after the client's final "." without replying.
             owner.drop_after_data_count = None
             assert isinstance(server.transport, asyncio.Transport)
             server.transport.abort()
-            await asyncio.get_running_loop().create_future()
-        reply = owner.data_replies.pop(0) if owner.data_replies else "250 OK"
+            await _park()
+        if reply is None:
+            reply = owner.data_replies.pop(0) if owner.data_replies else "250 OK"
+        seen.reply = reply
         if _is_ok(reply):
-            peer = session.peer
-            owner.received.append(
-                Received(
-                    mail_from=envelope.mail_from or "",
-                    rcpt_tos=list(envelope.rcpt_tos),
-                    data=bytes(envelope.original_content or b""),
-                    helo=session.host_name,
-                    peer=tuple(peer) if peer is not None else (),
-                    session_id=server.session_id,
-                )
-            )
+            owner.received.append(seen)
             owner._changed.set()
         return reply
 
@@ -141,7 +217,9 @@ class TestSMTPServer:
     """SMTP server on 127.0.0.1:<ephemeral> inside the running asyncio loop.
 
     Fault knobs (``rcpt_replies``, ``mail_reply``, ``data_replies``, ``drop_after_data_count``,
-    ``data_delay``) may be changed at any time, also while clients are connected.
+    ``data_delay``, ``faults``) may be changed at any time, also while clients are connected.
+    ``received`` holds the accepted messages, ``transactions`` every message body read
+    (accepted, refused, dropped or left unanswered), each with the reply it got.
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -171,10 +249,45 @@ class TestSMTPServer:
         self.data_replies: list[str] = []
         self.drop_after_data_count: int | None = None
         self.data_delay = 0.0
+        self.faults: list[Fault] = []
+        self.transactions: list[Received] = []
         self._server: asyncio.Server | None = None
         self._protocols: list[_SMTP] = []
         self._changed = asyncio.Event()
         self._handler = _Handler(self)
+
+    def fault(
+        self,
+        command: str,
+        reply: str | None = None,
+        *,
+        address: str | None = None,
+        delay: float = 0.0,
+        drop: bool = False,
+        times: int | None = None,
+    ) -> Fault:
+        """Program a misbehaviour for `command` (EHLO, AUTH, MAIL, RCPT or DATA).
+
+        reply:   the reply line instead of the normal one (``"451 4.3.0 Try later"``). A
+                 ``421`` reply is sent and then the connection is closed. None keeps the
+                 normal reply (useful with `delay`).
+        address: only when the command is about this address, case-insensitively: the
+                 sender for MAIL, the recipient for RCPT, any recipient of the envelope for
+                 DATA. None: always.
+        delay:   seconds to wait before replying; past the client's timeout it gives up.
+        drop:    abort the connection (after `delay`) instead of replying. For DATA this
+                 happens after the client sent the whole message and its final ".".
+        times:   apply this many times, then behave normally; None: every time.
+
+        Rules are tried in the order they were added; the first that matches applies.
+        Returns the rule; its ``fired`` counts how often it applied.
+        """
+        command = command.upper()
+        if command not in COMMANDS:
+            raise ValueError(f"unknown command {command!r}, expected one of {COMMANDS}")
+        rule = Fault(command, reply, address, delay, drop, times)
+        self.faults.append(rule)
+        return rule
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if self.tls_cert is None:

@@ -515,3 +515,58 @@ def test_quoted_display_names_with_commas(account: Account) -> None:
         ("O'Brien, Ann", "ann.ob@example.com"),
     ]
     assert composed.recipients[1:] == ("john@example.com", "ann.ob@example.com")
+
+
+# -- List-Unsubscribe, VERP --------------------------------------------------------------------
+
+
+def test_list_unsubscribe_one_click_for_bulk_mail(tmp_path: Path) -> None:
+    account = make_account(
+        tmp_path,
+        SENDER + "list_unsubscribe = https://example.org/u?r={recipient}&m={id}, "
+        "mailto:leave@example.org?subject=leave-{id}\n",
+    )
+    message = parse(compose(make_row(recipient="Ann <ann+x@example.com>"), account, now=NOW))
+    assert message["List-Unsubscribe"] == (
+        "<https://example.org/u?r=ann%2Bx%40example.com&m=42>, "
+        "<mailto:leave@example.org?subject=leave-42>"
+    )
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    vital = parse(compose(make_row(transactional=True), account, now=NOW))
+    assert "List-Unsubscribe" not in vital and "List-Unsubscribe-Post" not in vital
+
+
+def test_list_unsubscribe_mailto_only_has_no_one_click(tmp_path: Path) -> None:
+    account = make_account(tmp_path, SENDER + "list_unsubscribe = mailto:leave@example.org\n")
+    message = parse(compose(make_row(), account, now=NOW))
+    assert message["List-Unsubscribe"] == "<mailto:leave@example.org>"
+    assert "List-Unsubscribe-Post" not in message
+
+
+def test_a_rows_own_list_unsubscribe_wins(tmp_path: Path) -> None:
+    account = make_account(tmp_path, SENDER + "list_unsubscribe = mailto:leave@example.org\n")
+    row = make_row(headers=json.dumps({"List-Unsubscribe": "<https://shop.example/u/9>"}))
+    message = parse(compose(row, account, now=NOW))
+    assert message.get_all("List-Unsubscribe") == ["<https://shop.example/u/9>"]
+
+
+def test_list_unsubscribe_must_be_https_or_mailto(tmp_path: Path) -> None:
+    from robot.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\[sender\] list_unsubscribe: give https:// or mailto:"):
+        make_account(tmp_path, SENDER + "list_unsubscribe = http://example.org/u\n")
+
+
+def test_verp_envelope_sender_names_the_row(tmp_path: Path) -> None:
+    from robot.config import BounceSettings
+
+    account = make_account(tmp_path)
+    plain = compose(make_row(), account, now=NOW)
+    assert plain.envelope_from == "robot@example.org"
+    verp = compose(make_row(), account, now=NOW, bounces=BounceSettings(verp=True))
+    assert verp.envelope_from == "bounces+42@example.org"
+    assert parse(verp)["From"] == "Email Robot <robot@example.org>"
+    other = BounceSettings(verp=True, verp_domain="bounce.example.net")
+    assert compose(make_row(), account, now=NOW, bounces=other).envelope_from == (
+        "bounces+42@bounce.example.net"
+    )

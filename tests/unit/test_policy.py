@@ -48,14 +48,53 @@ REPLIES = [
     (550, "4.1.1 odd but temporary", RCPT, DEFERRED, False),
     (999, "not an SMTP code", DATA, DEFERRED, False),
     (100, "not an SMTP code", RCPT, DEFERRED, False),
+    # more of the same table: every basic code at every stage it is met
+    (250, "2.1.0 Sender ok", MAIL, SENT, False),
+    (250, "2.1.5 Recipient ok", RCPT, SENT, False),
+    (250, "5.1.1 a 2xx is a 2xx whatever its text", RCPT, SENT, False),
+    (421, "4.3.2 System shutting down", MAIL, DEFERRED, False),
+    (421, "closing", DATA, DEFERRED, False),
+    (450, "4.2.0 Mailbox unavailable", MAIL, DEFERRED, False),
+    (450, "5.1.1 a 4xx is temporary whatever its text", RCPT, DEFERRED, False),
+    (451, "4.7.1 Greylisted, please try again in 300 seconds", RCPT, DEFERRED, False),
+    (451, "4.7.1 Service unavailable, try later", DATA, DEFERRED, False),
+    (452, "4.3.1 Insufficient system storage", MAIL, DEFERRED, False),
+    (452, "Too many recipients", RCPT, DEFERRED, False),
+    (452, "4.2.2 Mailbox full", DATA, DEFERRED, False),
+    (500, "5.5.2 Syntax error, command unrecognized", MAIL, FAILED, False),
+    (500, "Line too long", DATA, FAILED, False),
+    (501, "5.1.3 Bad recipient address syntax", RCPT, BOUNCED, True),
+    (550, "5.1.1 User unknown", MAIL, FAILED, False),  # at MAIL: about us, never bounced
+    (550, "5.1.6 Mailbox has moved", RCPT, BOUNCED, True),
+    (550, "5.1.10 Recipient address has null MX", RCPT, BOUNCED, True),
+    (550, "5.2.1 Mailbox disabled", RCPT, BOUNCED, False),
+    (551, "User not local; please try <forward@example.org>", RCPT, BOUNCED, False),
+    (551, "5.1.6 User has moved", RCPT, BOUNCED, True),
+    (552, "5.2.2 Mailbox full", DATA, FAILED, False),
+    (553, "5.1.3 Bad destination mailbox address syntax", DATA, BOUNCED, True),
+    (550, "5.1.2 Bad destination system address", DATA, BOUNCED, True),
+    (550, "5.1.8 Sender address rejected", DATA, FAILED, False),
+    (553, "5.1.7 Bad sender's mailbox address syntax", DATA, FAILED, False),
+    (554, "5.7.1 Service unavailable; client host blocked", MAIL, FAILED, False),
+    (554, "5.7.1 Message rejected: spam", DATA, FAILED, False),
+    # (the transport never asks: a 530 before DATA is a transport fault of the account)
+    (530, "5.7.0 Authentication required", MAIL, FAILED, False),
+    (550, "4.7.1 Greylisted under a 5xx code", DATA, DEFERRED, False),
+    (551, "4.4.1 No answer from host", RCPT, DEFERRED, False),
+    (None, "connection dropped (Connection lost)", DATA, DEFERRED, False),
+    (None, "timed out (Timed out waiting for server response)", RCPT, DEFERRED, False),
+    (None, "", CONNECT, DEFERRED, False),
+    (354, "an unexpected 3xx", DATA, DEFERRED, False),
+    (600, "not an SMTP code", RCPT, DEFERRED, False),
+    (600, "5.1.1 not an SMTP code, whatever its text", RCPT, DEFERRED, False),
+    (0, "not an SMTP code", DATA, DEFERRED, False),
 ]
 
 
-@pytest.mark.parametrize(
-    ("code", "text", "stage", "outcome", "suppress"),
-    REPLIES,
-    ids=[f"{c}-{s}-{t[:24]}" for c, t, s, _, _ in REPLIES],
-)
+IDS = [f"{c}-{s}-{t[:24]}" for c, t, s, _, _ in REPLIES]
+
+
+@pytest.mark.parametrize(("code", "text", "stage", "outcome", "suppress"), REPLIES, ids=IDS)
 def test_classify(
     code: int | None, text: str, stage: Stage, outcome: Outcome, suppress: bool
 ) -> None:
@@ -150,6 +189,53 @@ def test_deferred_until_max_errors_then_failed() -> None:
     assert "3" in last.last_error
     assert last.event == "failed"
     assert policy.decide(DEFERRED, 4, "timed out").status is Status.FAILED
+
+
+@pytest.mark.parametrize(("minutes", "seconds"), [(0, 0.0), (0.005, 0.3), (1.5, 90.0)])
+def test_retry_minutes_accept_zero_and_decimals(minutes: float, seconds: float) -> None:
+    decision = RetryPolicy(retry_minutes=minutes, max_errors=5).decide(DEFERRED, 1, "x")
+    assert decision.retry_after is not None
+    assert decision.retry_after.total_seconds() == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("attempts", [1, 2])
+def test_gave_up_reason_names_the_attempts(attempts: int) -> None:
+    decision = RetryPolicy(retry_minutes=1, max_errors=attempts).decide(
+        DEFERRED, attempts, "451 4.7.1 Greylisted (at RCPT)"
+    )
+    assert decision.status is Status.FAILED
+    assert decision.last_error == (
+        f"gave up after {attempts} attempts: 451 4.7.1 Greylisted (at RCPT)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status"), [(BOUNCED, Status.BOUNCED), (FAILED, Status.FAILED)]
+)
+def test_permanent_outcomes_ignore_max_errors(outcome: Outcome, status: Status) -> None:
+    # the last allowed attempt bounced: the row says so, not "gave up"
+    decision = RetryPolicy(retry_minutes=1, max_errors=3).decide(outcome, 3, "550 reason")
+    assert decision.status is status
+    assert decision.last_error == "550 reason"
+
+
+def test_sent_on_the_last_attempt_is_sent() -> None:
+    assert RetryPolicy(retry_minutes=1, max_errors=3).decide(SENT, 3, "").status is Status.SENT
+
+
+@pytest.mark.parametrize(("code", "text", "stage", "outcome", "suppress"), REPLIES, ids=IDS)
+def test_reply_to_decision(
+    code: int | None, text: str, stage: Stage, outcome: Outcome, suppress: bool
+) -> None:
+    # classify() and RetryPolicy together: the status a first attempt leaves the row in
+    status = {SENT: Status.SENT, DEFERRED: Status.DEFERRED, BOUNCED: Status.BOUNCED}
+    reply = Reply(code, text, stage)
+    decision = RetryPolicy(retry_minutes=10, max_errors=10).decide(
+        classify(reply), 1, reply.describe()
+    )
+    assert decision.status is status.get(outcome, Status.FAILED)
+    assert (decision.retry_after is not None) is (outcome is DEFERRED)
+    assert decision.event == decision.status.value
 
 
 def test_max_errors_one_never_retries() -> None:
