@@ -1,0 +1,328 @@
+"""Crashes and outages against real processes: SIGKILLed robots, a PostgreSQL server that goes
+away, an SQLite file locked by someone else. Nothing may be lost or left `sending`; a repeat
+is allowed only for the message on the wire when the robot died, with the row's Message-ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.conftest import WriteIni
+from tests.integration.host import host_sql
+from tests.support.pg import PgCluster
+from tests.support.pg_outage import pg_down, pg_up
+from tests.support.robot_proc import RobotProcess, wait_until
+from tests.support.smtpd import TestSMTPServer
+
+CONNECTIONS = 3
+BATCH = 20
+
+
+def robot_ini(extra: str = "") -> str:
+    """Three connections, small claims, an INFO-level JSON log."""
+    return (
+        f"[robot]\nconnections = {CONNECTIONS}\nbatch_size = {BATCH}\npoll_seconds = 0.2\n"
+        f"{extra}\n[log]\nformat = json\nlevel = info\n"
+    )
+
+
+def insert_rows(url: str, n: int) -> None:
+    """n rows r1@example.org .. rN@example.org, with plain SQL as a host application would."""
+    if url.startswith("sqlite"):
+        numbers = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) "
+        source = "SELECT 'r' || i || '@example.org', 'crash ' || i, 'body ' || i FROM n"
+    else:
+        numbers = ""
+        source = (
+            "SELECT 'r' || i || '@example.org', 'crash ' || i, 'body ' || i "
+            f"FROM generate_series(1, {n}) AS i"
+        )
+    host_sql(url, f"INSERT INTO outbox (recipient, subject, body_text) {numbers}{source}")
+
+
+def status_counts(url: str) -> dict[str, int]:
+    return {
+        str(s): int(c)
+        for s, c in host_sql(url, "SELECT status, count(*) FROM outbox GROUP BY status")
+    }
+
+
+def all_sent(url: str, n: int) -> bool:
+    return status_counts(url).get("sent", 0) == n
+
+
+async def until_received(server: TestSMTPServer, n: int, robot: RobotProcess) -> None:
+    """Wait (closely: the moment matters) until the server holds n messages or the robot died."""
+    await wait_until(
+        lambda: len(server.received) >= n or not robot.alive,
+        60,
+        f"{n} messages received",
+        interval=0.005,
+        describe=lambda: f"{len(server.received)} received; {robot.tail(10)}",
+    )
+    assert robot.alive, f"the robot exited early ({robot.returncode}):\n{robot.tail()}"
+
+
+@dataclass
+class Tally:
+    """What the database says against what the SMTP server received, per recipient."""
+
+    rows: dict[str, tuple[int, str, int, str | None]]  # recipient: (id, status, attempts, mid)
+    received: dict[str, list[str]] = field(default_factory=dict)  # recipient: Message-IDs
+
+    @property
+    def duplicates(self) -> dict[str, int]:
+        """Recipients received more than once: how many extra copies."""
+        return {r: len(ids) - 1 for r, ids in self.received.items() if len(ids) > 1}
+
+
+def tally(url: str, server: TestSMTPServer) -> Tally:
+    found = host_sql(url, "SELECT recipient, id, status, attempts, message_id FROM outbox")
+    result = Tally({r[0]: (int(r[1]), str(r[2]), int(r[3]), r[4]) for r in found})
+    for message in server.received:
+        assert len(message.rcpt_tos) == 1, message.rcpt_tos
+        result.received.setdefault(message.rcpt_tos[0], []).append(
+            str(message.message()["Message-ID"])
+        )
+    return result
+
+
+def check_delivery(t: Tally, max_duplicates: int, label: str) -> int:
+    """Every row sent, received, with its own Message-ID; returns the number of repeats."""
+    statuses = Counter(status for _, status, _, _ in t.rows.values())
+    assert statuses == {"sent": len(t.rows)}, f"{label}: statuses {dict(statuses)}"
+    strangers = set(t.received) - set(t.rows)
+    assert not strangers, f"{label}: received for no row: {sorted(strangers)[:5]}"
+    lost = [r for r in t.rows if r not in t.received]
+    assert not lost, f"{label}: {len(lost)} rows marked sent but never received: {lost[:5]}"
+    for recipient, (row_id, _, _, message_id) in t.rows.items():
+        assert message_id, f"{label}: row {row_id} has no message_id"
+        got = t.received[recipient]
+        assert set(got) == {message_id}, (
+            f"{label}: row {row_id} ({recipient}) is {message_id} but the server got {got}"
+        )
+    repeats = sum(t.duplicates.values())
+    assert repeats <= max_duplicates, (
+        f"{label}: {repeats} repeated messages (at most {max_duplicates} allowed): "
+        f"{dict(sorted(t.duplicates.items())[:10])}"
+    )
+    return repeats
+
+
+# -- 1. SIGKILL, three times, then restart -------------------------------------------------
+
+
+async def test_sigkill_three_times_loses_nothing_and_repeats_only_the_wire(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    total, kill_at = 300, (40, 120, 200)
+    lease = 10  # the smallest the config accepts; the reaper then runs every 5 s
+    insert_rows(db_url, total)
+    smtp_server.data_delay = 0.01
+    ini = write_ini(db_url, smtp_server.port, robot_ini(f"lease_seconds = {lease}"))
+    robots: list[RobotProcess] = []
+    try:
+        for target in kill_at:
+            robot = await RobotProcess(ini, "run").start()
+            robots.append(robot)
+            await until_received(smtp_server, target, robot)
+            assert await robot.kill() == -9
+            assert not robot.named("robot.crashed"), robot.tail()
+
+        # A row claimed by a dead robot stays `sending` until its lease expires (within
+        # `lease` seconds of the kill) and the new robot's reaper (at start, then every 5 s)
+        # gives it back: the last rows go out some 10-12 s after the last kill.
+        last = await RobotProcess(ini, "run").start()
+        robots.append(last)
+        await wait_until(
+            lambda: all_sent(db_url, total) or not last.alive,
+            90,
+            "every row sent",
+            interval=0.25,
+            describe=lambda: f"{status_counts(db_url)}; {last.tail(10)}",
+        )
+        assert last.alive, f"the robot exited ({last.returncode}):\n{last.tail()}"
+        assert await last.terminate() == 0, last.tail()
+    finally:
+        for robot in robots:
+            await robot.close()
+
+    kills = len(kill_at)
+    t = tally(db_url, smtp_server)
+    repeats = check_delivery(t, kills * CONNECTIONS, f"{kills} kills x {CONNECTIONS} connections")
+    backend = make_url(db_url).get_backend_name()
+    print(
+        f"\n[{backend}] SIGKILL x{kills}: {len(smtp_server.received)} received "
+        f"for {total} rows, {repeats} repeated"
+    )
+
+    reaped = Counter(
+        {
+            int(row_id): int(n)
+            for row_id, n in host_sql(
+                db_url,
+                "SELECT outbox_id, count(*) FROM outbox_event "
+                "WHERE kind = 'lease-expired' GROUP BY outbox_id",
+            )
+        }
+    )
+    assert reaped, "the kills left no claimed row behind: the test tested nothing"
+    # Each kill strands at most what one robot holds: its queue (<= batch) and its wires.
+    assert sum(reaped.values()) <= kills * (BATCH + CONNECTIONS), reaped
+    by_id = {
+        row_id: (recipient, attempts) for recipient, (row_id, _, attempts, _) in t.rows.items()
+    }
+    for row_id, (recipient, attempts) in by_id.items():
+        # attempts counts every claim: the one that sent it plus one per lost lease.
+        assert attempts == 1 + reaped[row_id], (row_id, attempts, reaped[row_id])
+        assert attempts <= 1 + kills, (row_id, attempts)
+        if recipient in t.duplicates:
+            assert reaped[row_id] >= 1, f"row {row_id} repeated without a lost lease"
+    assert not any(r.named("database.unavailable") for r in robots)
+
+
+# -- 2. PostgreSQL goes away while the robot sends ---------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_postgresql_outage_while_sending(
+    db_url: str, pg_cluster: PgCluster, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    total, outage = 200, 2.0
+    insert_rows(db_url, total)
+    smtp_server.data_delay = 0.01
+    ini = write_ini(db_url, smtp_server.port, robot_ini())
+    robot = await RobotProcess(ini, "run").start()
+    try:
+        await wait_until(
+            lambda: len(smtp_server.received) >= 40 or not robot.alive,
+            60,
+            "40 messages received",
+            interval=0.01,
+            describe=robot.tail,
+        )
+        assert robot.alive, robot.tail()
+        down = False
+        try:
+            await asyncio.to_thread(pg_down, pg_cluster)
+            down = True
+            before = len(smtp_server.received)
+            await asyncio.sleep(outage)
+            during = len(smtp_server.received) - before
+        finally:
+            if down or not pg_cluster_answers(pg_cluster):
+                await asyncio.to_thread(pg_up, pg_cluster)
+        # Each connection may finish the message on its wire, then waits to record it.
+        assert during <= CONNECTIONS, f"{during} messages sent while the database was down"
+        assert robot.alive, f"the robot exited ({robot.returncode}):\n{robot.tail()}"
+
+        await wait_until(
+            lambda: all_sent(db_url, total) or not robot.alive,
+            60,
+            "every row sent after the outage",
+            interval=0.25,
+            describe=lambda: f"{status_counts(db_url)}; {robot.tail(10)}",
+        )
+        assert robot.alive, f"the robot exited ({robot.returncode}):\n{robot.tail()}"
+        errors = [e for e in robot.named("database.unavailable") if e.get("level") == "error"]
+        assert errors, f"no database error logged:\n{robot.tail()}"
+        assert not robot.named("robot.crashed"), robot.tail()
+        assert await robot.terminate() == 0, robot.tail()
+    finally:
+        await robot.close()
+    repeats = check_delivery(tally(db_url, smtp_server), CONNECTIONS, "PostgreSQL outage")
+    doing = Counter(str(e.get("doing")) for e in errors)
+    print(
+        f"\n[postgresql] {outage}s outage: {during} sent while down, {repeats} repeated, "
+        f"errors logged {dict(doing)}"
+    )
+
+
+def pg_cluster_answers(cluster: PgCluster) -> bool:
+    try:
+        with psycopg.connect(cluster._dsn("postgres"), connect_timeout=2):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+# -- 3. Someone holds the SQLite write lock -------------------------------------------------
+
+
+SHORT_BUSY = "import robot.db\nrobot.db.SQLITE_BUSY_MS = 1000\n"
+
+
+@pytest.mark.parametrize(
+    ("busy_prelude", "hold"),
+    [
+        pytest.param("", 5.0, id="busy-30s-hold-5s"),
+        pytest.param(SHORT_BUSY, 3.0, id="busy-1s-hold-3s"),
+    ],
+)
+async def test_sqlite_locked_for_a_while(
+    busy_prelude: str,
+    hold: float,
+    tmp_path: Path,
+    write_ini: WriteIni,
+    smtp_server: TestSMTPServer,
+) -> None:
+    url = f"sqlite:///{tmp_path}/robot.db"
+    total = 100
+    smtp_server.data_delay = 0.01
+    ini = write_ini(url, smtp_server.port, robot_ini())
+    path = make_url(url).database
+    assert path
+    robot = RobotProcess(ini, "run", prelude=busy_prelude)
+    await robot.start()
+    try:
+        await robot.wait_for_event("robot.started", 60)
+        insert_rows(url, total)
+        await wait_until(
+            lambda: len(smtp_server.received) >= 20 or not robot.alive,
+            60,
+            "20 messages received",
+            interval=0.01,
+            describe=robot.tail,
+        )
+        locker = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
+            before = len(smtp_server.received)
+            await asyncio.sleep(hold)
+            during = len(smtp_server.received) - before
+            assert robot.alive, f"the robot exited ({robot.returncode}):\n{robot.tail()}"
+        finally:
+            if locker.in_transaction:
+                locker.execute("ROLLBACK")
+            locker.close()
+        # A connection may finish the message on its wire, then waits to record it.
+        assert during <= CONNECTIONS, f"{during} messages sent while the database was locked"
+        await wait_until(
+            lambda: all_sent(url, total) or not robot.alive,
+            60,
+            "every row sent after the lock",
+            interval=0.25,
+            describe=lambda: f"{status_counts(url)}; {robot.tail(10)}",
+        )
+        assert robot.alive, f"the robot exited ({robot.returncode}):\n{robot.tail()}"
+        assert await robot.terminate() == 0, robot.tail()
+    finally:
+        await robot.close()
+    assert not robot.named("robot.crashed"), robot.tail()
+    errors = robot.named("database.unavailable")
+    if busy_prelude:
+        assert errors, f"a lock held past the busy timeout logged nothing:\n{robot.tail()}"
+    else:
+        assert not errors, "a lock shorter than the busy timeout should only make it wait"
+    check_delivery(tally(url, smtp_server), 0, "SQLite lock")
+    doing = Counter(str(e.get("doing")) for e in errors)
+    print(f"\n[sqlite] lock held {hold}s: {during} sent meanwhile, errors logged {dict(doing)}")
