@@ -6,14 +6,18 @@ reason a person can act on when the row cannot become a message.
 
 from __future__ import annotations
 
+import binascii
 import json
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
+from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, getaddresses, parseaddr
+from email.utils import format_datetime, formataddr, getaddresses, parseaddr
+from typing import Any
 from urllib.parse import quote
 
 import email_validator
@@ -26,6 +30,7 @@ from robot.errors import BadRowError
 from robot.htmltext import html_to_text
 from robot.queue import OutboxRow
 
+ADDRESS_HEADERS = ("From", "Reply-To", "To", "Cc")
 HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
 RESERVED_HEADERS = {
     "from",
@@ -91,48 +96,158 @@ def compose(
     if not row.message_id:
         raise BadRowError("the row has no Message-ID (it was not claimed)")
 
+    extra = _extra_headers(row.headers)
+    headers: list[tuple[str, Any]] = [("From", (_clean(display or ""), from_address))]
+    reply_to = row.reply_to or sender.reply_to
+    if reply_to:
+        headers.append(("Reply-To", _mailbox_list(reply_to, "reply_to")))
+    headers.append(("To", [to]))
+    if cc:
+        headers.append(("Cc", cc))
+    headers += [
+        ("Subject", _clean(subject)),
+        ("Date", format_datetime(now)),
+        ("Message-ID", row.message_id),
+        *extra,
+    ]
+    own = any(name.lower() == "list-unsubscribe" for name, _ in extra)  # the row's wins
+    if sender.list_unsubscribe and not row.transactional and not own:
+        headers += list_unsubscribe(sender.list_unsubscribe, to[1], row.id)
+    text_part = _with_text_footer(
+        body_text if body_text else html_to_text(body_html or ""), sender.footer_text
+    )
+    html_part = _with_html_footer(body_html, sender.footer_html) if body_html else None
+    settings = attachments or AttachmentSettings()
+    _check_attachments(row, settings)
     try:
-        msg = EmailMessage(policy=policy.SMTP)
-        msg["From"] = Address(display_name=_clean(display or ""), addr_spec=from_address)
-        reply_to = row.reply_to or sender.reply_to
-        if reply_to:
-            msg["Reply-To"] = _mailbox_list(reply_to, "reply_to")
-        msg["To"] = to
-        if cc:
-            msg["Cc"] = cc
-        msg["Subject"] = _clean(subject)
-        msg["Date"] = format_datetime(now)
-        msg["Message-ID"] = row.message_id
-        extra = _extra_headers(row.headers)
-        for name, value in extra:
-            msg[name] = value
-        own = any(name.lower() == "list-unsubscribe" for name, _ in extra)  # the row's wins
-        if sender.list_unsubscribe and not row.transactional and not own:
-            for name, value in list_unsubscribe(sender.list_unsubscribe, to.addr_spec, row.id):
-                msg[name] = value
-
-        text_part = _with_text_footer(
-            body_text if body_text else html_to_text(body_html or ""), sender.footer_text
-        )
-        msg.set_content(text_part, cte=_cte(text_part))
-        if body_html:
-            html_part = _with_html_footer(body_html, sender.footer_html)
-            msg.add_alternative(html_part, subtype="html", cte=_cte(html_part))
-        _attach(msg, row, attachments or AttachmentSettings())
-        data = msg.as_bytes()
+        if row.attachments or not _plain_ascii_addresses(headers):
+            data = _write_email_message(headers, text_part, html_part, row)
+        else:
+            data = _write_fast(headers, text_part, html_part)
     except ValueError as exc:  # the email package refuses what it cannot encode safely
         raise BadRowError(f"cannot build the message: {exc}") from None
 
     recipients: list[str] = []
-    for mailbox in (to, *cc, *bcc):
-        address = mailbox.addr_spec
-        if address.lower() not in (r.lower() for r in recipients):
+    seen: set[str] = set()
+    for _, address in (to, *cc, *bcc):
+        if address.lower() not in seen:
+            seen.add(address.lower())
             recipients.append(address)
     envelope_from = from_address
     if bounces is not None and bounces.verp:
         domain = bounces.verp_domain or from_address.rpartition("@")[2]
         envelope_from = f"bounces+{row.id}@{domain}"
     return Composed(envelope_from, tuple(recipients), data, row.message_id)
+
+
+Mailbox = tuple[str, str]  # (display name, address)
+
+
+def _plain_ascii_addresses(headers: list[tuple[str, Any]]) -> bool:
+    """True when every address is ASCII (display names may not be): the fast writer's case.
+    An internationalised address (SMTPUTF8) goes through the email package."""
+    for name, value in headers:
+        if name in ADDRESS_HEADERS:
+            boxes = [value] if name == "From" else value
+            if not all(address.isascii() for _, address in boxes):
+                return False
+    return True
+
+
+def _write_email_message(
+    headers: list[tuple[str, Any]], text_part: str, html_part: str | None, row: OutboxRow
+) -> bytes:
+    """The message through the stdlib email package (attachments, internationalised
+    addresses): thorough and slow."""
+    msg = EmailMessage(policy=policy.SMTP)
+    for name, value in headers:
+        if name == "From":
+            msg[name] = Address(display_name=value[0], addr_spec=value[1])
+        elif name in ADDRESS_HEADERS:
+            msg[name] = [Address(display_name=n, addr_spec=a) for n, a in value]
+        else:
+            msg[name] = value
+    msg.set_content(text_part, cte=_cte(text_part))
+    if html_part is not None:
+        msg.add_alternative(html_part, subtype="html", cte=_cte(html_part))
+    _attach(msg, row)
+    return msg.as_bytes()
+
+
+def _write_fast(headers: list[tuple[str, Any]], text_part: str, html_part: str | None) -> bytes:
+    """The same message written directly: ASCII headers as they are (folded), others as
+    RFC 2047 encoded words, bodies 7bit or quoted-printable, CRLF line ends."""
+    out = [_header_line(name, value) for name, value in headers]
+    out.append("MIME-Version: 1.0")
+    if html_part is None:
+        out.append(_part_headers("plain", text_part))
+        return ("\r\n".join(out) + "\r\n\r\n").encode("ascii") + _encode_body(text_part)
+    boundary = f"==============={secrets.randbelow(10**19):019d}=="
+    out.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
+    head = ("\r\n".join(out) + "\r\n\r\n").encode("ascii")
+    parts = [
+        f"--{boundary}\r\n{_part_headers('plain', text_part)}\r\n\r\n".encode("ascii")
+        + _encode_body(text_part),
+        f"--{boundary}\r\n{_part_headers('html', html_part)}\r\n\r\n".encode("ascii")
+        + _encode_body(html_part),
+    ]
+    return head + b"\r\n".join(parts) + f"\r\n--{boundary}--\r\n".encode("ascii")
+
+
+def _part_headers(subtype: str, body: str) -> str:
+    cte = _cte(body)
+    charset = "us-ascii" if cte == "7bit" else "utf-8"
+    return f'Content-Type: text/{subtype}; charset="{charset}"\r\nContent-Transfer-Encoding: {cte}'
+
+
+def _encode_body(body: str) -> bytes:
+    """7bit or quoted-printable, always ending with CRLF."""
+    text = body.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.endswith("\n"):
+        text += "\n"
+    if _cte(body) == "7bit":
+        return text.replace("\n", "\r\n").encode("ascii")
+    encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
+    return encoded.replace(b"\n", b"\r\n")
+
+
+def _header_line(name: str, value: Any) -> str:
+    """One header field, folded to 78 columns where it can be."""
+    if name == "From":
+        return f"{name}: {_format_mailbox(value)}"
+    if name in ADDRESS_HEADERS:
+        return _fold(name, [_format_mailbox(box) for box in value], ", ")
+    if value.isascii():
+        return _fold(name, value.split(" "), " ")
+    encoded = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+    return f"{name}: {encoded}"
+
+
+def _format_mailbox(box: Mailbox) -> str:
+    name, address = box
+    if not name:
+        return address
+    if name.isascii():
+        return formataddr((name, address))
+    return f"{Header(name, 'utf-8').encode()} <{address}>"
+
+
+def _fold(name: str, words: list[str], separator: str) -> str:
+    """`name: ` and `words` joined by `separator`, a line break before any word that would
+    pass column 78 (unfolding restores the value). Very long words: RFC 2047 instead."""
+    if any(len(word) > 900 for word in words):
+        encoded = Header(separator.join(words), "utf-8", header_name=name)
+        return f"{name}: {encoded.encode(linesep=chr(13) + chr(10))}"
+    lines: list[str] = []
+    line = f"{name}: {words[0]}" if words else f"{name}:"
+    for word in words[1:]:
+        if len(line) + len(separator) + len(word) > 78:
+            lines.append(line + separator.rstrip())
+            line = " " + word
+        else:
+            line += separator + word
+    lines.append(line)
+    return "\r\n".join(lines)
 
 
 def list_unsubscribe(template: str, recipient: str, row_id: int) -> list[tuple[str, str]]:
@@ -210,32 +325,50 @@ def _clean(value: str) -> str:
 def _address(value: str, field: str) -> str:
     """A bare address, validated (syntax only: no DNS)."""
     _clean(value)
+    value = value.strip()
+    if _plainly_valid(value):
+        return value
     try:
-        valid = validate_email(
-            value.strip(), check_deliverability=False, globally_deliverable=False
-        )
+        valid = validate_email(value, check_deliverability=False, globally_deliverable=False)
     except EmailNotValidError as exc:
         raise BadRowError(f"{field}: invalid address {value!r}: {exc}") from None
     return valid.ascii_email or valid.normalized  # IDN domains in their ASCII form
 
 
-def _mailbox(value: str, field: str) -> Address:
-    """`addr` or `Name <addr>` as an Address."""
+# The everyday address, which email-validator would accept unchanged: a dot-atom of letters,
+# digits and !#$%&'*+/=?^_`{|}~- before the @, LDH labels after it, a last label of letters.
+# Anything else (quoted local parts, IDN, odd lengths) goes through email-validator.
+PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
+)
+
+
+def _plainly_valid(address: str) -> bool:
+    if len(address) > 254 or not PLAIN_ADDRESS.fullmatch(address):
+        return False
+    local, _, domain = address.rpartition("@")
+    top = domain.rpartition(".")[2].lower()
+    return len(local) <= 64 and top not in email_validator.SPECIAL_USE_DOMAIN_NAMES
+
+
+def _mailbox(value: str, field: str) -> Mailbox:
+    """`addr` or `Name <addr>` as (name, validated address)."""
     _clean(value)
     name, addr = parseaddr(value)
     if not addr:
         raise BadRowError(f"{field}: invalid address {value!r}")
-    return Address(display_name=name, addr_spec=_address(addr, field))
+    return name, _address(addr, field)
 
 
-def _mailbox_list(value: str | None, field: str) -> list[Address]:
+def _mailbox_list(value: str | None, field: str) -> list[Mailbox]:
     if not value or not value.strip():
         return []
     _clean(value)
     found = [(name, addr) for name, addr in getaddresses([value]) if name or addr]
     if not found or any(not addr for _, addr in found):
         raise BadRowError(f"{field}: invalid address list {value!r}")
-    return [Address(display_name=name, addr_spec=_address(addr, field)) for name, addr in found]
+    return [(name, _address(addr, field)) for name, addr in found]
 
 
 def _extra_headers(raw: str | None) -> list[tuple[str, str]]:
@@ -283,7 +416,8 @@ def _cte(body: str) -> str:
     )
 
 
-def _attach(msg: EmailMessage, row: OutboxRow, settings: AttachmentSettings) -> None:
+def _check_attachments(row: OutboxRow, settings: AttachmentSettings) -> None:
+    """Refuse files when they are not allowed or together over the limit."""
     total = sum(len(a.content) for a in row.attachments)
     if row.attachment_bytes is not None:  # measured by the database; big files not read
         total = max(total, row.attachment_bytes)
@@ -297,6 +431,9 @@ def _attach(msg: EmailMessage, row: OutboxRow, settings: AttachmentSettings) -> 
             f"attachments total {total / 1048576:.1f} MiB, over the limit of "
             f"{settings.max_mb:g} MiB ([attachments] max_mb)"
         )
+
+
+def _attach(msg: EmailMessage, row: OutboxRow) -> None:
     for attachment in row.attachments:
         maintype, _, subtype = attachment.content_type.partition("/")
         if not maintype or not subtype or "\n" in attachment.content_type:
