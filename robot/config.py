@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
@@ -117,10 +118,27 @@ class BounceSettings:
     verp: bool = False
     verp_domain: str | None = None
     mailbox: str | None = None
+    password: str | None = field(default=None, repr=False)
     password_file: str | None = None
     poll_seconds: float = 60.0
     ca_file: str | None = None
     processed_folder: str | None = None
+
+    def read_password(self) -> str | None:
+        """The mailbox password: set directly (ROBOT_BOUNCES_PASSWORD), else password_file,
+        else the systemd credential `bounces_password`.
+
+        Read anew at every call so that a rotated password_file is picked up.
+        Raises ConfigError when password_file is set but unreadable.
+        """
+        if self.password:
+            return self.password
+        if self.password_file:
+            return _read_secret(Path(self.password_file), "bounces")
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if creds and (Path(creds) / "bounces_password").is_file():
+            return _read_secret(Path(creds) / "bounces_password", "bounces")
+        return None
 
 
 @dataclass(frozen=True)
@@ -324,6 +342,7 @@ def _build(raw: RawConfig, path: str) -> Settings:
         if section.startswith("account:"):
             accounts[section[8:]] = _account(section, values, raw, path)
     _check_ranges(parts, path)
+    _check_bounces(parts["bounces"], path)
     for account in accounts.values():
         _check_list_unsubscribe(account, path)
     return Settings(
@@ -413,6 +432,27 @@ def _check_smtp(smtp: SmtpSettings, section: str, path: str) -> None:
             key="password_file",
             path=path,
         )
+    _check_direct(smtp, section, path)
+
+
+def _check_direct(smtp: SmtpSettings, section: str, path: str) -> None:
+    """dns_servers: comma-separated IP addresses; dns_port and direct_port: TCP/UDP ports."""
+    for key in ("dns_port", "direct_port"):
+        if not 0 < getattr(smtp, key) < 65536:
+            raise ConfigError(
+                f"{path}: [{section}] {key}: must be a port (1-65535)", key=key, path=path
+            )
+    for server in (smtp.dns_servers or "").split(","):
+        try:
+            if server.strip():
+                ipaddress.ip_address(server.strip())
+        except ValueError:
+            raise ConfigError(
+                f"{path}: [{section}] dns_servers: {server.strip()!r} is not an IP address "
+                "(comma-separated IP addresses)",
+                key="dns_servers",
+                path=path,
+            ) from None
 
 
 def _check_list_unsubscribe(account: Account, path: str) -> None:
@@ -455,6 +495,17 @@ def _check_ranges(parts: dict[str, typing.Any], path: str) -> None:
     for section, key, ok, problem in checks:
         if not ok:
             raise ConfigError(f"{path}: [{section}] {key}: {problem}", key=key, path=path)
+
+
+def _check_bounces(bounces: BounceSettings, path: str) -> None:
+    from robot.mailbox import parse_mailbox_url
+
+    if bounces.poll_seconds <= 0:
+        raise ConfigError(
+            f"{path}: [bounces] poll_seconds: must be positive", key="poll_seconds", path=path
+        )
+    if bounces.mailbox:
+        parse_mailbox_url(bounces.mailbox, path)
 
 
 def _check_url(url: str, path: str) -> None:

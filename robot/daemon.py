@@ -25,30 +25,40 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from robot.compose import Composed, compose
 from robot.config import Account, Settings
+from robot.direct import DirectResult
+from robot.direct import deliver as deliver_direct
 from robot.dkim import DkimSigner, load_signer
+from robot.dsn import parse as parse_report
 from robot.errors import (
     BadRowError,
     ConfigError,
     DeliveryError,
+    MailboxError,
     PermanentDeliveryError,
     TransientDeliveryError,
     TransportFault,
 )
 from robot.logs import get_logger
+from robot.mailbox import read_new_messages
+from robot.metrics import Metrics
 from robot.models import Status
 from robot.policy import Decision, Outcome, Reply, RetryPolicy, Stage, classify, suppresses
-from robot.queue import MIB, OutboxRow, outbox_for
+from robot.queue import MIB, Finish, OutboxRow, outbox_for
 from robot.systemd import notify, watchdog_interval
 from robot.throttle import TokenBucket
 from robot.transport import SendResult, SmtpConnection
+from robot.wakeup import listen
 
 P = ParamSpec("P")
 T = TypeVar("T")
 DOMAIN = re.compile(r"^[A-Za-z0-9.-]+$")
 FAULT_BACKOFF_FIRST, FAULT_BACKOFF_MAX = 10.0, 600.0
-DB_RETRY_MAX = 30.0
+DB_RETRY_MAX = 10.0
 STOP_DB_PATIENCE = 20.0  # while stopping, how long to keep trying to record an outcome
 HOUSEKEEPING_SECONDS = 3600.0  # retention and sanity sweeps
+RECORD_BATCH = 500  # outcomes committed in one transaction at most
+WAKE_SLACK = 0.05  # seconds after a known due time, so that the database clock agrees
+METRICS_SECONDS = 15.0  # how often the outbox depth is read for the metrics
 
 
 class Robot:
@@ -78,6 +88,13 @@ class Robot:
         self.queue: asyncio.Queue[OutboxRow | None] = asyncio.Queue()
         self.in_flight = 0
         self.unsent: list[int] = []  # taken from the queue after stop: released, not sent
+        self.held: set[int] = set()  # claimed rows in the queue or on a wire: leases renewed
+        self.worker_connections: list[dict[str, SmtpConnection]] = []
+        self.metrics = Metrics()
+        self.metrics_url: str | None = None
+        self.wake_times: set[float] = set()  # wake-up timers set (monotonic, rounded)
+        self.outcomes: asyncio.Queue[tuple[Finish, asyncio.Future[bool]]] = asyncio.Queue()
+        self.recorder: asyncio.Task[None] | None = None
         self.row_suppressed: dict[int, set[str]] = {}
         self.paused_until: dict[str, float] = {}
         self.fault_backoff: dict[str, float] = {}
@@ -98,8 +115,19 @@ class Robot:
             asyncio.create_task(self._worker(), name=f"connection-{n}")
             for n in range(self.settings.robot.connections)
         ]
+        if self.settings.metrics.listen:
+            host, port = self.metrics.serve(self.settings.metrics.listen)
+            self.metrics_url = f"http://{host}:{port}/metrics"
+            self.log.info("metrics.listening", url=self.metrics_url)
         await self._housekeeping()  # once at start, then hourly
+        await self._measure()
         dispatcher = asyncio.create_task(self._dispatch(), name="dispatcher")
+        listener = None
+        if self.outbox.engine.dialect.name == "postgresql":
+            listener = asyncio.create_task(
+                listen(self.outbox.engine.url, self._on_new_rows, self.log, self.stopping),
+                name="listener",
+            )
         scheduler.start()
         notify("READY=1")
         self.log.info(
@@ -123,10 +151,14 @@ class Robot:
         finally:
             notify("STOPPING=1")
             scheduler.shutdown(wait=False)
+            self.metrics.close()
             self.stop()
-            for task in (dispatcher, *workers):
+            side = [dispatcher, *workers, *([listener] if listener else [])]
+            for task in side:
                 task.cancel()
-            await asyncio.gather(dispatcher, *workers, return_exceptions=True)
+            await asyncio.gather(*side, return_exceptions=True)
+            if self.recorder is not None:  # outcomes still being committed
+                await asyncio.gather(self.recorder, return_exceptions=True)
             await self._release_unsent()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -187,6 +219,16 @@ class Robot:
             self._renew, "interval", seconds=max(3.0, robot.lease_seconds / 3), **options
         )
         scheduler.add_job(self._housekeeping, "interval", seconds=HOUSEKEEPING_SECONDS, **options)
+        if self.settings.bounces.mailbox and not self.drain:
+            scheduler.add_job(
+                self._poll_bounces,
+                "interval",
+                seconds=self.settings.bounces.poll_seconds,
+                next_run_time=datetime.now(UTC),
+                **options,
+            )
+        if self.settings.metrics.listen:
+            scheduler.add_job(self._measure, "interval", seconds=METRICS_SECONDS, **options)
         interval = watchdog_interval()
         if interval:
             scheduler.add_job(notify, "interval", args=["WATCHDOG=1"], seconds=interval, **options)
@@ -245,9 +287,77 @@ class Robot:
         if failed:
             self.log.warning("rows.unschedulable", rows=len(failed), ids=failed[:20])
 
+    async def _poll_bounces(self) -> None:
+        """Read the new messages of the bounce mailbox and apply the delivery status
+        notifications about rows this robot sent. A mailbox that cannot be reached, or a
+        database that is down, logs one error; the next poll tries again."""
+        bounces = self.settings.bounces
+
+        def apply(raw: bytes) -> bool:  # in the mailbox thread: True when it was acted on
+            try:
+                report = parse_report(raw)
+            except Exception:  # parse is meant never to raise: one odd message must not jam
+                self.log.exception("bounce.unreadable")
+                return False
+            if not report.failures:
+                self.log.debug("bounce.ignored", kind=report.kind, delayed=len(report.delayed))
+                return False
+            found = self.outbox.record_dsn(
+                report.failures,
+                row_id=report.verp_id,
+                message_id=report.original_message_id,
+                reporter=report.reporter,
+            )
+            recipients = [f"{f.address} {f.status}" for f in report.failures]
+            if found is None:
+                self.log.info(
+                    "bounce.unmatched",
+                    message_id=report.original_message_id,
+                    verp_id=report.verp_id,
+                    recipients=recipients,
+                )
+                return False
+            event = "message.bounced_after_delivery" if found[1] else "bounce.recorded"
+            self.log.warning(event, id=found[0], recipients=recipients, reporter=report.reporter)
+            return True
+
+        try:
+            read, acted = await asyncio.to_thread(
+                read_new_messages, bounces, apply, stop=self.stopping.is_set
+            )
+        except (MailboxError, ConfigError) as exc:
+            self.log.error(
+                "bounces.mailbox_unavailable", error=str(exc), retry_in=bounces.poll_seconds
+            )
+            return
+        except SQLAlchemyError as exc:
+            self.log.error("database.unavailable", doing="bounces", error=_first_line(exc))
+            return
+        if read:
+            self.log.info("bounces.read", messages=read, acted_on=acted)
+
+    async def _measure(self) -> None:
+        """Read the outbox depth and the open connections into the metrics."""
+        if not self.settings.metrics.listen:
+            return
+        try:
+            counts, due = await self._db(self.outbox.depth)
+        except SQLAlchemyError as exc:
+            self.log.error("database.unavailable", doing="metrics", error=_first_line(exc))
+            return
+        self.metrics.set_queue(counts, due, tuple(status.value for status in Status))
+        self.metrics.set_connections(self._open_connections)
+
+    def _open_connections(self) -> dict[str, int]:
+        found = dict.fromkeys(self.settings.accounts, 0)
+        for connections in self.worker_connections:
+            for name, connection in connections.items():
+                found[name] = found.get(name, 0) + int(connection.is_open)
+        return found
+
     async def _renew(self) -> None:
         try:
-            await self._db(self.outbox.renew, self.worker_id)
+            await self._db(self.outbox.renew, self.worker_id, sorted(self.held))
         except SQLAlchemyError as exc:
             self.log.error("database.unavailable", doing="renew", error=_first_line(exc))
 
@@ -300,6 +410,7 @@ class Robot:
                 )
                 return
             for row in rows:
+                self.held.add(row.id)
                 self.queue.put_nowait(row)
             if rows:
                 self.log.debug("claimed", rows=len(rows))
@@ -310,9 +421,31 @@ class Robot:
                 return
             await self._wait_for_wake()
 
+    def wake_later(self, seconds: float) -> None:
+        """Wake the dispatcher in `seconds` (a row known to become due then). Timers are
+        rounded to a tenth of a second so that a burst of deferrals costs one timer."""
+        at = round(time.monotonic() + max(0.0, seconds) + WAKE_SLACK, 1)
+        if at in self.wake_times:
+            return
+        self.wake_times.add(at)
+
+        def wake() -> None:
+            self.wake_times.discard(at)
+            self.wake.set()
+
+        asyncio.get_running_loop().call_later(max(0.0, at - time.monotonic()), wake)
+
+    def _on_new_rows(self) -> None:
+        """A host inserted rows: claim what is due now, and look again when their grace
+        delay is over."""
+        self.wake.set()
+        if self.outbox.grace_seconds > 0:
+            self.wake_later(self.outbox.grace_seconds)
+
     async def _wait_for_wake(self) -> None:
-        paused = [until for until in self.paused_until.values() if until > time.monotonic()]
-        timeout = min(paused) - time.monotonic() if paused else None
+        now = time.monotonic()
+        deadlines = [until for until in self.paused_until.values() if until > now]
+        timeout = min(deadlines) - now if deadlines else None
         try:
             await asyncio.wait_for(self.wake.wait(), timeout)
         except TimeoutError:
@@ -350,6 +483,7 @@ class Robot:
 
     async def _worker(self) -> None:
         connections: dict[str, SmtpConnection] = {}
+        self.worker_connections.append(connections)
         try:
             while True:
                 row = await self.queue.get()
@@ -364,6 +498,7 @@ class Robot:
                 try:
                     await self._deliver(row, connections)
                 finally:
+                    self.held.discard(row.id)
                     self.in_flight -= 1
                     if self.drain and self.in_flight == 0 and self.queue.empty():
                         self.wake.set()
@@ -430,6 +565,13 @@ class Robot:
         connections: dict[str, SmtpConnection],
         log: Any,
     ) -> None:
+        if account.smtp.direct:
+            await self._throttle(account)
+            started = time.monotonic()
+            outcome = await deliver_direct(account, message)
+            self.metrics.send_seconds.observe(time.monotonic() - started)
+            await self._direct_result(row, outcome, log)
+            return
         for _ in range(2):  # a second try only when a reused connection went stale before DATA
             connection = connections.get(account.name)
             if connection is not None and (
@@ -449,6 +591,7 @@ class Robot:
                 log.debug("smtp.connected", account=account.name, greeting=greeting)
             reused = connection.sent_on_connection > 0
             await self._throttle(account)
+            started = time.monotonic()
             try:
                 result = await connection.send(message)
             except TransientDeliveryError as exc:
@@ -464,10 +607,48 @@ class Robot:
                 await connection.close()
                 await self._transport_fault(account, row, exc)
                 return
+            finally:
+                self.metrics.send_seconds.observe(time.monotonic() - started)
             await self._sent(row, result, log)
             if connection.exhausted:
                 await connection.close()
             return
+
+    async def _direct_result(self, row: OutboxRow, result: DirectResult, log: Any) -> None:
+        """Record a direct delivery: sent if any domain accepted a recipient, refusals in the
+        history. A domain's trouble is the domain's, never the account's: nothing pauses."""
+        for domain in result.domains:
+            log.info(
+                "direct.domain",
+                domain=domain.domain,
+                host=domain.host,
+                tls=domain.tls.value,
+                accepted=len(domain.accepted),
+                refused=len(domain.refusals),
+                skipped=list(domain.skipped),
+            )
+        refusals = result.refusals
+        first = result.first_accepted
+        decisive = None if first is not None else result.decisive()
+        for refusal in refusals:
+            if len(refusals) > 1 or first is not None:  # a lone refusal is the row's own
+                await self._db_until_done(
+                    "event", self.outbox.add_event, row.id, "refused", refusal.detail, refusal.code
+                )
+            if refusal.suppress and refusal is not decisive:
+                await self._db_until_done(
+                    "suppress", self.outbox.suppress, refusal.recipient, f"bounced: {refusal.reply}"
+                )
+        if first is not None:
+            decision = self.retry.decide(Outcome.SENT, row.attempts, "")
+            await self._finish(row, decision, log, code=first.code, reply=first.reply)
+            return
+        assert decisive is not None
+        decision = self.retry.decide(decisive.outcome, row.attempts, decisive.reason)
+        suppress = decisive.recipient if decisive.suppress else None
+        await self._finish(
+            row, decision, log, code=decisive.code, reply=decisive.reply, suppress=suppress
+        )
 
     async def _throttle(self, account: Account) -> None:
         """Wait for the account's `rate`, then the robot's: a token of the robot's bucket is
@@ -532,18 +713,12 @@ class Robot:
         reply: str | None = None,
         suppress: str | None = None,
     ) -> None:
-        recorded = await self._db_until_done(
-            "record",
-            self.outbox.finish,
-            row.id,
-            self.worker_id,
-            decision,
-            smtp_code=code,
-            smtp_reply=reply,
-            suppress=suppress,
-        )
+        recorded = await self._record(Finish(row.id, decision, code, reply, None, suppress))
+        if decision.retry_after is not None:  # after the commit: the row is due by then
+            self.wake_later(decision.retry_after.total_seconds())
         status = decision.status.value
         self.counts[status] = self.counts.get(status, 0) + 1
+        self.metrics.messages.labels(status).inc()
         event = log.info if decision.status is Status.SENT else log.warning
         event(
             f"message.{status}",
@@ -553,9 +728,39 @@ class Robot:
             recorded=bool(recorded),
         )
 
+    async def _record(self, outcome: Finish) -> bool:
+        """Hand an outcome to the recorder and wait until it is committed (or given up):
+        the connection sends its next message only after that."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.outcomes.put_nowait((outcome, done))
+        if self.recorder is None or self.recorder.done():
+            self.recorder = asyncio.create_task(self._recorder(), name="recorder")
+        return await done
+
+    async def _recorder(self) -> None:
+        """Group commit: every outcome waiting when a transaction starts goes into it, so
+        that many connections cost one commit instead of one each."""
+        while not self.outcomes.empty():
+            batch = [self.outcomes.get_nowait()]
+            while not self.outcomes.empty() and len(batch) < RECORD_BATCH:
+                batch.append(self.outcomes.get_nowait())
+            try:
+                recorded = await self._db_until_done(
+                    "record", self.outbox.finish_many, self.worker_id, [o for o, _ in batch]
+                )
+            except BaseException:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(False)
+                raise
+            for index, (_, done) in enumerate(batch):
+                if not done.done():
+                    done.set_result(bool(recorded and recorded[index]))
+
     async def _transport_fault(self, account: Account, row: OutboxRow, exc: TransportFault) -> None:
         """Stop sending on the account for a while; the row goes back untouched."""
         self.faults += 1
+        self.metrics.transport_faults.labels(account.name).inc()
         backoff = min(
             self.fault_backoff.get(account.name, FAULT_BACKOFF_FIRST / 2) * 2, FAULT_BACKOFF_MAX
         )

@@ -25,7 +25,14 @@ def make_engine(url: str, *, lenient_text: bool = False) -> Engine:
     failing the query (for the operator's commands)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+        # connect_timeout: an unreachable host that drops packets must not hang a thread.
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=4,
+            max_overflow=4,
+            connect_args={"connect_timeout": 10},
+        )
     memory = parsed.database in (None, "", ":memory:")
     connect_args = {"timeout": SQLITE_BUSY_MS / 1000, "check_same_thread": False}
     if memory:
@@ -34,6 +41,15 @@ def make_engine(url: str, *, lenient_text: bool = False) -> Engine:
         engine = create_engine(url, connect_args=connect_args)
     if not memory and parsed.database:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    base_compiler: Any = engine.dialect.statement_compiler
+
+    class _HintedCompiler(base_compiler):  # type: ignore[misc]
+        """Renders `with_hint(table, "INDEXED BY ...", "sqlite")` after the table name."""
+
+        def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
+            return text
+
+    engine.dialect.statement_compiler = _HintedCompiler
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -60,3 +60,7 @@ class TransportFault(RobotError):
 
 class DatabaseUnavailable(RobotError):
     """The database cannot be reached or is locked; the robot waits and tries again."""
+
+
+class MailboxError(RobotError):
+    """The bounce mailbox cannot be read: connection, TLS, login or IMAP failure."""

@@ -47,6 +47,7 @@ from robot.policy import Decision
 
 SQLITE_TIME = "%Y-%m-%d %H:%M:%f"
 MIB = 1024 * 1024
+NOTIFY_CHANNEL = "email_robot_outbox"  # migration 0002's trigger notifies it on INSERT
 RECENT_SECONDS = 300  # the window `status` measures the observed sending rate over
 PURGE_CHUNK = 500  # rows deleted per transaction by the retention job
 LEASE_GIVE_UP = (
@@ -131,6 +132,28 @@ class Event:
     kind: str
     smtp_code: int | None
     detail: str | None
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The end of one attempt, as the robot records it."""
+
+    row_id: int
+    decision: Decision
+    smtp_code: int | None = None
+    smtp_reply: str | None = None
+    detail: str | None = None
+    suppress: str | None = None
+
+    @property
+    def shape(self) -> tuple[Status, bool, float | None]:
+        """What the UPDATE for this outcome looks like: rows of one shape share it."""
+        retry = self.decision.retry_after
+        return (
+            self.decision.status,
+            self.smtp_code is not None or self.smtp_reply is not None,
+            retry.total_seconds() if retry is not None else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -277,6 +300,10 @@ class Outbox:
         )
         if exclude_accounts:
             due = due.where(func.coalesce(outbox.c.account, "default").not_in(exclude_accounts))
+        if self.sqlite:
+            # Without statistics SQLite prefers the status index and sorts every waiting row;
+            # the partial queue index yields them in claim order and stops at the limit.
+            due = due.with_hint(outbox, "INDEXED BY ix_outbox_queue", "sqlite")
         values = {
             "status": Status.SENDING.value,
             "claimed_by": worker,
@@ -400,42 +427,77 @@ class Outbox:
         suppress: str | None = None,
     ) -> bool:
         """Record the end of an attempt; False if the row was no longer leased to `worker`."""
+        outcome = Finish(row_id, decision, smtp_code, smtp_reply, detail, suppress)
+        return self.finish_many(worker, [outcome])[0]
+
+    def finish_many(self, worker: str, outcomes: Sequence[Finish]) -> list[bool]:
+        """Record many attempts in one transaction (the group commit of the robot's
+        connections); for each, False if the row was no longer leased to `worker`."""
+        ids = [o.row_id for o in outcomes]
+        held_query = select(outbox.c.id).where(
+            outbox.c.id.in_(ids),
+            outbox.c.claimed_by == worker,
+            outbox.c.status == Status.SENDING.value,
+        )
+        if not self.sqlite:  # SQLite's BEGIN IMMEDIATE already holds the write lock
+            held_query = held_query.with_for_update()
+        with self.engine.begin() as conn:
+            held = set(conn.execute(held_query).scalars())
+            shapes: dict[tuple[Any, ...], list[Finish]] = {}
+            for o in outcomes:
+                if o.row_id in held:
+                    shapes.setdefault(o.shape, []).append(o)
+            for shape, group in shapes.items():
+                conn.execute(
+                    self._finish_statement(*shape),
+                    [
+                        {
+                            "row_id": o.row_id,
+                            "last_error": o.decision.last_error,
+                            "code": o.smtp_code,
+                            "reply": o.smtp_reply,
+                        }
+                        for o in group
+                    ],
+                )
+            done = [o for o in outcomes if o.row_id in held]
+            if done:
+                conn.execute(
+                    insert(outbox_event),
+                    [
+                        {
+                            "outbox_id": o.row_id,
+                            "kind": o.decision.event,
+                            "smtp_code": o.smtp_code,
+                            "detail": o.detail or o.decision.last_error or o.smtp_reply,
+                        }
+                        for o in done
+                    ],
+                )
+            for o in done:
+                if o.suppress:
+                    reason = f"bounced: {o.smtp_reply or o.detail}"
+                    self._suppress(conn, o.suppress, reason, o.row_id)
+        return [o.row_id in held for o in outcomes]
+
+    def _finish_statement(
+        self, status: Status, with_reply: bool, retry_seconds: float | None
+    ) -> Any:
+        """The UPDATE that records one kind of outcome, per-row values as bind parameters."""
         values: dict[str, Any] = {
-            "status": decision.status.value,
+            "status": status.value,
             "claimed_by": None,
             "claimed_until": None,
             "updated_at": utcnow(),
-            "last_error": decision.last_error,
+            "last_error": bindparam("last_error"),
         }
-        if smtp_code is not None or smtp_reply is not None:
-            values |= {"smtp_code": smtp_code, "smtp_reply": smtp_reply}
-        if decision.status is Status.SENT:
+        if with_reply:
+            values |= {"smtp_code": bindparam("code"), "smtp_reply": bindparam("reply")}
+        if status is Status.SENT:
             values["sent_at"] = utcnow()
-        if decision.retry_after is not None:
-            values["next_attempt_at"] = self.now_plus(decision.retry_after.total_seconds())
-        with self.engine.begin() as conn:
-            done = conn.execute(
-                update(outbox)
-                .where(
-                    outbox.c.id == row_id,
-                    outbox.c.claimed_by == worker,
-                    outbox.c.status == Status.SENDING.value,
-                )
-                .values(values)
-            ).rowcount
-            if not done:
-                return False
-            conn.execute(
-                insert(outbox_event).values(
-                    outbox_id=row_id,
-                    kind=decision.event,
-                    smtp_code=smtp_code,
-                    detail=detail or decision.last_error or smtp_reply,
-                )
-            )
-            if suppress:
-                self._suppress(conn, suppress, f"bounced: {smtp_reply or detail}", row_id)
-        return True
+        if retry_seconds is not None:
+            values["next_attempt_at"] = self.now_plus(retry_seconds)
+        return update(outbox).where(outbox.c.id == bindparam("row_id")).values(values)
 
     def add_event(self, row_id: int, kind: str, detail: str, smtp_code: int | None = None) -> None:
         """Append a line to a row's history without changing the row."""
@@ -474,12 +536,19 @@ class Outbox:
             self._events(conn, released, "unclaimed", reason)
         return len(released)
 
-    def renew(self, worker: str) -> int:
-        """Extend the lease of every row `worker` still holds."""
+    def renew(self, worker: str, ids: Sequence[int]) -> int:
+        """Extend the lease of rows `ids` that `worker` still holds. Only the rows the robot
+        really has in hand: a claim whose reply was lost must expire and be taken back."""
+        if not ids:
+            return 0
         with self.engine.begin() as conn:
             return conn.execute(
                 update(outbox)
-                .where(outbox.c.claimed_by == worker, outbox.c.status == Status.SENDING.value)
+                .where(
+                    outbox.c.id.in_(list(ids)),
+                    outbox.c.claimed_by == worker,
+                    outbox.c.status == Status.SENDING.value,
+                )
                 .values(claimed_until=self.now_plus(self.lease_seconds))
             ).rowcount
 
@@ -619,6 +688,14 @@ class Outbox:
             found = conn.execute(query.limit(limit)).mappings().all()
         return now, [(OutboxRow.from_mapping(r), r["due_at"]) for r in found]
 
+    def depth(self) -> tuple[dict[str, int], int]:
+        """Rows per status and the number of waiting rows that are due: for the metrics."""
+        with self.engine.connect() as conn:
+            due = conn.execute(
+                select(func.count()).where(WAITING, self.due_at() <= utcnow())
+            ).scalar_one()
+            return self._counts(conn), int(due)
+
     def counts(self) -> dict[str, int]:
         """Number of rows in each status."""
         with self.engine.connect() as conn:
@@ -663,6 +740,8 @@ class Outbox:
                 ).scalars()
             )
             self._events(conn, changed, move.event, reason)
+            if changed and move.values["status"] == Status.PENDING.value and not self.sqlite:
+                conn.execute(text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"))  # wake robots
             chosen_rows = conn.execute(
                 select(outbox.c.id, outbox.c.status).where(*chosen).order_by(outbox.c.id)
             )
@@ -790,6 +869,90 @@ class Outbox:
             )
             self._events(conn, failed, "failed", UNSCHEDULABLE)
         return failed
+
+    # -- delivery status notifications ------------------------------------------------------
+
+    def record_dsn(
+        self,
+        failures: Sequence[tuple[str, str, str | None, int | None, bool]],
+        *,
+        row_id: int | None = None,
+        message_id: str | None = None,
+        reporter: str | None = None,
+    ) -> tuple[int, bool] | None:
+        """Apply the permanent failures of a delivery status notification to the row it is
+        about. Each failure is (address, status, diagnostic, smtp_code, suppress).
+
+        The row is `row_id` (from a VERP address) unless its Message-ID contradicts
+        `message_id`, else the row whose Message-ID is `message_id`. A `sent` row becomes
+        `bounced` when a failure is about its own recipient (a cc or bcc alone only goes into
+        the history); a row in any other state only gets the history lines. An address whose
+        failure says to suppress it (5.1.x) is suppressed. Returns (row id, whether the row
+        became bounced), or None when no row matches.
+        """
+        import re
+        from email.utils import getaddresses
+
+        if not failures or (row_id is None and not message_id):
+            return None
+        columns = (
+            outbox.c.id,
+            outbox.c.status,
+            outbox.c.recipient,
+            outbox.c.cc,
+            outbox.c.bcc,
+            outbox.c.message_id,
+        )
+        with self.engine.begin() as conn:
+            found = None
+            if row_id is not None:
+                found = conn.execute(select(*columns).where(outbox.c.id == row_id)).first()
+                if found is not None and message_id and found.message_id not in (None, message_id):
+                    found = None  # the VERP id names another message: go by the Message-ID
+            if found is None and message_id:
+                by_id = select(*columns).where(outbox.c.message_id == message_id).limit(1)
+                # The robot's own Message-IDs start with the row id: a primary-key look-up.
+                own_form = re.match(r"<(\d{1,18})\.", message_id)
+                if own_form:
+                    found = conn.execute(by_id.where(outbox.c.id == int(own_form[1]))).first()
+                if found is None:
+                    found = conn.execute(by_id).first()
+            if found is None:
+                return None
+            to = {a.lower() for _, a in getaddresses([found.recipient or ""]) if a}
+            copies = {a.lower() for _, a in getaddresses([found.cc or "", found.bcc or ""]) if a}
+            about_row = [f for f in failures if f[0].lower() in to or f[0].lower() not in copies]
+            source = "delivery status notification" + (f" from {reporter}" if reporter else "")
+            changed = False
+            if about_row:
+                address, status, diagnostic, code, _ = about_row[0]
+                reply = f"{status} {diagnostic}" if diagnostic else status
+                changed = bool(
+                    conn.execute(
+                        update(outbox)
+                        .where(outbox.c.id == found.id, outbox.c.status == Status.SENT.value)
+                        .values(
+                            status=Status.BOUNCED.value,
+                            smtp_code=code,
+                            smtp_reply=reply,
+                            last_error=f"{address}: {reply} ({source})",
+                            updated_at=utcnow(),
+                        )
+                    ).rowcount
+                )
+            for address, status, diagnostic, code, suppress in failures:
+                reply = f"{status} {diagnostic}" if diagnostic else status
+                conn.execute(
+                    insert(outbox_event).values(
+                        outbox_id=found.id,
+                        kind="bounced" if changed else "dsn",
+                        smtp_code=code,
+                        detail=f"{address}: {reply} ({source})",
+                    )
+                )
+                if suppress:
+                    self._suppress(conn, address, f"bounced ({source}): {reply}", found.id)
+        return int(found.id), changed
 
 
 def outbox_for(settings: Settings, engine: Engine) -> Outbox:

@@ -6,6 +6,7 @@ TransientDeliveryError (try the message later) or PermanentDeliveryError (never)
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import socket
 import ssl
@@ -67,6 +68,11 @@ class SmtpConnection:
     def is_open(self) -> bool:
         """True while the connection can take another message."""
         return self._smtp is not None and self._smtp.is_connected
+
+    @property
+    def where(self) -> str:
+        """host:port of the server, for messages."""
+        return f"{self.account.smtp.host}:{self.account.port}"
 
     @property
     def exhausted(self) -> bool:
@@ -190,7 +196,7 @@ class SmtpConnection:
                 await self._reset()
             if exc.code == AUTH_REQUIRED and stage is not Stage.DATA:
                 raise TransportFault(
-                    f"{self.account.smtp.host}:{self.account.port} answered {exc.code} "
+                    f"{self.where} answered {exc.code} "
                     f"{exc.message} (at {stage.upper()}): check username and security"
                 ) from exc
             accepted = [r for r in message.recipients if r not in refused]
@@ -221,6 +227,108 @@ class SmtpConnection:
             await smtp.quit(timeout=5)
         except (aiosmtplib.SMTPException, OSError):
             smtp.close()
+
+
+class TlsUse(enum.StrEnum):
+    """How a direct-delivery connection ended up protected."""
+
+    VERIFIED = "verified"  # STARTTLS, certificate valid for the MX name
+    UNVERIFIED = "unverified"  # STARTTLS, certificate not checked (it failed verification)
+    NONE = "none"  # plain text: STARTTLS not offered, or its handshake failed
+
+
+class DirectConnection(SmtpConnection):
+    """A connection to one address of a recipient domain's mail host, for direct delivery.
+
+    EHLO with the account's helo_name, STARTTLS whenever the server offers it, never AUTH.
+    TLS is opportunistic, as between MTAs without DANE or MTA-STS: a certificate that fails
+    verification for the MX name is common, so the host is tried again over TLS without
+    verification rather than not at all; a handshake that fails outright is tried again in
+    plain text. `tls` says what was used.
+    """
+
+    def __init__(self, account: Account, address: str, port: int, server_name: str) -> None:
+        super().__init__(account)
+        self.address = address
+        self.port = port
+        self.server_name = server_name  # the MX name: TLS SNI and certificate check
+        self.tls = TlsUse.NONE
+
+    @property
+    def where(self) -> str:
+        """mx-name[address]:port, for messages."""
+        return f"{self.server_name}[{self.address}]:{self.port}"
+
+    async def open(self) -> str:
+        """Connect, EHLO (HELO if EHLO is not understood), STARTTLS when offered.
+
+        Returns the greeting. Raises TransportFault when this host cannot take mail now:
+        connection refused or timed out, a greeting or EHLO other than 2xx, a dropped
+        connection. The caller then tries the next host.
+        """
+        use = TlsUse.VERIFIED if self.account.smtp.verify_tls else TlsUse.UNVERIFIED
+        while True:
+            try:
+                return await self._open_as(use)
+            except ssl.SSLCertVerificationError as exc:
+                if use is not TlsUse.VERIFIED:
+                    raise TransportFault(f"TLS with {self.where} failed: {exc}") from exc
+                use = TlsUse.UNVERIFIED
+            except ssl.SSLError as exc:
+                if use is TlsUse.NONE:
+                    raise TransportFault(f"TLS with {self.where} failed: {exc}") from exc
+                use = TlsUse.NONE
+
+    async def _open_as(self, use: TlsUse) -> str:
+        smtp = aiosmtplib.SMTP(
+            hostname=self.address,
+            port=self.port,
+            local_hostname=self.account.helo_name,
+            timeout=self.account.smtp.timeout_seconds,
+            use_tls=False,
+            start_tls=False,
+        )
+        try:
+            greeting = await smtp.connect()
+            await _hello(smtp)
+            tls = TlsUse.NONE
+            if use is not TlsUse.NONE and smtp.supports_extension("starttls"):
+                context = (
+                    tls_context(self.account) if use is TlsUse.VERIFIED else _unverified_context()
+                )
+                await smtp.starttls(server_hostname=self.server_name, tls_context=context)
+                await _hello(smtp)
+                tls = use
+        except ssl.SSLError:
+            await _abort(smtp)
+            raise
+        except aiosmtplib.SMTPResponseException as exc:
+            await _abort(smtp)
+            raise TransportFault(f"{self.where} answered {exc.code} {exc.message}") from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            await _abort(smtp)
+            raise TransportFault(f"cannot connect to {self.where}: {_describe(exc)}") from exc
+        self._smtp = smtp
+        self.tls = tls
+        self.sent_on_connection = 0
+        return f"{greeting.code} {greeting.message}"
+
+
+def _unverified_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def _hello(smtp: aiosmtplib.SMTP) -> None:
+    """EHLO; HELO when the server does not know EHLO (5xx). Raises aiosmtplib errors."""
+    try:
+        await smtp.ehlo()
+    except aiosmtplib.SMTPHeloError as exc:
+        if not (500 <= exc.code < 600) or not smtp.is_connected:
+            raise
+        await smtp.helo()
 
 
 def _delivery_error(

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Set up and run every check: ruff, mypy, and the whole test suite on SQLite and on a
-# throwaway PostgreSQL cluster (started by the tests themselves; never skipped).
+# Set up and run every check: ruff, mypy, and the whole test suite on SQLite, on a
+# throwaway PostgreSQL cluster and against a Dovecot IMAP server (both started by the tests
+# themselves from Debian's packages, installed here when missing; never skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-venv.sh
 ./scripts/ensure-postgres.sh
+./scripts/ensure-dovecot.sh
 bin=.venv/bin
 "$bin/ruff" check robot tests migrations
 "$bin/ruff" format --check robot tests migrations

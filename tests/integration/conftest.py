@@ -80,3 +80,11 @@ def ca_file(tls_ca: trustme.CA, tmp_path: Path) -> Path:
     path = tmp_path / "ca.pem"
     tls_ca.cert_pem.write_to_path(str(path))
     return path
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> Iterator[str]:
+    """A migrated, empty PostgreSQL database only (for PostgreSQL-only behaviour)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield pg_cluster.create_database(name, template=TEMPLATE)
+    pg_cluster.drop_database(name)

@@ -127,12 +127,13 @@ def test_expired_lease_is_taken_back_and_renew_keeps_it(db_url: str, engine: Eng
         db_url,
         f"UPDATE outbox SET claimed_until = {now_plus_sql(db_url, -1)} WHERE id = {rows[0].id}",
     )
-    assert queue.renew("dead-robot") == 2  # renewing pushes both leases again...
+    assert queue.renew("dead-robot", [r.id for r in rows]) == 2  # renewing pushes both...
     host_sql(
         db_url,
         f"UPDATE outbox SET claimed_until = {now_plus_sql(db_url, -1)} WHERE id = {rows[0].id}",
     )
     assert queue.reap_expired() == ([rows[0].id], [])  # ...only the expired one comes back
+    assert queue.renew("dead-robot", []) == 0
     (again,) = queue.claim("new-robot", 5, mid)
     assert again.id == rows[0].id
     assert again.message_id == rows[0].message_id

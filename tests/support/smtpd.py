@@ -43,6 +43,7 @@ class Received:
     peer: tuple[Any, ...]
     session_id: int
     reply: str = "250 OK"  # what DATA was answered; NO_REPLY if the connection went first
+    tls: bool = False  # the session was encrypted (STARTTLS or implicit TLS)
 
     def message(self) -> EmailMessage:
         """Parse the raw data with ``email.policy.default``."""
@@ -192,6 +193,7 @@ class _Handler:
             peer=tuple(peer) if peer is not None else (),
             session_id=server.session_id,
             reply=NO_REPLY,
+            tls=session.ssl is not None or owner.implicit_tls,
         )
         owner.transactions.append(seen)
         reply = await self._apply(server, "DATA", seen.rcpt_tos)
@@ -214,7 +216,7 @@ class _Handler:
 
 
 class TestSMTPServer:
-    """SMTP server on 127.0.0.1:<ephemeral> inside the running asyncio loop.
+    """SMTP server on 127.0.0.1:<ephemeral> (or a given host and port) inside the running loop.
 
     Fault knobs (``rcpt_replies``, ``mail_reply``, ``data_replies``, ``drop_after_data_count``,
     ``data_delay``, ``faults``) may be changed at any time, also while clients are connected.
@@ -231,6 +233,8 @@ class TestSMTPServer:
         implicit_tls: bool = False,
         require_starttls: bool = False,
         auth: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         if (implicit_tls or require_starttls) and tls_cert is None:
             raise ValueError("implicit_tls/require_starttls need tls_cert")
@@ -238,8 +242,8 @@ class TestSMTPServer:
         self.implicit_tls = implicit_tls
         self.require_starttls = require_starttls
         self.auth = dict(auth) if auth is not None else None
-        self.host = "127.0.0.1"
-        self.port = 0
+        self.host = host  # any loopback address: 127.0.0.2 and up give several on one port
+        self.port = port  # 0: an ephemeral one, set by start()
         self.received: list[Received] = []
         self.connections = 0
         self.helos: list[str] = []
@@ -315,7 +319,7 @@ class TestSMTPServer:
         return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
     async def start(self) -> None:
-        """Start listening on 127.0.0.1 with an ephemeral port (sets ``port``)."""
+        """Start listening on ``host`` (127.0.0.1) and ``port`` (0: ephemeral; sets ``port``)."""
         if self._server is not None:
             raise RuntimeError("server already started")
         loop = asyncio.get_running_loop()
@@ -346,7 +350,7 @@ class TestSMTPServer:
             self._protocols.append(proto)
             return proto
 
-        self._server = await loop.create_server(factory, self.host, 0, ssl=listen_ctx)
+        self._server = await loop.create_server(factory, self.host, self.port, ssl=listen_ctx)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

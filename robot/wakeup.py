@@ -1,0 +1,67 @@
+"""Wake the dispatcher when a host application inserts rows: PostgreSQL LISTEN/NOTIFY.
+
+The trigger of migration 0002 sends one notification per INSERT statement on the channel
+below. The listener keeps its own autocommit connection and reconnects after an outage;
+polling stays the safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import URL
+
+from robot.queue import NOTIFY_CHANNEL
+
+CHANNEL = NOTIFY_CHANNEL
+RECONNECT_FIRST, RECONNECT_MAX = 1.0, 30.0
+LISTEN_SLICE = 1.0  # seconds between looks at the stop flag while waiting
+
+
+def libpq_dsn(url: URL) -> str:
+    """The SQLAlchemy URL as a libpq connection string for psycopg."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def listen(
+    url: URL, on_notify: Callable[[], None], log: Any, stopping: asyncio.Event
+) -> None:
+    """Call `on_notify` for every notification until `stopping` is set; never raises."""
+    delay = RECONNECT_FIRST
+    while not stopping.is_set():
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                libpq_dsn(url), autocommit=True, connect_timeout=10
+            )
+        except psycopg.Error as exc:
+            log.warning("listen.unavailable", error=_first_line(exc), retry_in=delay)
+            await _sleep(stopping, delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+            continue
+        try:
+            async with conn:
+                await conn.execute(f"LISTEN {CHANNEL}")
+                log.debug("listen.ready", channel=CHANNEL)
+                delay = RECONNECT_FIRST
+                on_notify()  # rows may have come while we were not listening
+                while not stopping.is_set():
+                    async for _ in conn.notifies(timeout=LISTEN_SLICE):
+                        on_notify()
+        except psycopg.Error as exc:
+            log.warning("listen.lost", error=_first_line(exc), retry_in=delay)
+            await _sleep(stopping, delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+
+async def _sleep(stopping: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stopping.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
