@@ -339,8 +339,10 @@ def cmd_test(args: argparse.Namespace, wiring: Wiring) -> int:
     try:
         result = asyncio.run(send_test(settings, account, args.to))
     except DeliveryError as exc:
+        reply = f"{exc.code} {exc.reply}" if exc.code is not None else exc.reply
+        whom = f"{exc.recipient}: " if exc.recipient else ""
         print(
-            f"email-robot: refused: {exc.code} {exc.reply} (at {str(exc.stage).upper()})",
+            f"email-robot: refused: {whom}{reply} (at {str(exc.stage).upper()})",
             file=sys.stderr,
         )
         return EXIT_PARTIAL

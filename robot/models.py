@@ -188,6 +188,12 @@ Index(
     sqlite_where=text("batch IS NOT NULL"),
 )
 Index("ix_outbox_status_updated", outbox.c.status, outbox.c.updated_at)
+Index(
+    "ix_outbox_message_id",  # bounce reports name the message by its Message-ID
+    outbox.c.message_id,
+    postgresql_where=text("message_id IS NOT NULL"),
+    sqlite_where=text("message_id IS NOT NULL"),
+)
 
 outbox_attachment = Table(
     "outbox_attachment",

@@ -9,7 +9,11 @@ from datetime import UTC, datetime
 
 from robot.compose import compose
 from robot.config import Account, Settings
+from robot.direct import DirectResult
+from robot.direct import deliver as deliver_direct
 from robot.dkim import load_signer
+from robot.errors import PermanentDeliveryError, TransientDeliveryError
+from robot.policy import Outcome, Stage
 from robot.queue import OutboxRow
 from robot.transport import SendResult, SmtpConnection
 
@@ -71,9 +75,30 @@ async def send_test(settings: Settings, account: Account, to: str) -> SendResult
     signer = load_signer(account.sender, account.name, settings.path)
     if signer is not None:
         message = dataclasses.replace(message, data=signer.sign(message.data))
+    if account.smtp.direct:
+        return _direct_reply(await deliver_direct(account, message))
     connection = SmtpConnection(account)
     await connection.open()
     try:
         return await connection.send(message)
     finally:
         await connection.close()
+
+
+def _direct_reply(result: DirectResult) -> SendResult:
+    """A direct delivery as `test` reports it: the accepting host's reply, or the refusal."""
+    first = result.first_accepted
+    if first is not None:
+        refused = {r.recipient: (r.code or 0, r.reply) for r in result.refusals}
+        return SendResult(first.code or 250, f"{first.reply} ({first.host})", refused)
+    refusal = result.decisive()
+    error = (
+        TransientDeliveryError if refusal.outcome is Outcome.DEFERRED else (PermanentDeliveryError)
+    )
+    raise error(
+        refusal.detail,
+        code=refusal.code,
+        reply=refusal.reply,
+        recipient=refusal.recipient,
+        stage=refusal.stage or Stage.CONNECT,
+    )

@@ -326,3 +326,27 @@ async def test_plain_text_when_starttls_is_not_offered(
     events = await drain_ok(net.ini(write_ini, db_url))
     assert [r.tls for r in server.received] == [False]
     assert domain_events(events, "alpha.test")[0]["tls"] == "none"
+
+
+@SQLITE_ONLY
+async def test_the_test_command_sends_directly_too(
+    db_url: str, write_ini: WriteIni, net: Net, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`email-robot test --to` on a direct account asks DNS and the MX, not a relay."""
+    import asyncio
+
+    from robot.cli import main
+
+    mx = await net.mail_host("127.0.0.2")
+    net.dns.add("school.test", "MX", "10 mx.school.test.")
+    net.dns.add("mx.school.test", "A", "127.0.0.2")
+    ini = net.ini(write_ini, db_url)
+    code = await asyncio.to_thread(main, ["-c", str(ini), "test", "--to", "head@school.test"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert out.out.startswith("250 ") and "mx.school.test[127.0.0.2]" in out.out
+    assert [r.rcpt_tos for r in mx.received] == [["head@school.test"]]
+    net.dns.add("gone.test", "MX", "0 .")
+    code = await asyncio.to_thread(main, ["-c", str(ini), "test", "--to", "x@gone.test"])
+    assert code == 1
+    assert "x@gone.test" in capsys.readouterr().err
