@@ -1,4 +1,4 @@
-.PHONY: run test lint clean
+.PHONY: run test lint clean bench
 
 # Set up everything and run the robot on SQLite with a local capture SMTP server.
 run:
@@ -7,6 +7,15 @@ run:
 # Set up everything and run ruff, mypy and every test (SQLite and PostgreSQL).
 test:
 	./scripts/test.sh
+
+# Throughput benchmark against Postfix's smtp-sink (never in CI): docs/benchmarks.md.
+# Options go in BENCH_ARGS, e.g. make bench BENCH_ARGS="--quick" (see bench/run.py).
+bench:
+	./scripts/setup-venv.sh
+	.venv/bin/python -m pip install --quiet -e ".[dev,bench]"
+	./scripts/ensure-smtp-sink.sh
+	./scripts/ensure-postgres.sh
+	.venv/bin/python -m bench.run $(BENCH_ARGS)
 
 lint:
 	./scripts/setup-venv.sh
