@@ -12,8 +12,9 @@ import mimetypes
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -186,13 +187,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace, wiring: Wiring) -> int:
     from robot.daemon import Robot
+    from robot.supervisor import child_position, child_settings, supervise
 
     settings = wiring.settings()
     configure_logging(settings.log.format, settings.log.level)
     engine = wiring.engine(migrate_sqlite=True, lenient_text=False)
+    position = child_position()
+    if position is None and settings.robot.processes > 1:
+        engine.dispose()
+        return supervise(settings, settings.path, args.drain)
     path = Path(settings.path)
-    robot = Robot(settings, engine, drain=args.drain, reload=lambda: load_settings(path))
-    return asyncio.run(robot.run())
+
+    def load() -> Settings:
+        fresh = load_settings(path)
+        return child_settings(fresh, *position) if position else fresh
+
+    if position is not None:
+        settings = child_settings(settings, *position)
+    robot = Robot(settings, engine, drain=args.drain, reload=load)
+    return _event_loop_runner(settings.robot.uvloop)(robot.run())
+
+
+def _event_loop_runner(use_uvloop: bool) -> Callable[[Coroutine[Any, Any, int]], int]:
+    """uvloop.run when asked for and installed (a faster event loop), else asyncio.run."""
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run
+    return asyncio.run
 
 
 def cmd_db_upgrade(args: argparse.Namespace, wiring: Wiring) -> int:

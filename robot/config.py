@@ -61,6 +61,8 @@ class RobotSettings:
     lease_seconds: float = 300.0
     retention_days: float = 30.0
     max_body_mb: float = 10.0
+    uvloop: bool = True  # run on uvloop when it is installed (it is a dependency on Linux)
+    processes: int = 1  # sending processes; connections and batch_size are split among them
 
 
 @dataclass(frozen=True)
@@ -478,6 +480,13 @@ def _check_ranges(parts: dict[str, typing.Any], path: str) -> None:
         ("robot", "poll_seconds", robot.poll_seconds > 0, "must be positive"),
         ("robot", "lease_seconds", robot.lease_seconds >= 10, "must be at least 10"),
         ("robot", "max_errors", robot.max_errors >= 1, "must be at least 1"),
+        ("robot", "processes", 1 <= robot.processes <= 64, "must be between 1 and 64"),
+        (
+            "robot",
+            "processes",
+            robot.processes <= robot.connections,
+            "must not be more than connections",
+        ),
         ("robot", "grace_minutes", robot.grace_minutes >= 0, "must not be negative"),
         ("robot", "retry_minutes", robot.retry_minutes >= 0, "must not be negative"),
         ("robot", "rate", 0 <= robot.rate <= 10000, "must be between 0 and 10000"),

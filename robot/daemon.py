@@ -101,6 +101,11 @@ class Robot:
         self.faults = 0
         self.counts: dict[str, int] = {}
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="robot-db")
+        # Outcomes have a thread of their own: a commit never queues behind a claim.
+        self._record_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="robot-rec")
+        self._dedicated: dict[Callable[..., Any], ThreadPoolExecutor] = {
+            self.outbox.finish_many: self._record_executor
+        }
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -163,6 +168,7 @@ class Robot:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             self._executor.shutdown(wait=True)
+            self._record_executor.shutdown(wait=True)
         self.log.info("robot.stopped", **self.counts)
         return 1 if self.drain and self.faults else 0
 
@@ -238,7 +244,8 @@ class Robot:
 
     async def _db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        executor = self._dedicated.get(fn, self._executor)
+        return await loop.run_in_executor(executor, lambda: fn(*args, **kwargs))
 
     async def _db_until_done(
         self, what: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs

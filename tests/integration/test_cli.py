@@ -232,3 +232,39 @@ async def test_sighup_reloads_and_refuses_a_broken_config(
     assert host_sql_ready
     assert proc.returncode == 0
     assert host_sql(url, "SELECT status FROM outbox") == [("sent",)]
+
+
+async def test_two_sending_processes_send_each_row_once_and_stop_on_sigterm(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    host_sql(
+        db_url,
+        "INSERT INTO outbox (recipient, body_text) "
+        + (
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 120) "
+            "SELECT 'r' || i || '@example.org', 'x' FROM n"
+            if db_url.startswith("sqlite")
+            else "SELECT 'r' || i || '@example.org', 'x' FROM generate_series(1, 120) AS i"
+        ),
+    )
+    smtp_server.data_delay = 0.01
+    ini = write_ini(db_url, smtp_server.port, "[robot]\nprocesses = 2\nconnections = 4\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "robot", "-c", str(ini), "run",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await smtp_server.wait_for(120, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    recipients = [r for m in smtp_server.received for r in m.rcpt_tos]
+    assert sorted(recipients) == sorted(f"r{i}@example.org" for i in range(1, 121))
+    workers = host_sql(db_url, "SELECT DISTINCT detail FROM outbox_event WHERE kind = 'claimed'")
+    assert len({w[0].rsplit(":", 1)[1] for w in workers}) == 2  # two processes claimed
+    assert host_sql(db_url, "SELECT count(*) FROM outbox WHERE status <> 'sent'") == [(0,)]
+    assert err.decode().count('"event": "robot.stopped"') == 2
