@@ -853,7 +853,10 @@ class Outbox:
 
     def fail_unschedulable(self) -> list[int]:
         """Fail waiting rows whose times cannot be read (a host wrote text that is not a
-        time into created_at or send_after on SQLite): they would never become due."""
+        time into created_at or send_after on SQLite): they would never become due.
+        PostgreSQL's timestamptz columns cannot hold such text: nothing to look for."""
+        if not self.sqlite:
+            return []
         with self.engine.begin() as conn:
             failed = list(
                 conn.execute(

@@ -33,3 +33,20 @@ def now_plus_sql(url: str, seconds: float) -> str:
     if url.startswith("sqlite"):
         return f"strftime('%Y-%m-%d %H:%M:%f', 'now', '{seconds:+} seconds')"
     return f"now() + interval '{seconds} seconds'"
+
+
+def insert_many(url: str, n: int, batch: str | None = None, extra: str = "") -> list[int]:
+    """n rows through plain SQL; returns their ids."""
+    first = int(host_sql(url, "SELECT coalesce(max(id), 0) FROM outbox")[0][0])
+    batch_sql = f"'{batch}'" if batch else "NULL"
+    if url.startswith("sqlite"):
+        source = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) "
+        source += f"SELECT 'r' || i || '@example.org', 'x', {batch_sql} {extra} FROM n"
+    else:
+        source = f"SELECT 'r' || i || '@example.org', 'x', {batch_sql} {extra} "
+        source += f"FROM generate_series(1, {n}) AS i"
+    columns = "recipient, body_text, batch" + (", created_at" if extra else "")
+    host_sql(url, f"INSERT INTO outbox ({columns}) {source}")
+    return [
+        int(r[0]) for r in host_sql(url, f"SELECT id FROM outbox WHERE id > {first} ORDER BY id")
+    ]

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import WriteIni
-from tests.integration.host import host_sql
+from tests.integration.host import host_sql, insert_many
 from tests.support.smtpd import TestSMTPServer
 
 
@@ -145,16 +145,7 @@ async def test_sigterm_mid_batch_exits_0_and_leaves_nothing_sending(
     db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer, tmp_path: Path
 ) -> None:
     smtp_server.data_delay = 0.15
-    host_sql(
-        db_url,
-        "INSERT INTO outbox (recipient, body_text) "
-        + (
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40) "
-            "SELECT 'r' || i || '@example.org', 'x' FROM n"
-            if db_url.startswith("sqlite")
-            else "SELECT 'r' || i || '@example.org', 'x' FROM generate_series(1, 40) AS i"
-        ),
-    )
+    insert_many(db_url, 40)
     notify_path = tmp_path / "notify.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
@@ -237,16 +228,7 @@ async def test_sighup_reloads_and_refuses_a_broken_config(
 async def test_two_sending_processes_send_each_row_once_and_stop_on_sigterm(
     db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
 ) -> None:
-    host_sql(
-        db_url,
-        "INSERT INTO outbox (recipient, body_text) "
-        + (
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 120) "
-            "SELECT 'r' || i || '@example.org', 'x' FROM n"
-            if db_url.startswith("sqlite")
-            else "SELECT 'r' || i || '@example.org', 'x' FROM generate_series(1, 120) AS i"
-        ),
-    )
+    insert_many(db_url, 120)
     smtp_server.data_delay = 0.01
     ini = write_ini(db_url, smtp_server.port, "[robot]\nprocesses = 2\nconnections = 4\n")
     proc = await asyncio.create_subprocess_exec(

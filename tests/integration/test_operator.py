@@ -10,28 +10,11 @@ from sqlalchemy import Engine
 from robot.models import Status
 from robot.policy import Decision
 from robot.queue import Outbox, OutboxRow
-from tests.integration.host import host_sql, now_plus_sql
+from tests.integration.host import host_sql, insert_many, now_plus_sql
 
 
 def mid(row: OutboxRow) -> str:
     return f"<{row.id}.test@example.org>"
-
-
-def insert_many(url: str, n: int, batch: str | None = None, extra: str = "") -> list[int]:
-    """n rows through plain SQL; returns their ids."""
-    first = int(host_sql(url, "SELECT coalesce(max(id), 0) FROM outbox")[0][0])
-    batch_sql = f"'{batch}'" if batch else "NULL"
-    if url.startswith("sqlite"):
-        source = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) "
-        source += f"SELECT 'r' || i || '@example.org', 'x', {batch_sql} {extra} FROM n"
-    else:
-        source = f"SELECT 'r' || i || '@example.org', 'x', {batch_sql} {extra} "
-        source += f"FROM generate_series(1, {n}) AS i"
-    columns = "recipient, body_text, batch" + (", created_at" if extra else "")
-    host_sql(url, f"INSERT INTO outbox ({columns}) {source}")
-    return [
-        int(r[0]) for r in host_sql(url, f"SELECT id FROM outbox WHERE id > {first} ORDER BY id")
-    ]
 
 
 def statuses(url: str) -> dict[int, str]:
