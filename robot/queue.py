@@ -115,13 +115,19 @@ class OutboxRow:
         attachment_bytes: int | None = None,
     ) -> OutboxRow:
         """Build from a result row mapping with every outbox column (and maybe body_bytes)."""
-        names = [f.name for f in dataclasses.fields(cls) if f.name in outbox.c]
         return cls(
-            **{name: values[name] for name in names},
+            **{name: values.get(name) for name in ROW_COLUMNS},
             attachments=attachments,
             body_bytes=values.get("body_bytes"),
             attachment_bytes=attachment_bytes,
         )
+
+
+NOT_RETURNED_BY_CLAIM = frozenset(
+    ("body_text", "body_html", "claimed_until", "smtp_code", "smtp_reply", "last_error",
+     "sent_at", "updated_at")
+)  # fmt: skip
+ROW_COLUMNS = tuple(f.name for f in dataclasses.fields(OutboxRow) if f.name in outbox.c)
 
 
 @dataclass(frozen=True)
@@ -359,11 +365,12 @@ class Outbox:
         return func.coalesce(func.octet_length(column), 0)
 
     def _sized_columns(self) -> list[ColumnElement[Any]]:
-        """Every outbox column, bodies left out (NULL) when together over the limit."""
+        """The columns a claim returns: what sending needs (the robot's bookkeeping columns
+        stay out, None in the row), bodies left out (NULL) when together over the limit."""
         size = self._octets(outbox.c.body_text) + self._octets(outbox.c.body_html)
         fits = size <= self.max_body_bytes
         return [
-            *(c for c in outbox.c if c.name not in ("body_text", "body_html")),
+            *(c for c in outbox.c if c.name not in NOT_RETURNED_BY_CLAIM),
             case((fits, outbox.c.body_text), else_=None).label("body_text"),
             case((fits, outbox.c.body_html), else_=None).label("body_html"),
             size.label("body_bytes"),
@@ -411,9 +418,12 @@ class Outbox:
                 .values(message_id=bindparam("mid")),
                 [{"row_id": key, "mid": value} for key, value in fresh.items()],
             )
-        return [
-            dataclasses.replace(r, message_id=fresh[r.id]) if r.id in fresh else r for r in rows
-        ]
+        for row in rows:
+            if row.id in fresh:
+                # The row was built a moment ago and nobody else holds it yet: set the field
+                # in place (dataclasses.replace would copy all thirty of them, per row).
+                object.__setattr__(row, "message_id", fresh[row.id])
+        return rows
 
     def finish(
         self,

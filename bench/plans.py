@@ -1,0 +1,96 @@
+"""The claim's query plan on a large outbox: it walks the partial queue index and stops at
+the batch, so its cost does not grow with the table. Prints EXPLAIN for SQLite and
+PostgreSQL with N waiting rows and N finished ones, and times claims at that size.
+
+    .venv/bin/python -m bench.plans [--rows 1000000]
+
+Writes bench/results/plans.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from bench.outbox import RowMaker, pg_fill, sqlite_fill
+from robot.db import make_engine, upgrade
+from robot.models import utcnow
+from robot.queue import CLAIM_ORDER, WAITING, Outbox, outbox
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def claim_query(box: Outbox, limit: int) -> Any:
+    due = select(outbox.c.id).where(WAITING, box.due_at() <= utcnow()).order_by(*CLAIM_ORDER)
+    due = due.limit(limit)
+    if box.sqlite:
+        return due.with_hint(outbox, "INDEXED BY ix_outbox_queue", "sqlite")
+    return due.with_for_update(skip_locked=True)
+
+
+def measure(url: str, rows: int, fill: Any) -> dict[str, Any]:
+    engine = make_engine(url)
+    upgrade(engine)
+    started = time.perf_counter()
+    fill(rows)
+    filled = time.perf_counter() - started
+    with engine.begin() as conn:  # half the table finished: the claim must not read them
+        conn.exec_driver_sql(f"UPDATE outbox SET status = 'sent' WHERE id <= {rows // 2}")
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("ANALYZE outbox")
+    box = Outbox(engine, grace_seconds=0, lease_seconds=300)
+    query = claim_query(box, 500)
+    compiled = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
+    explain = "EXPLAIN QUERY PLAN " if box.sqlite else "EXPLAIN (ANALYZE, COSTS OFF) "
+    with engine.begin() as conn:
+        plan = [" ".join(str(c) for c in r) for r in conn.exec_driver_sql(explain + compiled)]
+    times = []
+    for _ in range(10):
+        started = time.perf_counter()
+        claimed = box.claim("plans", 500, lambda r: f"<{r.id}.plan@example.org>")
+        times.append((time.perf_counter() - started) * 1000)
+        assert len(claimed) == 500
+    engine.dispose()
+    return {
+        "rows": rows,
+        "finished_rows": rows // 2,
+        "fill_seconds": round(filled, 1),
+        "plan": plan,
+        "claim_500_ms_median": round(statistics.median(times), 1),
+        "claim_500_ms_all": [round(t, 1) for t in times],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    args = parser.parse_args()
+    from tests.support.pg import PgCluster
+
+    maker = RowMaker()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "plans.db"
+        url = f"sqlite:///{path}"
+        results["sqlite"] = measure(url, args.rows, lambda n: sqlite_fill(path, n, maker))
+        cluster = PgCluster()
+        cluster.start()
+        try:
+            pg_url = cluster.create_database("plans")
+            results["postgresql"] = measure(pg_url, args.rows, lambda n: pg_fill(pg_url, n, maker))
+        finally:
+            cluster.stop()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "plans.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
