@@ -31,6 +31,7 @@ from robot.htmltext import html_to_text
 from robot.queue import OutboxRow
 
 ADDRESS_HEADERS = ("From", "Reply-To", "To", "Cc")
+SIMPLE_ADDRESS_SPECIALS = frozenset('<>"(),; \t')  # none of these: a bare address
 HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
 RESERVED_HEADERS = {
     "from",
@@ -355,6 +356,8 @@ def _plainly_valid(address: str) -> bool:
 def _mailbox(value: str, field: str) -> Mailbox:
     """`addr` or `Name <addr>` as (name, validated address)."""
     _clean(value)
+    if not SIMPLE_ADDRESS_SPECIALS.intersection(value.strip()):  # a bare address: no parsing
+        return "", _address(value, field)
     name, addr = parseaddr(value)
     if not addr:
         raise BadRowError(f"{field}: invalid address {value!r}")

@@ -17,7 +17,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     LargeBinary,
-    bindparam,
     case,
     cast,
     delete,
@@ -353,9 +352,11 @@ class Outbox:
             OutboxRow.from_mapping(r, files.get(r["id"], ()), sizes.get(r["id"], 0)) for r in found
         ]
         rows = self._fix_message_ids(conn, rows, message_id_for)
-        conn.execute(
-            insert(outbox_event),
-            [{"outbox_id": r.id, "kind": "claimed", "detail": worker} for r in rows],
+        mark = "?" if self.sqlite else "%s"
+        conn.exec_driver_sql(  # plain executemany: this runs while the claim holds its locks
+            "INSERT INTO outbox_event (outbox_id, kind, detail) "
+            f"VALUES ({mark}, 'claimed', {mark})",
+            [(r.id, worker) for r in rows],
         )
         return rows
 
@@ -413,11 +414,10 @@ class Outbox:
         """Give rows claimed for the first time a Message-ID that retries will reuse."""
         fresh = {r.id: message_id_for(r) for r in rows if not r.message_id}
         if fresh:
-            conn.execute(
-                update(outbox)
-                .where(outbox.c.id == bindparam("row_id"))
-                .values(message_id=bindparam("mid")),
-                [{"row_id": key, "mid": value} for key, value in fresh.items()],
+            mark = "?" if self.sqlite else "%s"
+            conn.exec_driver_sql(
+                f"UPDATE outbox SET message_id = {mark} WHERE id = {mark}",
+                [(value, key) for key, value in fresh.items()],
             )
         for row in rows:
             if row.id in fresh:
