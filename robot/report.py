@@ -224,7 +224,9 @@ def status_text(status: QueueStatus, configured_rate: float, batch: str | None =
         later += f"   next in {countdown((status.next_due - status.now).total_seconds())}"
     lines.append(later)
     eta = estimate(status, configured_rate)
-    if eta.rate is None:
+    if not (status.due or status.sending or status.later):
+        lines.append("ETA: nothing is waiting")
+    elif eta.rate is None:
         lines.append(f"ETA: {eta.basis}")
     else:
         lines.append(f"rate: {eta.rate:.1f}/s ({eta.basis})")

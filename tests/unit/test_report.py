@@ -118,3 +118,8 @@ def test_change_text_lists_changed_unchanged_and_too_late() -> None:
     assert lines[0].startswith("retracted 25: 1 2 3") and lines[0].endswith("20 ... (5 more)")
     assert lines[1] == "unchanged 1: 30 (retracted)"
     assert lines[2] == "too late 2: 31 (sent), 99 (no such row)"
+
+
+def test_status_of_an_empty_queue_says_nothing_is_waiting() -> None:
+    text = status_text(queue_status(due=0, sent_recently=900, counts={"sent": 900}), 50)
+    assert "ETA: nothing is waiting" in text and "in due" not in text
