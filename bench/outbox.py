@@ -1,0 +1,274 @@
+"""Fill and inspect a benchmark outbox with plain SQL (sqlite3 / psycopg), as a host would.
+
+Rows are deterministic (fixed seed) and of fixed size: a realistic recipient and subject and
+a plain-text body of exactly BODY_CHARS ASCII characters in lines under 76, so that the robot
+sends it 7bit and every message is about 2 KB on the wire.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import sqlite3
+import statistics
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+SEED = 5
+BODY_CHARS = 1700
+POOL = 997  # distinct bodies; row i uses body i % POOL (a prime, so it is not aligned)
+INSERT = "INSERT INTO outbox (recipient, subject, body_text) VALUES ({0}, {0}, {0})"
+CHUNK = 5000
+
+FIRST = (
+    "Ada Alan Barbara Camille Dmitri Elena Farid Grace Hugo Ines Jonas Keiko Lars Maria "
+    "Nadia Oscar Priya Quentin Rosa Samir Tanja Ugo Vera Wen Ximena Yusuf Zoe"
+).split()
+LAST = (
+    "Lovelace Turing Liskov Martin Petrov Garcia Haddad Hopper Moreau Silva Berg Tanaka "
+    "Nilsen Rossi Karimi Wilde Sharma Blanc Ortega Nasser Kovac Conti Novak Li Diaz Aydin Shaw"
+).split()
+SUBJECTS = (
+    "Your order #{n} has shipped",
+    "Invoice {n} for your subscription",
+    "Reminder: your appointment on day {d}",
+    "Welcome to Example Shop, {first}",
+    "Password reset requested for account {n}",
+    "Weekly digest no. {d}: what is new",
+)
+WORDS = (
+    "the order account delivery parcel invoice payment schedule team support customer "
+    "message update service product week month receipt address change request thank you "
+    "for your with from about please note that this will be available today tomorrow "
+    "reference number tracking warehouse carrier estimated arrival window contact reply "
+    "questions details summary subscription renewal plan monthly annual credit balance "
+    "statement report newsletter event workshop registration confirmed cancelled"
+).split()
+
+
+@dataclass(frozen=True)
+class Row:
+    """What a host application inserts: recipient, subject, body_text."""
+
+    recipient: str
+    subject: str
+    body_text: str
+
+
+def _paragraphs(rng: random.Random) -> str:
+    sentences = []
+    while sum(len(s) + 1 for s in sentences) < BODY_CHARS * 2:
+        words = [rng.choice(WORDS) for _ in range(rng.randint(8, 18))]
+        sentences.append(" ".join(words).capitalize() + ".")
+    paragraphs, step = [], 5
+    for start in range(0, len(sentences), step):
+        paragraphs.append(textwrap.fill(" ".join(sentences[start : start + step]), width=72))
+    return "\n\n".join(paragraphs)
+
+
+class RowMaker:
+    """Deterministic rows: the same seed gives the same rows, in the same order."""
+
+    def __init__(self, seed: int = SEED) -> None:
+        rng = random.Random(seed)
+        self.bodies = [_paragraphs(rng) for _ in range(POOL)]
+        self.seed = seed
+
+    def row(self, i: int) -> Row:
+        """Row number i (0-based)."""
+        first, last = FIRST[i % len(FIRST)], LAST[(i // len(FIRST)) % len(LAST)]
+        subject = SUBJECTS[i % len(SUBJECTS)].format(n=100000 + i, d=i % 365 + 1, first=first)
+        greeting = f"Hello {first} {last},\n\n"
+        body = (greeting + self.bodies[i % POOL])[: BODY_CHARS - 1].rstrip() + "\n"
+        body = body.ljust(BODY_CHARS - 1, ".")[: BODY_CHARS - 1] + "\n"
+        recipient = f"{first} {last} <{first.lower()}.{last.lower()}.{i}@example.org>"
+        return Row(recipient, subject, body)
+
+    def rows(self, count: int, start: int = 0) -> Iterator[tuple[str, str, str]]:
+        """`count` rows as (recipient, subject, body_text) tuples."""
+        for i in range(start, start + count):
+            r = self.row(i)
+            yield (r.recipient, r.subject, r.body_text)
+
+
+def _chunks(it: Iterator[tuple[str, str, str]], size: int) -> Iterator[list[tuple[str, str, str]]]:
+    chunk: list[tuple[str, str, str]] = []
+    for item in it:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# -- SQLite -----------------------------------------------------------------------------------
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a sqlite:/// URL."""
+    return Path(url.removeprefix("sqlite:///"))
+
+
+def sqlite_fill(path: Path, count: int, maker: RowMaker, start: int = 0) -> float:
+    """INSERT `count` rows; return the seconds it took."""
+    t0 = time.perf_counter()
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        for chunk in _chunks(maker.rows(count, start), CHUNK):
+            conn.executemany(INSERT.format("?"), chunk)
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    return time.perf_counter() - t0
+
+
+def sqlite_copy(template: Path, dest: Path) -> None:
+    """A fresh copy of a filled (checkpointed, closed) database file."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{dest}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(template, dest)
+
+
+def sqlite_insert_one(conn: sqlite3.Connection, row: Row) -> None:
+    """One host-style INSERT in its own transaction (autocommit connection)."""
+    conn.execute(INSERT.format("?"), (row.recipient, row.subject, row.body_text))
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+
+def pg_dsn(url: str) -> str:
+    """A libpq URL from an SQLAlchemy one."""
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+def pg_fill(url: str, count: int, maker: RowMaker, start: int = 0) -> float:
+    """INSERT `count` rows (executemany, pipelined by psycopg), then VACUUM ANALYZE."""
+    t0 = time.perf_counter()
+    with psycopg.connect(pg_dsn(url)) as conn:
+        with conn.cursor() as cur:
+            for chunk in _chunks(maker.rows(count, start), CHUNK):
+                cur.executemany(INSERT.format("%s"), chunk)
+        conn.commit()
+    with psycopg.connect(pg_dsn(url), autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE outbox")
+    return time.perf_counter() - t0
+
+
+def pg_clone(admin_url: str, template: str, name: str) -> str:
+    """CREATE DATABASE name TEMPLATE template (a file copy); return its URL."""
+    with psycopg.connect(pg_dsn(admin_url), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
+        )
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def pg_drop(admin_url: str, name: str) -> None:
+    """DROP DATABASE name."""
+    with psycopg.connect(pg_dsn(admin_url), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+# -- inspection -------------------------------------------------------------------------------
+
+SENT_WINDOW = "SELECT count(*), min(sent_at), max(sent_at) FROM outbox WHERE status = 'sent'"
+BY_STATUS = "SELECT status, count(*) FROM outbox GROUP BY status"
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+def _query(url: str, query: str) -> list[tuple[Any, ...]]:
+    if url.startswith("sqlite"):
+        conn = sqlite3.connect(sqlite_path(url), timeout=30)
+        try:
+            return list(conn.execute(query).fetchall())
+        finally:
+            conn.close()
+    with psycopg.connect(pg_dsn(url)) as pg:
+        return list(pg.execute(query).fetchall())  # type: ignore[arg-type]
+
+
+def summary(url: str) -> dict[str, Any]:
+    """Counts by status, and the sending window: first and last sent_at (database clock)."""
+    sent, first, last = _query(url, SENT_WINDOW)[0]
+    counts = {str(status): int(n) for status, n in _query(url, BY_STATUS)}
+    first_t, last_t = _parse_time(first), _parse_time(last)
+    window = (last_t - first_t).total_seconds() if first_t and last_t else 0.0
+    return {"sent": int(sent), "statuses": counts, "window_seconds": round(window, 3)}
+
+
+def latencies(url: str, after_id: int = 0) -> list[float]:
+    """sent_at - created_at of the sent rows with id > after_id, in milliseconds (both from
+    the database clock)."""
+    rows = _query(
+        url,
+        f"SELECT created_at, sent_at FROM outbox WHERE status = 'sent' AND id > {int(after_id)}",
+    )
+    out = []
+    for created, sent in rows:
+        c, s = _parse_time(created), _parse_time(sent)
+        if c is not None and s is not None:
+            out.append((s - c).total_seconds() * 1000)
+    return out
+
+
+def sent_message_ids(url: str) -> list[str]:
+    """The Message-IDs of the sent rows."""
+    return [r[0] for r in _query(url, "SELECT message_id FROM outbox WHERE status = 'sent'")]
+
+
+def claims_by_robot(url: str) -> dict[str, int]:
+    """How many claims each robot made (outbox_event 'claimed' rows carry the worker id)."""
+    rows = _query(
+        url, "SELECT detail, count(*) FROM outbox_event WHERE kind = 'claimed' GROUP BY detail"
+    )
+    return {str(worker): int(n) for worker, n in rows}
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (0-100), nearest-rank on sorted values; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(p / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+def median(values: list[float]) -> float:
+    """statistics.median, 0.0 for no values."""
+    return statistics.median(values) if values else 0.0
+
+
+def max_id(url: str) -> int:
+    """The highest outbox id, 0 for an empty table."""
+    return int(_query(url, "SELECT coalesce(max(id), 0) FROM outbox")[0][0])
+
+
+def count_sent(url: str, after_id: int = 0) -> int:
+    """How many rows with id > after_id are sent."""
+    query = f"SELECT count(*) FROM outbox WHERE status = 'sent' AND id > {int(after_id)}"
+    return int(_query(url, query)[0][0])
