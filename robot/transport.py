@@ -109,12 +109,9 @@ class SmtpConnection:
             raise TransportFault(
                 f"{where} refused the login of {smtp_settings.username!r}: {exc.code} {exc.message}"
             ) from exc
-        except aiosmtplib.SMTPResponseException as exc:
-            await _abort(smtp)
-            raise TransportFault(f"{where} answered {exc.code} {exc.message}") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             await _abort(smtp)
-            raise TransportFault(f"cannot connect to {where}: {_describe(exc)}") from exc
+            raise _connection_fault(exc, where) from exc
         self._smtp = smtp
         self.sent_on_connection = 0
         return f"{greeting.code} {greeting.message}"
@@ -302,16 +299,20 @@ class DirectConnection(SmtpConnection):
         except ssl.SSLError:
             await _abort(smtp)
             raise
-        except aiosmtplib.SMTPResponseException as exc:
-            await _abort(smtp)
-            raise TransportFault(f"{self.where} answered {exc.code} {exc.message}") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             await _abort(smtp)
-            raise TransportFault(f"cannot connect to {self.where}: {_describe(exc)}") from exc
+            raise _connection_fault(exc, self.where) from exc
         self._smtp = smtp
         self.tls = tls
         self.sent_on_connection = 0
         return f"{greeting.code} {greeting.message}"
+
+
+def _connection_fault(exc: aiosmtplib.SMTPException | OSError, where: str) -> TransportFault:
+    """Why opening a connection to `where` failed: the server's reply, or the socket's."""
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return TransportFault(f"{where} answered {exc.code} {exc.message}")
+    return TransportFault(f"cannot connect to {where}: {_describe(exc)}")
 
 
 def _unverified_context() -> ssl.SSLContext:
