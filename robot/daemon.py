@@ -43,7 +43,7 @@ from robot.mailbox import read_new_messages
 from robot.metrics import Metrics
 from robot.models import Status
 from robot.policy import Decision, Outcome, Reply, RetryPolicy, Stage, classify, suppresses
-from robot.queue import MIB, Finish, OutboxRow, outbox_for
+from robot.queue import MIB, Claimed, Finish, OutboxRow, outbox_for
 from robot.systemd import notify, watchdog_interval
 from robot.throttle import TokenBucket
 from robot.transport import SendResult, SmtpConnection
@@ -472,7 +472,7 @@ class Robot:
             if addresses & hits:
                 self.row_suppressed[row_id] = addresses & hits
 
-    def _message_id(self, row: OutboxRow) -> str:
+    def _message_id(self, row: Claimed) -> str:
         """`<id.random@domain>`, the domain of the row's From address."""
         account = self.settings.accounts.get(
             row.account or "default", self.settings.default_account

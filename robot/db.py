@@ -67,7 +67,11 @@ def make_engine(url: str, *, lenient_text: bool = False) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         # Take the write lock at the start: a claim is then one short atomic transaction.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A transaction that only reads (execution option sqlite_read_only) takes none.
+        if connection.get_execution_options().get("sqlite_read_only"):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 

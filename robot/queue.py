@@ -7,10 +7,11 @@ The due rule and every timestamp use the database clock. Claiming is atomic: Pos
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import (
     ColumnElement,
@@ -27,7 +28,7 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from robot.config import Settings
 from robot.db import lenient_text
@@ -127,6 +128,26 @@ NOT_RETURNED_BY_CLAIM = frozenset(
      "sent_at", "updated_at")
 )  # fmt: skip
 ROW_COLUMNS = tuple(f.name for f in dataclasses.fields(OutboxRow) if f.name in outbox.c)
+
+
+class Claimed(Protocol):
+    """What a Message-ID is made from: the row's id, account and own sender."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def account(self) -> str | None: ...
+    @property
+    def sender(self) -> str | None: ...
+
+
+class ClaimRef(NamedTuple):
+    """A row just leased, before it is read whole."""
+
+    id: int
+    account: str | None
+    sender: str | None
+    message_id: str | None
 
 
 @dataclass(frozen=True)
@@ -290,7 +311,7 @@ class Outbox:
         self,
         worker: str,
         limit: int,
-        message_id_for: Callable[[OutboxRow], str],
+        message_id_for: Callable[[Claimed], str],
         exclude_accounts: Sequence[str] = (),
     ) -> list[OutboxRow]:
         """Lease up to `limit` due rows to `worker`, best first; fix their Message-IDs.
@@ -322,43 +343,80 @@ class Outbox:
         else:
             locked = due.with_for_update(skip_locked=True).subquery()
             stmt = update(outbox).where(outbox.c.id == locked.c.id, WAITING)
-        stmt = stmt.values(values).returning(*self._sized_columns())
+        # Two steps, so that SQLite's write lock is held only as long as the UPDATE: lease
+        # the rows and fix their Message-IDs (write), then read what sending needs (a plain
+        # read, which WAL lets run beside the writers).
+        stmt = stmt.values(values).returning(
+            outbox.c.id, outbox.c.account, outbox.c.sender, outbox.c.message_id
+        )
         try:
             with self.engine.begin() as conn:
-                rows = self._claimed(conn, stmt, worker, message_id_for)
+                leased = self._lease(conn, stmt, worker, message_id_for)
         except OperationalError as exc:
             if not (self.sqlite and "decode" in str(exc)):
                 raise
             # A host wrote bytes that are not UTF-8 into a text column (SQLite allows it).
             # Claim again reading them leniently: compose then fails just those rows.
             with self.engine.begin() as conn, lenient_text(conn):
-                rows = self._claimed(conn, stmt, worker, message_id_for)
+                leased = self._lease(conn, stmt, worker, message_id_for)
+        if not leased:
+            return []
+        try:
+            rows = self._read_leased(leased)
+        except SQLAlchemyError:
+            self.release(leased, worker, "reading the claimed rows failed")
+            raise
         rows.sort(key=lambda r: (-r.priority, r.created_at, r.id))
         return rows
 
-    def _claimed(
+    def _lease(
         self,
         conn: Connection,
         stmt: Any,
         worker: str,
-        message_id_for: Callable[[OutboxRow], str],
-    ) -> list[OutboxRow]:
-        """Run the claiming UPDATE of `stmt`; read files, fix Message-IDs, write events."""
-        found = conn.execute(stmt).mappings().all()
-        if not found:
+        message_id_for: Callable[[Claimed], str],
+    ) -> list[int]:
+        """Run the claiming UPDATE of `stmt`, fix Message-IDs, write the claimed events."""
+        refs = [ClaimRef(*r) for r in conn.execute(stmt)]
+        if not refs:
             return []
-        files, sizes = self._attachments(conn, [r["id"] for r in found])
-        rows = [
-            OutboxRow.from_mapping(r, files.get(r["id"], ()), sizes.get(r["id"], 0)) for r in found
-        ]
-        rows = self._fix_message_ids(conn, rows, message_id_for)
         mark = "?" if self.sqlite else "%s"
-        conn.exec_driver_sql(  # plain executemany: this runs while the claim holds its locks
+        fresh = [(message_id_for(r), r.id) for r in refs if not r.message_id]
+        if fresh:  # plain executemany: this runs while the claim holds its locks
+            conn.exec_driver_sql(f"UPDATE outbox SET message_id = {mark} WHERE id = {mark}", fresh)
+        conn.exec_driver_sql(
             "INSERT INTO outbox_event (outbox_id, kind, detail) "
             f"VALUES ({mark}, 'claimed', {mark})",
-            [(r.id, worker) for r in rows],
+            [(r.id, worker) for r in refs],
         )
-        return rows
+        return [r.id for r in refs]
+
+    def _read_leased(self, ids: list[int]) -> list[OutboxRow]:
+        """The leased rows with what sending needs, and their files."""
+        query = select(*self._sized_columns()).where(outbox.c.id.in_(ids))
+        try:
+            with self._reading() as conn:
+                return self._rows_with_files(conn, query, ids)
+        except OperationalError as exc:
+            if not (self.sqlite and "decode" in str(exc)):
+                raise
+            with self._reading() as conn, lenient_text(conn):
+                return self._rows_with_files(conn, query, ids)
+
+    def _rows_with_files(self, conn: Connection, query: Any, ids: list[int]) -> list[OutboxRow]:
+        found = conn.execute(query).mappings().all()
+        files, sizes = self._attachments(conn, ids)
+        return [
+            OutboxRow.from_mapping(r, files.get(r["id"], ()), sizes.get(r["id"], 0)) for r in found
+        ]
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A read-only transaction: on SQLite a deferred BEGIN, which takes no write lock."""
+        with self.engine.connect() as conn:
+            conn.execution_options(sqlite_read_only=True)
+            with conn.begin():
+                yield conn
 
     def _octets(self, column: ColumnElement[Any]) -> ColumnElement[int]:
         """The stored size of a text or binary value in bytes, without reading it whole."""
@@ -407,24 +465,6 @@ class Outbox:
                     Attachment(r["filename"], r["content_type"], bytes(r["content"]))
                 )
         return {key: tuple(value) for key, value in found.items()}, sizes
-
-    def _fix_message_ids(
-        self, conn: Connection, rows: list[OutboxRow], message_id_for: Callable[[OutboxRow], str]
-    ) -> list[OutboxRow]:
-        """Give rows claimed for the first time a Message-ID that retries will reuse."""
-        fresh = {r.id: message_id_for(r) for r in rows if not r.message_id}
-        if fresh:
-            mark = "?" if self.sqlite else "%s"
-            conn.exec_driver_sql(
-                f"UPDATE outbox SET message_id = {mark} WHERE id = {mark}",
-                [(value, key) for key, value in fresh.items()],
-            )
-        for row in rows:
-            if row.id in fresh:
-                # The row was built a moment ago and nobody else holds it yet: set the field
-                # in place (dataclasses.replace would copy all thirty of them, per row).
-                object.__setattr__(row, "message_id", fresh[row.id])
-        return rows
 
     def finish(
         self,
