@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import mimetypes
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -423,8 +426,6 @@ def cmd_sink(args: argparse.Namespace, wiring: Wiring) -> int:
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        import signal
-
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await serve_sink(args.host, args.port, args.maildir, sys.stdout, stop)
@@ -495,8 +496,6 @@ def _read(path: Path | None) -> str | None:
 
 def _addresses(values: Sequence[str]) -> list[str]:
     """Lower-cased bare addresses; a value that is not an address is a usage error."""
-    from email.utils import parseaddr
-
     found = []
     for value in values:
         address = parseaddr(value)[1]
@@ -508,8 +507,6 @@ def _addresses(values: Sequence[str]) -> list[str]:
 
 def _operator() -> str:
     """Who ran the command, for the history: the login name."""
-    import getpass
-
     try:
         return getpass.getuser()
     except (KeyError, OSError):

@@ -7,7 +7,6 @@ claim, QUIT, exit 0. SIGHUP: reload robot.ini (an invalid one is refused, the ol
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import re
 import secrets
@@ -537,7 +536,7 @@ class Robot:
             )
             signer = self.signers.get(account.name)
             if signer is not None:
-                message = dataclasses.replace(message, data=signer.sign(message.data))
+                message = signer.sign_composed(message)
         except BadRowError as exc:
             await self._bad_row(row, str(exc), log)
             return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 import socket
 from datetime import UTC, datetime
@@ -74,7 +73,7 @@ async def send_test(settings: Settings, account: Account, to: str) -> SendResult
     message = compose(row, account, now=now, attachments=settings.attachments)
     signer = load_signer(account.sender, account.name, settings.path)
     if signer is not None:
-        message = dataclasses.replace(message, data=signer.sign(message.data))
+        message = signer.sign_composed(message)
     if account.smtp.direct:
         return _direct_reply(await deliver_direct(account, message))
     connection = SmtpConnection(account)

@@ -7,10 +7,12 @@ The due rule and every timestamp use the database clock. Claiming is atomic: Pos
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from email.utils import getaddresses
 from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import (
@@ -691,14 +693,17 @@ class Outbox:
                 [{"outbox_id": i, "kind": kind, "detail": detail} for i in ids],
             )
 
-    def _suppress(self, conn: Connection, address: str, reason: str, row_id: int | None) -> None:
+    def _suppress(self, conn: Connection, address: str, reason: str, row_id: int | None) -> bool:
+        """Add `address` (lower-cased) to the list; False if it was there already."""
         exists = conn.execute(
             select(suppression.c.address).where(suppression.c.address == address.lower())
         ).first()
-        if exists is None:
-            conn.execute(
-                insert(suppression).values(address=address.lower(), reason=reason, outbox_id=row_id)
-            )
+        if exists is not None:
+            return False
+        conn.execute(
+            insert(suppression).values(address=address.lower(), reason=reason, outbox_id=row_id)
+        )
+        return True
 
     # -- host and operator side --------------------------------------------------------
 
@@ -865,9 +870,7 @@ class Outbox:
     def suppress(self, address: str, reason: str) -> bool:
         """Add `address` (lower-cased); False if it was already there."""
         with self.engine.begin() as conn:
-            before = self._suppressed_count(conn, address)
-            self._suppress(conn, address, reason, None)
-        return before == 0
+            return self._suppress(conn, address, reason, None)
 
     def unsuppress(self, address: str) -> bool:
         """Remove `address`; False if it was not there."""
@@ -884,14 +887,6 @@ class Outbox:
         ).order_by(suppression.c.created_at.desc(), suppression.c.address)
         with self.engine.connect() as conn:
             return [tuple(r) for r in conn.execute(query.limit(limit))]
-
-    @staticmethod
-    def _suppressed_count(conn: Connection, address: str) -> int:
-        return int(
-            conn.execute(
-                select(func.count()).where(suppression.c.address == address.lower())
-            ).scalar_one()
-        )
 
     # -- housekeeping ------------------------------------------------------------------------
 
@@ -964,9 +959,6 @@ class Outbox:
         failure says to suppress it (5.1.x) is suppressed. Returns (row id, whether the row
         became bounced), or None when no row matches.
         """
-        import re
-        from email.utils import getaddresses
-
         if not failures or (row_id is None and not message_id):
             return None
         columns = (

@@ -105,6 +105,8 @@ def supervise(settings: Settings, config_path: str, drain: bool) -> int:
             failed = True  # one crashed: stop the rest, let systemd restart the service
             forward(signal.SIGTERM, None)
     codes = [child.returncode for child in children]
-    if failed or any(code not in (0, 1) for code in codes):
-        return 1 if not failed else max(1, *[c for c in codes if c])
+    if failed:  # the highest exit code; killed by a signal (negative) counts as 1
+        return max(1, *codes)
+    if any(code not in (0, 1) for code in codes):
+        return 1
     return max(codes)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tests.conftest import WriteIni
 from tests.integration.host import host_sql, insert_many
+from tests.support.robot_proc import RobotProcess
 from tests.support.smtpd import TestSMTPServer
 
 
@@ -231,22 +232,16 @@ async def test_two_sending_processes_send_each_row_once_and_stop_on_sigterm(
     insert_many(db_url, 120)
     smtp_server.data_delay = 0.01
     ini = write_ini(db_url, smtp_server.port, "[robot]\nprocesses = 2\nconnections = 4\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "robot", "-c", str(ini), "run",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    robot = await RobotProcess(ini).start()
     try:
         await smtp_server.wait_for(120, timeout=60)
-        proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        code = await robot.terminate()
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 0, err.decode()[-2000:]
+        await robot.close()
+    assert code == 0, robot.tail()
     recipients = [r for m in smtp_server.received for r in m.rcpt_tos]
     assert sorted(recipients) == sorted(f"r{i}@example.org" for i in range(1, 121))
     workers = host_sql(db_url, "SELECT DISTINCT detail FROM outbox_event WHERE kind = 'claimed'")
     assert len({w[0].rsplit(":", 1)[1] for w in workers}) == 2  # two processes claimed
     assert host_sql(db_url, "SELECT count(*) FROM outbox WHERE status <> 'sent'") == [(0,)]
-    assert err.decode().count('"event": "robot.stopped"') == 2
+    assert len(robot.named("robot.stopped")) == 2

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import sys
 from pathlib import Path
 
 from tests.conftest import WriteIni
 from tests.integration.host import host_sql
 from tests.integration.test_cli import acli, cli, one_line_error
+from tests.support.robot_proc import RobotProcess
 from tests.support.smtpd import TestSMTPServer
 
 
@@ -98,11 +96,7 @@ async def test_retract_a_batch_during_its_grace_delay_while_the_robot_runs(
     db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
 ) -> None:
     ini = write_ini(db_url, smtp_server.port, "[robot]\ngrace_minutes = 0.1\n")  # 6 s
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "robot", "-c", str(ini), "run",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        env=os.environ.copy(),
-    )  # fmt: skip
+    robot = await RobotProcess(ini).start()
     try:
         for n in range(5):
             host_sql(
@@ -120,10 +114,10 @@ async def test_retract_a_batch_during_its_grace_delay_while_the_robot_runs(
         assert out.startswith("retracted 5:")
         await smtp_server.wait_for(1, timeout=30)
         await asyncio.sleep(1)  # would any retracted row still go out?
+        code = await robot.terminate()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0
+        await robot.close()
+    assert code == 0, robot.tail()
     assert [r.rcpt_tos for r in smtp_server.received] == [["keep@example.org"]]
     counts = dict(host_sql(db_url, "SELECT status, count(*) FROM outbox GROUP BY status"))
     assert counts == {"retracted": 5, "sent": 1}
