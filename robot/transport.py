@@ -23,7 +23,10 @@ from robot.errors import (
     TransportFault,
 )
 from robot.policy import Outcome, Reply, Stage, classify
+from robot.smtp_session import SessionBroken, SmtpReply, SmtpSession, path
 
+COMPLETED = 250
+START_INPUT = 354
 SERVICE_CLOSING = 421
 AUTH_REQUIRED = 530  # RFC 4954; also "530 Must issue a STARTTLS command first"
 
@@ -57,17 +60,21 @@ def is_loopback(host: str) -> bool:
 
 
 class SmtpConnection:
-    """One reusable connection of an account: open, send messages, close."""
+    """One reusable connection of an account: open, send messages, close.
+
+    aiosmtplib opens it (connect, TLS, EHLO, STARTTLS, AUTH); the transactions go through
+    robot.smtp_session, pipelined when the server offers PIPELINING.
+    """
 
     def __init__(self, account: Account) -> None:
         self.account = account
         self.sent_on_connection = 0
-        self._smtp: aiosmtplib.SMTP | None = None
+        self._session: SmtpSession | None = None
 
     @property
     def is_open(self) -> bool:
         """True while the connection can take another message."""
-        return self._smtp is not None and self._smtp.is_connected
+        return self._session is not None and self._session.is_open
 
     @property
     def where(self) -> str:
@@ -101,6 +108,7 @@ class SmtpConnection:
             greeting = await smtp.connect()
             if smtp_settings.username:
                 await self._login(smtp, where)
+            await self._take_over(smtp)
         except ssl.SSLError as exc:
             await _abort(smtp)
             raise TransportFault(f"TLS with {where} failed: {exc.reason or exc}") from exc
@@ -109,12 +117,18 @@ class SmtpConnection:
             raise TransportFault(
                 f"{where} refused the login of {smtp_settings.username!r}: {exc.code} {exc.message}"
             ) from exc
-        except (aiosmtplib.SMTPException, OSError) as exc:
+        except (aiosmtplib.SMTPException, OSError, SessionBroken) as exc:
             await _abort(smtp)
             raise _connection_fault(exc, where) from exc
-        self._smtp = smtp
-        self.sent_on_connection = 0
         return f"{greeting.code} {greeting.message}"
+
+    async def _take_over(self, smtp: aiosmtplib.SMTP) -> None:
+        """Hand the greeted connection to our session. aiosmtplib says EHLO only when a
+        command needs it: a plain connection without AUTH has not said it yet."""
+        if smtp.is_ehlo_or_helo_needed:
+            await _hello(smtp)
+        self._session = SmtpSession.take_over(smtp, self.account.smtp.timeout_seconds)
+        self.sent_on_connection = 0
 
     async def _login(self, smtp: aiosmtplib.SMTP, where: str) -> None:
         settings = self.account.smtp
@@ -141,89 +155,129 @@ class SmtpConnection:
         await smtp.login(settings.username, password)
 
     async def send(self, message: Composed) -> SendResult:
-        """Send one message: MAIL, RCPT for each recipient, DATA.
+        """Send one message: MAIL, RCPT for each recipient, DATA (pipelined when offered),
+        then the body.
 
         Raises TransientDeliveryError or PermanentDeliveryError, with the stage (and the
         recipient, when the reply is about one), or TransportFault when the server wants a
-        login or TLS first (530 before DATA): no message of this account can go through.
+        login or TLS first (530 to MAIL): no message of this account can go through.
         """
-        if self._smtp is None:
+        session = self._session
+        if session is None:
             raise TransientDeliveryError("connection is not open", stage=Stage.CONNECT)
-        smtp = self._smtp
         self.sent_on_connection += 1
-        options = []
-        if not message.envelope_from.isascii() or not all(a.isascii() for a in message.recipients):
-            options.append("SMTPUTF8")
-        if smtp.supports_extension("size"):
-            options.append(f"SIZE={len(message.data)}")
-        stage = Stage.MAIL
-        refused: dict[str, tuple[int, str]] = {}
+        recipients = message.recipients
+        mail, rcpts = self._paths(session, message)
+        broken: SessionBroken | None = None
         try:
-            await smtp.mail(message.envelope_from, options=options)
-            stage = Stage.RCPT
-            for recipient in message.recipients:
-                try:
-                    await smtp.rcpt(recipient)
-                except aiosmtplib.SMTPRecipientRefused as exc:
-                    if exc.code == SERVICE_CLOSING:  # the server closed: not a refusal
-                        await self.close()
-                        raise _delivery_error(exc.code, exc.message, stage, recipient) from exc
-                    refused[recipient] = (exc.code, exc.message)
-            if len(refused) == len(message.recipients):
-                await self._reset()
-                # Bounce only if every refusal is for good: one that may change defers the row.
-                first = next(
-                    (
-                        r
-                        for r, (c, t) in refused.items()
-                        if classify(Reply(c, t, stage)) is Outcome.DEFERRED
-                    ),
-                    next(iter(refused)),
-                )
-                code, text = refused[first]
-                raise _delivery_error(code, text, Stage.RCPT, first, refused)
-            stage = Stage.DATA
-            reply = await smtp.data(message.data)
-        except (TransientDeliveryError, PermanentDeliveryError):
-            raise
-        except aiosmtplib.SMTPResponseException as exc:
-            if exc.code == SERVICE_CLOSING:
-                await self.close()
-            else:
-                await self._reset()
-            if exc.code == AUTH_REQUIRED and stage is not Stage.DATA:
+            replies = await session.envelope(mail, rcpts)
+        except SessionBroken as exc:
+            broken, replies = exc, exc.replies
+        mail_reply = replies[0] if replies else None
+        data_reply = replies[len(rcpts) + 1] if len(replies) > len(rcpts) + 1 else None
+        if mail_reply is not None and not mail_reply.ok:
+            await self._abandon(mail_reply, data_reply)
+            if mail_reply.code == AUTH_REQUIRED:
                 raise TransportFault(
-                    f"{self.where} answered {exc.code} "
-                    f"{exc.message} (at {stage.upper()}): check username and security"
-                ) from exc
-            accepted = [r for r in message.recipients if r not in refused]
-            only = accepted[0] if stage is Stage.DATA and len(accepted) == 1 else None
-            raise _delivery_error(exc.code, exc.message, stage, only) from exc
-        except (aiosmtplib.SMTPException, OSError) as exc:
+                    f"{self.where} answered {mail_reply.code} {mail_reply.text} (at MAIL): "
+                    "check username and security"
+                )
+            raise _delivery_error(mail_reply.code, mail_reply.text, Stage.MAIL, None)
+        refused: dict[str, tuple[int, str]] = {}
+        for recipient, reply in zip(recipients, replies[1 : len(rcpts) + 1], strict=False):
+            if reply.code == SERVICE_CLOSING:  # the server is closing: not a refusal
+                await self.close()
+                raise _delivery_error(reply.code, reply.text, Stage.RCPT, recipient)
+            if not reply.ok:
+                refused[recipient] = (reply.code, reply.text)
+        if broken is not None:
+            await self.close()
+            stage = Stage.MAIL if not replies else Stage.RCPT if data_reply is None else Stage.DATA
+            raise TransientDeliveryError(
+                str(broken), reply=str(broken), stage=stage, before_data=True
+            ) from broken
+        if len(refused) == len(recipients):
+            await self._abandon(None, data_reply)
+            # Bounce only if every refusal is for good: one that may change defers the row.
+            first = next(
+                (
+                    r
+                    for r, (c, t) in refused.items()
+                    if classify(Reply(c, t, Stage.RCPT)) is Outcome.DEFERRED
+                ),
+                next(iter(refused)),
+            )
+            code, text = refused[first]
+            raise _delivery_error(code, text, Stage.RCPT, first, refused)
+        accepted = [r for r in recipients if r not in refused]
+        only = accepted[0] if len(accepted) == 1 else None
+        assert data_reply is not None
+        if data_reply.code != START_INPUT:
+            await self._abandon(data_reply, None)
+            raise _delivery_error(data_reply.code, data_reply.text, Stage.DATA, only)
+        try:
+            reply = await session.body(message.data)
+        except SessionBroken as exc:
             await self.close()
             raise TransientDeliveryError(
-                _describe(exc), reply=_describe(exc), stage=stage, before_data=stage != Stage.DATA
+                str(exc), reply=str(exc), stage=Stage.DATA, before_data=False
             ) from exc
-        return SendResult(code=reply.code, reply=reply.message, refused=refused)
+        if reply.code != COMPLETED:
+            await self._abandon(reply, None)
+            raise _delivery_error(reply.code, reply.text, Stage.DATA, only)
+        return SendResult(code=reply.code, reply=reply.text, refused=refused)
 
-    async def _reset(self) -> None:
-        """RSET after a refused transaction, so the connection can carry the next message."""
-        if self._smtp is None:
+    def _paths(self, session: SmtpSession, message: Composed) -> tuple[bytes, list[bytes]]:
+        """MAIL FROM's path with its parameters, and each RCPT TO's path."""
+        utf8 = not message.envelope_from.isascii() or not all(
+            a.isascii() for a in message.recipients
+        )
+        if utf8 and not session.supports("smtputf8"):
+            raise TransientDeliveryError(
+                f"{self.where} does not offer SMTPUTF8, which a non-ASCII address needs",
+                stage=Stage.MAIL,
+                before_data=True,
+            )
+        try:
+            mail = path(message.envelope_from, utf8)
+            rcpts = [path(r, utf8) for r in message.recipients]
+        except ValueError as exc:
+            raise PermanentDeliveryError(str(exc), stage=Stage.MAIL, before_data=True) from exc
+        if utf8:
+            mail += b" SMTPUTF8"
+        if session.supports("size"):
+            mail += b" SIZE=%d" % len(message.data)
+        return mail, rcpts
+
+    async def _abandon(self, refusal: SmtpReply | None, data_reply: SmtpReply | None) -> None:
+        """After a refused transaction: close on 421, else end a DATA the server accepted
+        anyway (RFC 2920: a lone ".") and RSET, so the connection can carry the next one."""
+        session = self._session
+        if session is None:
+            return
+        if refusal is not None and refusal.code == SERVICE_CLOSING:
+            await self.close()
             return
         try:
-            await self._smtp.rset()
-        except (aiosmtplib.SMTPException, OSError):
-            await self.close()
+            if data_reply is not None and data_reply.code == START_INPUT:
+                await session.end_empty()
+            if (await session.command(b"RSET")).ok:
+                return
+        except SessionBroken:
+            pass
+        await self.close()
 
     async def close(self) -> None:
         """QUIT politely; drop the socket if the server does not answer."""
-        smtp, self._smtp = self._smtp, None
-        if smtp is None or not smtp.is_connected:
+        session, self._session = self._session, None
+        if session is None:
             return
-        try:
-            await smtp.quit(timeout=5)
-        except (aiosmtplib.SMTPException, OSError):
-            smtp.close()
+        if session.is_open:
+            try:
+                await session.command(b"QUIT", timeout=5)
+            except SessionBroken:
+                pass
+        session.close()
 
 
 class TlsUse(enum.StrEnum):
@@ -296,19 +350,20 @@ class DirectConnection(SmtpConnection):
                 await smtp.starttls(server_hostname=self.server_name, tls_context=context)
                 await _hello(smtp)
                 tls = use
+            await self._take_over(smtp)
         except ssl.SSLError:
             await _abort(smtp)
             raise
-        except (aiosmtplib.SMTPException, OSError) as exc:
+        except (aiosmtplib.SMTPException, OSError, SessionBroken) as exc:
             await _abort(smtp)
             raise _connection_fault(exc, self.where) from exc
-        self._smtp = smtp
         self.tls = tls
-        self.sent_on_connection = 0
         return f"{greeting.code} {greeting.message}"
 
 
-def _connection_fault(exc: aiosmtplib.SMTPException | OSError, where: str) -> TransportFault:
+def _connection_fault(
+    exc: aiosmtplib.SMTPException | OSError | SessionBroken, where: str
+) -> TransportFault:
     """Why opening a connection to `where` failed: the server's reply, or the socket's."""
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return TransportFault(f"{where} answered {exc.code} {exc.message}")

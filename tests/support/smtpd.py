@@ -133,6 +133,8 @@ class _Handler:
         if self.owner.auth is None:
             # No AUTH configured: do not advertise it at all (not even after STARTTLS).
             responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
+        if self.owner.pipelining:  # aiosmtpd reads pipelined commands fine, but never says so
+            responses.insert(1, "250-PIPELINING")
         return responses
 
     async def handle_HELO(
@@ -235,6 +237,7 @@ class TestSMTPServer:
         auth: dict[str, str] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        pipelining: bool = True,
     ) -> None:
         if (implicit_tls or require_starttls) and tls_cert is None:
             raise ValueError("implicit_tls/require_starttls need tls_cert")
@@ -244,6 +247,7 @@ class TestSMTPServer:
         self.auth = dict(auth) if auth is not None else None
         self.host = host  # any loopback address: 127.0.0.2 and up give several on one port
         self.port = port  # 0: an ephemeral one, set by start()
+        self.pipelining = pipelining  # advertise PIPELINING (RFC 2920) in the EHLO reply
         self.received: list[Received] = []
         self.connections = 0
         self.helos: list[str] = []

@@ -1,0 +1,312 @@
+"""SMTP transactions on an open connection: our own asyncio protocol, pipelined when offered.
+
+aiosmtplib opens the connection (TCP or TLS, greeting, EHLO, STARTTLS, AUTH); then
+`SmtpSession.take_over` moves its transport to `ReplyReader`, and every transaction (MAIL,
+RCPT, DATA and the body), RSET and QUIT go through here. When the server advertises
+PIPELINING (RFC 2920) the envelope, MAIL, every RCPT and DATA, goes out in one write and
+its replies are read together: two round trips a message instead of three plus one per
+recipient. aiosmtplib cannot pipeline (its protocol drops a reply that comes before the
+previous one was awaited), and its per-command machinery cost more CPU than the rest of
+the robot's work per message (docs/benchmarks.md).
+
+No I/O policy lives here: the caller (robot.transport) decides what a reply means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import NamedTuple, cast
+
+import aiosmtplib
+
+MAX_LINE = 8192  # one reply line; RFC 5321 asks for 512, real servers stay far below 8192
+MAX_PENDING = 4 * MAX_LINE  # unparsed bytes: bounds memory against a server that streams junk
+BODY_CHUNK = 256 * 1024  # bodies above this are written piecewise, waiting for the socket
+LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
+LEADING_DOT = re.compile(rb"(?m)^\.")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class SmtpReply(NamedTuple):
+    """One server reply: the basic code and the text of every line, joined by newlines."""
+
+    code: int
+    text: str
+
+    @property
+    def ok(self) -> bool:
+        """A 2xx reply."""
+        return 200 <= self.code < 300
+
+
+class SessionBroken(Exception):
+    """The connection dropped or the server stopped answering. `replies` are those that
+    came first (in a pipelined exchange, the replies to the earlier commands)."""
+
+    def __init__(self, reason: str, replies: list[SmtpReply], *, timed_out: bool) -> None:
+        super().__init__(reason)
+        self.replies = replies
+        self.timed_out = timed_out
+
+
+class MalformedReply(Exception):
+    """The server sent something that is not an SMTP reply."""
+
+
+def parse_reply(buffer: bytes | bytearray, start: int = 0) -> tuple[SmtpReply, int] | None:
+    """The complete reply at `buffer[start:]` and the offset after it, or None when its last
+    line has not come yet. Raises MalformedReply for a line without a 3-digit code."""
+    code = -1
+    texts = []
+    offset = start
+    while True:
+        end = buffer.find(b"\n", offset)
+        if end < 0:
+            if len(buffer) - offset > MAX_LINE:
+                raise MalformedReply(f"reply line longer than {MAX_LINE} bytes")
+            return None
+        line = bytes(buffer[offset : end + 1])
+        if len(line) > MAX_LINE:
+            raise MalformedReply(f"reply line longer than {MAX_LINE} bytes")
+        head = line[:3]
+        if not head.isdigit() or (code >= 0 and int(head) != code):
+            shown = line.decode("utf-8", "replace").strip()[:80]
+            raise MalformedReply(f"malformed SMTP reply line: {shown!r}")
+        code = int(head)
+        texts.append(line[4:].strip(b" \t\r\n").decode("utf-8", "replace"))
+        offset = end + 1
+        if line[3:4] != b"-":
+            return SmtpReply(code, "\n".join(texts)), offset
+
+
+def data_payload(message: bytes) -> bytes:
+    """The message as it goes after DATA: CRLF line endings, leading dots doubled, and the
+    terminating "." line (RFC 5321 4.5.2)."""
+    if _has_bare_ending(message):
+        message = LINE_ENDINGS.sub(b"\r\n", message)
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    if message.startswith(b".") or b"\n." in message:
+        message = LEADING_DOT.sub(b"..", message)
+    return message + b".\r\n"
+
+
+def _has_bare_ending(message: bytes) -> bool:
+    """A CR or LF that is not part of a CRLF pair."""
+    pairs = message.count(b"\r\n")
+    return message.count(b"\r") != pairs or message.count(b"\n") != pairs
+
+
+def path(address: str, utf8: bool) -> bytes:
+    """`<address>` for MAIL FROM or RCPT TO. Raises ValueError for a control character (a
+    line break would smuggle a command) or, without SMTPUTF8, a non-ASCII address."""
+    if CONTROL.search(address) or "<" in address or ">" in address:
+        raise ValueError(f"address {address!r} cannot go on an SMTP command line")
+    return b"<" + address.encode("utf-8" if utf8 else "ascii") + b">"
+
+
+class ReplyReader(asyncio.Protocol):
+    """Reads the replies of an SMTP connection whose transport it was given.
+
+    `exchange` writes bytes and waits for a number of replies. A reply with nobody waiting
+    for it is dropped, like aiosmtplib does, so stray data cannot be paired with a later
+    command. A reply whose lines are split across reads, several replies in one read and
+    multi-line replies are all handled.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._buffer = bytearray()
+        self._replies: list[SmtpReply] = []
+        self._wanted = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._broken: str | None = None  # why the connection is unusable
+        self._paused = False
+        self._resumed: asyncio.Future[None] | None = None
+
+    @property
+    def usable(self) -> bool:
+        """The connection is up and in step with the server."""
+        return self._broken is None and not self.transport.is_closing()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._wanted:
+            return
+        buffer = self._buffer
+        buffer += data
+        offset = 0
+        try:
+            while self._wanted:
+                parsed = parse_reply(buffer, offset)
+                if parsed is None:
+                    break
+                reply, offset = parsed
+                self._replies.append(reply)
+                self._wanted -= 1
+        except MalformedReply as exc:
+            self._break(str(exc))
+            self.transport.abort()
+            return
+        del buffer[:offset]
+        if not self._wanted:
+            buffer.clear()  # anything after the replies we wanted is unsolicited
+            self._wake()
+        elif len(buffer) > MAX_PENDING:
+            self._break(f"reply longer than {MAX_PENDING} bytes")
+            self.transport.abort()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._break(f"connection dropped ({exc})" if exc else "connection dropped")
+        if self._resumed is not None and not self._resumed.done():
+            self._resumed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._resumed is not None and not self._resumed.done():
+            self._resumed.set_result(None)
+
+    def _break(self, reason: str) -> None:
+        if self._broken is None:
+            self._broken = reason
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def exchange(self, data: bytes, replies: int, timeout: float) -> list[SmtpReply]:
+        """Write `data`, then return the next `replies` replies. The server gets `timeout`
+        seconds for each of them. Raises SessionBroken when the connection drops, a reply
+        is malformed or does not come in time: the connection is then no longer usable."""
+        if self._broken is not None:
+            raise SessionBroken(self._broken, [], timed_out=False)
+        self._replies = []
+        self._wanted = replies
+        if len(data) > BODY_CHUNK:
+            await self._write_piecewise(data, timeout)
+        else:
+            self.transport.write(data)
+        while self._wanted and self._broken is None:
+            got = len(self._replies)
+            self._waiter = self._loop.create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._waiter
+            except TimeoutError:
+                if len(self._replies) == got:
+                    self._broken = f"timed out after {timeout:g} s waiting for a reply"
+                    self.transport.abort()
+                    raise SessionBroken(self._broken, self._replies, timed_out=True) from None
+            finally:
+                self._waiter = None
+        if self._wanted:
+            assert self._broken is not None
+            raise SessionBroken(self._broken, self._replies, timed_out=False)
+        return self._replies
+
+    async def _write_piecewise(self, data: bytes, timeout: float) -> None:
+        """Write a large body a chunk at a time, giving the socket `timeout` seconds to take
+        each: a slow link is not a dead server, whatever the size of the message."""
+        view = memoryview(data)
+        for start in range(0, len(data), BODY_CHUNK):
+            if self._broken is not None:
+                return
+            self.transport.write(view[start : start + BODY_CHUNK])
+            if self._paused:
+                self._resumed = self._loop.create_future()
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._resumed
+                except TimeoutError:
+                    self._broken = f"timed out after {timeout:g} s writing the message"
+                    self.transport.abort()
+                    raise SessionBroken(self._broken, [], timed_out=True) from None
+                finally:
+                    self._resumed = None
+
+
+class SmtpSession:
+    """An SMTP connection after EHLO (and STARTTLS, AUTH): transactions, RSET, QUIT."""
+
+    def __init__(self, reader: ReplyReader, extensions: dict[str, str], timeout: float) -> None:
+        self.reader = reader
+        self.extensions = extensions  # EHLO keywords, lower-case -> parameters
+        self.timeout = timeout
+
+    @classmethod
+    def take_over(cls, smtp: aiosmtplib.SMTP, timeout: float) -> SmtpSession:
+        """Move an aiosmtplib connection, already greeted, to a ReplyReader."""
+        transport = smtp.transport  # uvloop's transports are not asyncio.Transport subclasses
+        if transport is None or transport.is_closing():
+            raise SessionBroken("connection dropped", [], timed_out=False)
+        reader = ReplyReader(cast(asyncio.Transport, transport))
+        transport.set_protocol(reader)
+        return cls(reader, dict(smtp.esmtp_extensions), timeout)
+
+    @property
+    def is_open(self) -> bool:
+        """The connection can carry another command."""
+        return self.reader.usable
+
+    @property
+    def pipelining(self) -> bool:
+        """The server offered PIPELINING: the envelope goes in one write."""
+        return "pipelining" in self.extensions
+
+    def supports(self, extension: str) -> bool:
+        """The server offered this EHLO keyword (any case)."""
+        return extension.lower() in self.extensions
+
+    async def envelope(self, mail: bytes, recipients: list[bytes]) -> list[SmtpReply]:
+        """MAIL FROM:`mail`, RCPT TO: each of `recipients`, DATA; their replies in order.
+
+        Pipelined: all in one write, every reply read. Otherwise one at a time, stopping
+        after a refused MAIL or after the last RCPT when none was accepted (the list is
+        then shorter). Raises SessionBroken with the replies that came before it broke.
+        """
+        commands = [b"MAIL FROM:" + mail + b"\r\n"]
+        commands += [b"RCPT TO:" + rcpt + b"\r\n" for rcpt in recipients]
+        commands.append(b"DATA\r\n")
+        if self.pipelining:
+            return await self.reader.exchange(b"".join(commands), len(commands), self.timeout)
+        replies: list[SmtpReply] = []
+        for index, command in enumerate(commands):
+            try:
+                (reply,) = await self.reader.exchange(command, 1, self.timeout)
+            except SessionBroken as exc:
+                exc.replies = replies
+                raise
+            replies.append(reply)
+            if index == 0 and not reply.ok:
+                break
+            if index == len(recipients) and not any(r.ok for r in replies[1:]):
+                break
+        return replies
+
+    async def body(self, message: bytes) -> SmtpReply:
+        """Send the message after a 354 to DATA; the server's reply to it."""
+        (reply,) = await self.reader.exchange(data_payload(message), 1, self.timeout)
+        return reply
+
+    async def end_empty(self) -> SmtpReply:
+        """Close a DATA that a server accepted although the envelope failed: a lone "."."""
+        (reply,) = await self.reader.exchange(b".\r\n", 1, self.timeout)
+        return reply
+
+    async def command(self, line: bytes, timeout: float | None = None) -> SmtpReply:
+        """One command without arguments (RSET, NOOP, QUIT) and its reply."""
+        (reply,) = await self.reader.exchange(line + b"\r\n", 1, timeout or self.timeout)
+        return reply
+
+    def close(self) -> None:
+        """Close the socket (after QUIT, or without it)."""
+        self.reader.transport.close()
