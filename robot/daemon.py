@@ -37,12 +37,13 @@ from robot.errors import (
     TransientDeliveryError,
     TransportFault,
 )
-from robot.logs import get_logger
+from robot.logs import first_line, get_logger
 from robot.mailbox import read_new_messages
 from robot.metrics import Metrics
 from robot.models import Status
 from robot.policy import Decision, Outcome, Reply, RetryPolicy, Stage, classify, suppresses
 from robot.queue import MIB, Claimed, Finish, OutboxRow, outbox_for
+from robot.recorder import GroupCommit
 from robot.systemd import notify, watchdog_interval
 from robot.throttle import TokenBucket
 from robot.transport import SendResult, SmtpConnection
@@ -55,7 +56,6 @@ FAULT_BACKOFF_FIRST, FAULT_BACKOFF_MAX = 10.0, 600.0
 DB_RETRY_MAX = 10.0
 STOP_DB_PATIENCE = 20.0  # while stopping, how long to keep trying to record an outcome
 HOUSEKEEPING_SECONDS = 3600.0  # retention and sanity sweeps
-RECORD_BATCH = 500  # outcomes committed in one transaction at most
 WAKE_SLACK = 0.05  # seconds after a known due time, so that the database clock agrees
 METRICS_SECONDS = 15.0  # how often the outbox depth is read for the metrics
 
@@ -92,19 +92,15 @@ class Robot:
         self.metrics = Metrics()
         self.metrics_url: str | None = None
         self.wake_times: set[float] = set()  # wake-up timers set (monotonic, rounded)
-        self.outcomes: asyncio.Queue[tuple[Finish, asyncio.Future[bool]]] = asyncio.Queue()
-        self.recorder: asyncio.Task[None] | None = None
+        self.group_commit = GroupCommit(
+            lambda outcomes: self.outbox.finish_many(self.worker_id, outcomes), self.log
+        )
         self.row_suppressed: dict[int, set[str]] = {}
         self.paused_until: dict[str, float] = {}
         self.fault_backoff: dict[str, float] = {}
         self.faults = 0
         self.counts: dict[str, int] = {}
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="robot-db")
-        # Outcomes have a thread of their own: a commit never queues behind a claim.
-        self._record_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="robot-rec")
-        self._dedicated: dict[Callable[..., Any], ThreadPoolExecutor] = {
-            self.outbox.finish_many: self._record_executor
-        }
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -161,13 +157,11 @@ class Robot:
             for task in side:
                 task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
-            if self.recorder is not None:  # outcomes still being committed
-                await asyncio.gather(self.recorder, return_exceptions=True)
+            await self.group_commit.close()  # outcomes still being committed
             await self._release_unsent()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             self._executor.shutdown(wait=True)
-            self._record_executor.shutdown(wait=True)
         self.log.info("robot.stopped", **self.counts)
         return 1 if self.drain and self.faults else 0
 
@@ -176,6 +170,7 @@ class Robot:
         if not self.stopping.is_set():
             self.log.info("robot.stopping")
             self.stopping.set()
+            self.group_commit.stopping()
             for _ in range(self.settings.robot.connections):
                 self.queue.put_nowait(None)
         self.wake.set()
@@ -243,8 +238,7 @@ class Robot:
 
     async def _db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
-        executor = self._dedicated.get(fn, self._executor)
-        return await loop.run_in_executor(executor, lambda: fn(*args, **kwargs))
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
     async def _db_until_done(
         self, what: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
@@ -256,7 +250,7 @@ class Robot:
                 return await self._db(fn, *args, **kwargs)
             except SQLAlchemyError as exc:
                 self.log.error(
-                    "database.unavailable", doing=what, error=_first_line(exc), retry_in=delay
+                    "database.unavailable", doing=what, error=first_line(exc), retry_in=delay
                 )
             if self.stopping.is_set():
                 started_stopping = started_stopping or time.monotonic()
@@ -272,7 +266,7 @@ class Robot:
                 self.outbox.reap_expired, self.settings.robot.max_errors
             )
         except SQLAlchemyError as exc:
-            self.log.error("database.unavailable", doing="reap", error=_first_line(exc))
+            self.log.error("database.unavailable", doing="reap", error=first_line(exc))
             return
         if failed:
             self.log.error("lease.expired_too_often", rows=len(failed), ids=failed[:20])
@@ -286,7 +280,7 @@ class Robot:
             purged = await self._db(self.outbox.purge_finished, self.settings.robot.retention_days)
             failed = await self._db(self.outbox.fail_unschedulable)
         except SQLAlchemyError as exc:
-            self.log.error("database.unavailable", doing="housekeeping", error=_first_line(exc))
+            self.log.error("database.unavailable", doing="housekeeping", error=first_line(exc))
             return
         if purged:
             self.log.info("retention.purged", rows=purged, days=self.settings.robot.retention_days)
@@ -337,7 +331,7 @@ class Robot:
             )
             return
         except SQLAlchemyError as exc:
-            self.log.error("database.unavailable", doing="bounces", error=_first_line(exc))
+            self.log.error("database.unavailable", doing="bounces", error=first_line(exc))
             return
         if read:
             self.log.info("bounces.read", messages=read, acted_on=acted)
@@ -349,7 +343,7 @@ class Robot:
         try:
             counts, due = await self._db(self.outbox.depth)
         except SQLAlchemyError as exc:
-            self.log.error("database.unavailable", doing="metrics", error=_first_line(exc))
+            self.log.error("database.unavailable", doing="metrics", error=first_line(exc))
             return
         self.metrics.set_queue(counts, due, tuple(status.value for status in Status))
         self.metrics.set_connections(self._open_connections)
@@ -365,7 +359,7 @@ class Robot:
         try:
             await self._db(self.outbox.renew, self.worker_id, sorted(self.held))
         except SQLAlchemyError as exc:
-            self.log.error("database.unavailable", doing="renew", error=_first_line(exc))
+            self.log.error("database.unavailable", doing="renew", error=first_line(exc))
 
     # -- dispatcher --------------------------------------------------------------------
 
@@ -393,7 +387,7 @@ class Robot:
             except SQLAlchemyError as exc:
                 doing = "suppression look-up" if rows else "claim"
                 self.log.error(
-                    "database.unavailable", doing=doing, error=_first_line(exc), retry_in=delay
+                    "database.unavailable", doing=doing, error=first_line(exc), retry_in=delay
                 )
                 if rows:  # claimed but not queued: give them back, or renew keeps them forever
                     await self._db_until_done(
@@ -735,33 +729,9 @@ class Robot:
         )
 
     async def _record(self, outcome: Finish) -> bool:
-        """Hand an outcome to the recorder and wait until it is committed (or given up):
-        the connection sends its next message only after that."""
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.outcomes.put_nowait((outcome, done))
-        if self.recorder is None or self.recorder.done():
-            self.recorder = asyncio.create_task(self._recorder(), name="recorder")
-        return await done
-
-    async def _recorder(self) -> None:
-        """Group commit: every outcome waiting when a transaction starts goes into it, so
-        that many connections cost one commit instead of one each."""
-        while not self.outcomes.empty():
-            batch = [self.outcomes.get_nowait()]
-            while not self.outcomes.empty() and len(batch) < RECORD_BATCH:
-                batch.append(self.outcomes.get_nowait())
-            try:
-                recorded = await self._db_until_done(
-                    "record", self.outbox.finish_many, self.worker_id, [o for o, _ in batch]
-                )
-            except BaseException:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_result(False)
-                raise
-            for index, (_, done) in enumerate(batch):
-                if not done.done():
-                    done.set_result(bool(recorded and recorded[index]))
+        """Hand an outcome to the group commit and wait until it is committed (or given
+        up): the connection sends its next message only after that."""
+        return await self.group_commit.record(outcome)
 
     async def _transport_fault(self, account: Account, row: OutboxRow, exc: TransportFault) -> None:
         """Stop sending on the account for a while; the row goes back untouched."""
@@ -822,7 +792,3 @@ def _signers(settings: Settings) -> dict[str, DkimSigner]:
 def _addresses(row: OutboxRow) -> set[str]:
     fields = [row.recipient, row.cc or "", row.bcc or ""]
     return {addr.lower() for _, addr in getaddresses(fields) if addr}
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -42,3 +42,9 @@ def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     """A logger whose events carry `logger=name`."""
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind(logger=name)
     return logger
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): a
+    database error's SQL and parameters stay out of the log."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

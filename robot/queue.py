@@ -52,6 +52,7 @@ MIB = 1024 * 1024
 NOTIFY_CHANNEL = "email_robot_outbox"  # migration 0002's trigger notifies it on INSERT
 RECENT_SECONDS = 300  # the window `status` measures the observed sending rate over
 PURGE_CHUNK = 500  # rows deleted per transaction by the retention job
+FINISH_CHUNK = 100  # outcomes recorded by one UPDATE (7 parameters each)
 LEASE_GIVE_UP = (
     "the robot sending it stopped answering on every attempt (lease expired); "
     "it may have been delivered before that: check before `email-robot retry`"
@@ -173,16 +174,6 @@ class Finish:
     detail: str | None = None
     suppress: str | None = None
 
-    @property
-    def shape(self) -> tuple[Status, bool, float | None]:
-        """What the UPDATE for this outcome looks like: rows of one shape share it."""
-        retry = self.decision.retry_after
-        return (
-            self.decision.status,
-            self.smtp_code is not None or self.smtp_reply is not None,
-            retry.total_seconds() if retry is not None else None,
-        )
-
 
 @dataclass(frozen=True)
 class Transition:
@@ -269,7 +260,7 @@ class Outbox:
         self.max_body_bytes = max_body_bytes
         self.max_attachment_bytes = max_attachment_bytes
         self.sqlite = engine.dialect.name == "sqlite"
-        self._finish_sql_cache: dict[tuple[Any, ...], str] = {}
+        self._finish_sql_cache: dict[int, str] = {}
 
     # -- clock and due rule ------------------------------------------------------------
 
@@ -484,92 +475,105 @@ class Outbox:
         return self.finish_many(worker, [outcome])[0]
 
     def finish_many(self, worker: str, outcomes: Sequence[Finish]) -> list[bool]:
-        """Record many attempts in one transaction (the group commit of the robot's
-        connections); for each, False if the row was no longer leased to `worker`.
+        """Record many attempts at once (the group commit of the robot's connections); for
+        each, False if the row was no longer leased to `worker`.
 
-        The hot path of the robot: plain driver SQL with executemany, no per-row statement
-        building (SQLAlchemy Core costs more per row than the database does here).
+        The hot path of the robot, written for few statements rather than few characters.
+        The rows of a batch go in as one VALUES list. On PostgreSQL one statement updates
+        the rows and adds their history lines (a data-modifying WITH), on its own: one
+        round trip. On SQLite, where the database thread gives up the GIL around every
+        statement and every row it steps through and gets it back only when the event
+        loop lets go, three single-step statements in a transaction.
         """
-        mark = "?" if self.sqlite else "%s"
-        ids = [o.row_id for o in outcomes]
-        if self.sqlite:  # BEGIN IMMEDIATE already holds the write lock
-            held_sql = (
-                f"SELECT id FROM outbox WHERE id IN ({', '.join('?' * len(ids))}) "
-                "AND claimed_by = ? AND status = 'sending'"
-            )
-            held_params: tuple[Any, ...] = (*ids, worker)
-        else:
-            held_sql = (
-                "SELECT id FROM outbox WHERE id = ANY(%s) AND claimed_by = %s "
-                "AND status = 'sending' FOR UPDATE"
-            )
-            held_params = (ids, worker)
+        held: set[int] = set()
+        chunks = [outcomes[i : i + FINISH_CHUNK] for i in range(0, len(outcomes), FINISH_CHUNK)]
+        if not self.sqlite and not any(o.suppress for o in outcomes):
+            with self.engine.connect() as conn:
+                alone = conn.execution_options(isolation_level="AUTOCOMMIT")  # atomic anyway
+                for chunk in chunks:
+                    held |= self._finish_chunk(alone, worker, chunk)
+            return [o.row_id in held for o in outcomes]
         with self.engine.begin() as conn:
-            held = {row[0] for row in conn.exec_driver_sql(held_sql, held_params)}
-            done = [o for o in outcomes if o.row_id in held]
-            shapes: dict[tuple[Any, ...], list[Finish]] = {}
-            for o in done:
-                shapes.setdefault(o.shape, []).append(o)
-            for shape, group in shapes.items():
-                with_reply = shape[1]
-                conn.exec_driver_sql(
-                    self._finish_sql(*shape),
-                    [
-                        (o.decision.last_error, o.smtp_code, o.smtp_reply, o.row_id)
-                        if with_reply
-                        else (o.decision.last_error, o.row_id)
-                        for o in group
-                    ],
-                )
-            if done:
-                conn.exec_driver_sql(
-                    "INSERT INTO outbox_event (outbox_id, kind, smtp_code, detail) "
-                    f"VALUES ({mark}, {mark}, {mark}, {mark})",
-                    [
-                        (
-                            o.row_id,
-                            o.decision.event,
-                            o.smtp_code,
-                            o.detail or o.decision.last_error or o.smtp_reply,
-                        )
-                        for o in done
-                    ],
-                )
-            for o in done:
-                if o.suppress:
+            for chunk in chunks:
+                held |= self._finish_chunk(conn, worker, chunk)
+            for o in outcomes:
+                if o.suppress and o.row_id in held:
                     reason = f"bounced: {o.smtp_reply or o.detail}"
                     self._suppress(conn, o.suppress, reason, o.row_id)
         return [o.row_id in held for o in outcomes]
 
-    def _finish_sql(self, status: Status, with_reply: bool, retry_seconds: float | None) -> str:
-        """The UPDATE that records one kind of outcome; parameters: last_error, [smtp_code,
-        smtp_reply,] id."""
-        key = (status, with_reply, retry_seconds)
-        cached = self._finish_sql_cache.get(key)
+    def _finish_chunk(self, conn: Connection, worker: str, chunk: Sequence[Finish]) -> set[int]:
+        """Update the rows of `chunk` still leased to `worker` and add their history lines;
+        return their ids."""
+        if not self.sqlite:  # the UPDATE locks and re-checks each row itself
+            recorded = conn.exec_driver_sql(
+                self._finish_sql(len(chunk)), _finish_values(chunk, worker)
+            )
+            return {row[0] for row in recorded}
+        ids = [o.row_id for o in chunk]
+        found = conn.exec_driver_sql(  # BEGIN IMMEDIATE holds the write lock already
+            f"SELECT group_concat(id) FROM outbox WHERE id IN ({', '.join('?' * len(ids))}) "
+            "AND claimed_by = ? AND status = 'sending'",
+            (*ids, worker),
+        ).scalar()
+        held = {int(i) for i in found.split(",")} if found else set()
+        done = [o for o in chunk if o.row_id in held]
+        if done:
+            conn.exec_driver_sql(self._finish_sql(len(done)), _finish_values(done, worker))
+            conn.exec_driver_sql(
+                "INSERT INTO outbox_event (outbox_id, kind, smtp_code, detail) VALUES "
+                + ", ".join(["(?, ?, ?, ?)"] * len(done)),
+                tuple(
+                    v
+                    for o in done
+                    for v in (o.row_id, o.decision.event, o.smtp_code, _event_detail(o))
+                ),
+            )
+        return held
+
+    def _finish_sql(self, rows: int) -> str:
+        """The statement that records `rows` outcomes, a VALUES row of `_finish_values`
+        each. On PostgreSQL it also adds the history lines and returns the ids."""
+        cached = self._finish_sql_cache.get(rows)
         if cached is not None:
             return cached
-        mark = "?" if self.sqlite else "%s"
-        now = "strftime('%Y-%m-%d %H:%M:%f', 'now')" if self.sqlite else "now()"
-        sets = [
-            f"status = '{status.value}'",
-            "claimed_by = NULL",
-            "claimed_until = NULL",
-            f"updated_at = {now}",
-            f"last_error = {mark}",
-        ]
-        if with_reply:
-            sets += [f"smtp_code = {mark}", f"smtp_reply = {mark}"]
-        if status is Status.SENT:
-            sets.append(f"sent_at = {now}")
-        if retry_seconds is not None:
-            later = (
-                f"strftime('%Y-%m-%d %H:%M:%f', 'now', '{retry_seconds:+.3f} seconds')"
-                if self.sqlite
-                else f"now() + make_interval(secs => {retry_seconds:.3f})"
+        if self.sqlite:
+            row = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            now = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+            later = "strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || v.retry || ' seconds')"
+            mark = "?"
+        else:
+            row = (
+                "(%s::bigint, %s::text, %s::text, %s::int, %s::int, %s::text, %s::float8, "
+                "%s::text, %s::text)"
             )
-            sets.append(f"next_attempt_at = {later}")
-        sql = f"UPDATE outbox SET {', '.join(sets)} WHERE id = {mark}"
-        self._finish_sql_cache[key] = sql
+            now = "now()"
+            later = "now() + make_interval(secs => v.retry)"
+            mark = "%s"
+        update = (
+            "UPDATE outbox SET status = v.status, claimed_by = NULL, claimed_until = NULL, "
+            f"updated_at = {now}, last_error = v.last_error, "
+            "smtp_code = CASE WHEN v.with_reply = 1 THEN v.code ELSE outbox.smtp_code END, "
+            "smtp_reply = CASE WHEN v.with_reply = 1 THEN v.reply ELSE outbox.smtp_reply END, "
+            f"sent_at = CASE WHEN v.status = 'sent' THEN {now} ELSE outbox.sent_at END, "
+            "next_attempt_at = CASE WHEN v.retry IS NULL THEN outbox.next_attempt_at "
+            f"ELSE {later} END "
+            f"FROM v WHERE outbox.id = v.id AND outbox.claimed_by = {mark} "
+            "AND outbox.status = 'sending'"
+        )
+        values = (
+            "WITH v (id, status, last_error, with_reply, code, reply, retry, event, detail) "
+            f"AS (VALUES {', '.join([row] * rows)})"
+        )
+        if self.sqlite:
+            sql = f"{values} {update}"
+        else:
+            sql = (
+                f"{values}, done AS ({update} RETURNING outbox.id, v.event, v.code, v.detail) "
+                "INSERT INTO outbox_event (outbox_id, kind, smtp_code, detail) "
+                "SELECT id, event, code, detail FROM done RETURNING outbox_id"
+            )
+        self._finish_sql_cache[rows] = sql
         return sql
 
     def add_event(self, row_id: int, kind: str, detail: str, smtp_code: int | None = None) -> None:
@@ -1019,6 +1023,32 @@ class Outbox:
                 if suppress:
                     self._suppress(conn, address, f"bounced ({source}): {reply}", found.id)
         return int(found.id), changed
+
+
+def _finish_values(outcomes: Sequence[Finish], worker: str) -> tuple[Any, ...]:
+    """The parameters of `Outbox._finish_sql(len(outcomes))`: a VALUES row per outcome,
+    then the worker."""
+    values: list[Any] = []
+    for o in outcomes:
+        retry = o.decision.retry_after
+        values += (
+            o.row_id,
+            o.decision.status.value,
+            o.decision.last_error,
+            int(o.smtp_code is not None or o.smtp_reply is not None),
+            o.smtp_code,
+            o.smtp_reply,
+            retry.total_seconds() if retry is not None else None,
+            o.decision.event,
+            _event_detail(o),
+        )
+    values.append(worker)
+    return tuple(values)
+
+
+def _event_detail(outcome: Finish) -> str | None:
+    """The detail of the history line an outcome adds."""
+    return outcome.detail or outcome.decision.last_error or outcome.smtp_reply
 
 
 def outbox_for(settings: Settings, engine: Engine) -> Outbox:

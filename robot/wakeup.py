@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import URL
 
+from robot.logs import first_line
 from robot.queue import NOTIFY_CHANNEL
 
 CHANNEL = NOTIFY_CHANNEL
@@ -37,7 +38,7 @@ async def listen(
                 libpq_dsn(url), autocommit=True, connect_timeout=10
             )
         except psycopg.Error as exc:
-            log.warning("listen.unavailable", error=_first_line(exc), retry_in=delay)
+            log.warning("listen.unavailable", error=first_line(exc), retry_in=delay)
             await _sleep(stopping, delay)
             delay = min(delay * 2, RECONNECT_MAX)
             continue
@@ -51,7 +52,7 @@ async def listen(
                     async for _ in conn.notifies(timeout=LISTEN_SLICE):
                         on_notify()
         except psycopg.Error as exc:
-            log.warning("listen.lost", error=_first_line(exc), retry_in=delay)
+            log.warning("listen.lost", error=first_line(exc), retry_in=delay)
             await _sleep(stopping, delay)
             delay = min(delay * 2, RECONNECT_MAX)
 
@@ -61,7 +62,3 @@ async def _sleep(stopping: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stopping.wait(), seconds)
     except TimeoutError:
         pass
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
