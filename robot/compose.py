@@ -31,7 +31,10 @@ from robot.htmltext import html_to_text
 from robot.queue import OutboxRow
 
 ADDRESS_HEADERS = ("From", "Reply-To", "To", "Cc")
-SIMPLE_ADDRESS_SPECIALS = frozenset('<>"(),; \t')  # none of these: a bare address
+# `Display Name <addr>` with a name of plain words (no dots, quotes, commas, comments) and
+# an address without specials: split without the email.utils parser, which gives the same.
+_ATOMS = r'[^\x00-\x20"(),:;<>@\[\\\]]+'  # address characters without specials or spaces
+NAMED_ADDRESS = re.compile(rf'\s*([^\x00-\x1f"(),.:;<>@\[\\\]]*?)\s*<({_ATOMS}@{_ATOMS})>\s*')
 HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
 RESERVED_HEADERS = {
     "from",
@@ -356,12 +359,35 @@ def _plainly_valid(address: str) -> bool:
 def _mailbox(value: str, field: str) -> Mailbox:
     """`addr` or `Name <addr>` as (name, validated address)."""
     _clean(value)
-    if not SIMPLE_ADDRESS_SPECIALS.intersection(value.strip()):  # a bare address: no parsing
-        return "", _address(value, field)
-    name, addr = parseaddr(value)
+    name, addr = split_mailbox(value)
     if not addr:
         raise BadRowError(f"{field}: invalid address {value!r}")
     return name, _address(addr, field)
+
+
+def split_mailbox(value: str) -> tuple[str, str]:
+    """(display name, address) of `addr` or `Name <addr>`, as email.utils.parseaddr gives
+    them; the common plain forms without running its parser."""
+    bare = value.strip()
+    if PLAIN_ADDRESS.fullmatch(bare):
+        return "", bare
+    named = NAMED_ADDRESS.fullmatch(value)
+    if named is not None:
+        return " ".join(named.group(1).split()), named.group(2)
+    return parseaddr(value)
+
+
+def addresses_in(values: list[str]) -> set[str]:
+    """Every address (lower-cased) in these address-list values: To, Cc, Bcc."""
+    found = set()
+    for value in values:
+        if "," not in value:
+            addr = split_mailbox(value)[1]
+            if addr:
+                found.add(addr.lower())
+            continue
+        found.update(addr.lower() for _, addr in getaddresses([value]) if addr)
+    return found
 
 
 def _mailbox_list(value: str | None, field: str) -> list[Mailbox]:

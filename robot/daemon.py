@@ -11,19 +11,20 @@ import os
 import re
 import secrets
 import signal
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from email.utils import getaddresses
 from typing import Any, ParamSpec, TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from robot.compose import Composed, compose
+from robot.compose import Composed, addresses_in, compose
 from robot.config import Account, Settings
+from robot.db import libpq_dsn
 from robot.direct import DirectResult
 from robot.direct import deliver as deliver_direct
 from robot.dkim import DkimSigner, load_signer
@@ -43,7 +44,7 @@ from robot.metrics import Metrics
 from robot.models import Status
 from robot.policy import Decision, Outcome, Reply, RetryPolicy, Stage, classify, suppresses
 from robot.queue import MIB, Claimed, Finish, OutboxRow, outbox_for
-from robot.recorder import GroupCommit
+from robot.recorder import AsyncGroupCommit, GroupCommit
 from robot.systemd import notify, watchdog_interval
 from robot.throttle import TokenBucket
 from robot.transport import SendResult, SmtpConnection
@@ -57,6 +58,7 @@ DB_RETRY_MAX = 10.0
 STOP_DB_PATIENCE = 20.0  # while stopping, how long to keep trying to record an outcome
 HOUSEKEEPING_SECONDS = 3600.0  # retention and sanity sweeps
 WAKE_SLACK = 0.05  # seconds after a known due time, so that the database clock agrees
+GIL_SWITCH_SECONDS = 0.0005  # sys.setswitchinterval (default 0.005): bench/ measured +5%
 METRICS_SECONDS = 15.0  # how often the outbox depth is read for the metrics
 
 
@@ -92,9 +94,14 @@ class Robot:
         self.metrics = Metrics()
         self.metrics_url: str | None = None
         self.wake_times: set[float] = set()  # wake-up timers set (monotonic, rounded)
-        self.group_commit = GroupCommit(
-            lambda outcomes: self.outbox.finish_many(self.worker_id, outcomes), self.log
-        )
+        self.group_commit: GroupCommit | AsyncGroupCommit
+        if engine.dialect.name == "postgresql":
+            dsn = libpq_dsn(engine.url)
+            self.group_commit = AsyncGroupCommit(self.outbox, self.worker_id, dsn, self.log)
+        else:
+            self.group_commit = GroupCommit(
+                lambda outcomes: self.outbox.finish_many(self.worker_id, outcomes), self.log
+            )
         self.row_suppressed: dict[int, set[str]] = {}
         self.paused_until: dict[str, float] = {}
         self.fault_backoff: dict[str, float] = {}
@@ -107,6 +114,9 @@ class Robot:
     async def run(self) -> int:
         """Run until stopped (or, with drain, until nothing is due). Returns the exit code."""
         loop = asyncio.get_running_loop()
+        # A database thread gives up the GIL around each statement and must win it back from
+        # the event loop; the default 5 ms interval made every such hand-over slow.
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload_settings)
@@ -790,5 +800,4 @@ def _signers(settings: Settings) -> dict[str, DkimSigner]:
 
 
 def _addresses(row: OutboxRow) -> set[str]:
-    fields = [row.recipient, row.cc or "", row.bcc or ""]
-    return {addr.lower() for _, addr in getaddresses(fields) if addr}
+    return addresses_in([row.recipient, row.cc or "", row.bcc or ""])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,10 +13,13 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
+from robot.errors import ConfigError
+
 SQLITE_BUSY_MS = 30_000
+SQLITE_MINIMUM = (3, 35, 0)  # RETURNING (3.35), UPDATE ... FROM (3.33)
 
 
 def make_engine(url: str, *, lenient_text: bool = False) -> Engine:
@@ -36,6 +40,13 @@ def make_engine(url: str, *, lenient_text: bool = False) -> Engine:
             pool_size=4,
             max_overflow=4,
             connect_args={"connect_timeout": 10},
+        )
+    if sqlite3.sqlite_version_info < SQLITE_MINIMUM:
+        raise ConfigError(
+            f"SQLite {sqlite3.sqlite_version} is too old: email-robot needs "
+            f"{'.'.join(map(str, SQLITE_MINIMUM))} or newer (UPDATE ... RETURNING and FROM); "
+            "use a Python built with a newer SQLite, or PostgreSQL",
+            key="database.url",
         )
     memory = parsed.database in (None, "", ":memory:")
     connect_args = {"timeout": SQLITE_BUSY_MS / 1000, "check_same_thread": False}
@@ -78,6 +89,11 @@ def make_engine(url: str, *, lenient_text: bool = False) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def libpq_dsn(url: URL) -> str:
+    """The SQLAlchemy URL as a libpq connection string for psycopg."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _decode_leniently(raw: bytes) -> str:

@@ -52,7 +52,8 @@ MIB = 1024 * 1024
 NOTIFY_CHANNEL = "email_robot_outbox"  # migration 0002's trigger notifies it on INSERT
 RECENT_SECONDS = 300  # the window `status` measures the observed sending rate over
 PURGE_CHUNK = 500  # rows deleted per transaction by the retention job
-FINISH_CHUNK = 100  # outcomes recorded by one UPDATE (7 parameters each)
+FINISH_CHUNK = 100  # outcomes recorded by one UPDATE (10 parameters each)
+LEASE_CHUNK = 500  # claimed rows given Message-IDs, or history lines, by one statement
 LEASE_GIVE_UP = (
     "the robot sending it stopped answering on every attempt (lease expired); "
     "it may have been delivered before that: check before `email-robot retry`"
@@ -373,15 +374,25 @@ class Outbox:
         refs = [ClaimRef(*r) for r in conn.execute(stmt)]
         if not refs:
             return []
-        mark = "?" if self.sqlite else "%s"
-        fresh = [(message_id_for(r), r.id) for r in refs if not r.message_id]
-        if fresh:  # plain executemany: this runs while the claim holds its locks
-            conn.exec_driver_sql(f"UPDATE outbox SET message_id = {mark} WHERE id = {mark}", fresh)
-        conn.exec_driver_sql(
-            "INSERT INTO outbox_event (outbox_id, kind, detail) "
-            f"VALUES ({mark}, 'claimed', {mark})",
-            [(r.id, worker) for r in refs],
-        )
+        # One statement each for all rows (not executemany): this runs while the claim holds
+        # its locks, and SQLite gives up the GIL, and waits to get it back, at every row.
+        pair = "(?, ?)" if self.sqlite else "(%s::bigint, %s::text)"
+        event = "(?, 'claimed', ?)" if self.sqlite else "(%s, 'claimed', %s)"
+        fresh = [r for r in refs if not r.message_id]
+        for start in range(0, len(fresh), LEASE_CHUNK):
+            chunk = fresh[start : start + LEASE_CHUNK]
+            conn.exec_driver_sql(
+                f"WITH v (id, message_id) AS (VALUES {', '.join([pair] * len(chunk))}) "
+                "UPDATE outbox SET message_id = v.message_id FROM v WHERE outbox.id = v.id",
+                tuple(value for r in chunk for value in (r.id, message_id_for(r))),
+            )
+        for start in range(0, len(refs), LEASE_CHUNK):
+            chunk = refs[start : start + LEASE_CHUNK]
+            conn.exec_driver_sql(
+                "INSERT INTO outbox_event (outbox_id, kind, detail) "
+                f"VALUES {', '.join([event] * len(chunk))}",
+                tuple(value for r in chunk for value in (r.id, worker)),
+            )
         return [r.id for r in refs]
 
     def _read_leased(self, ids: list[int]) -> list[OutboxRow]:
@@ -397,7 +408,11 @@ class Outbox:
                 return self._rows_with_files(conn, query, ids)
 
     def _rows_with_files(self, conn: Connection, query: Any, ids: list[int]) -> list[OutboxRow]:
-        found = conn.execute(query).mappings().all()
+        result = conn.execute(query)
+        names = list(result.keys())
+        # Plain dicts: a RowMapping looks up a column it lacks through an exception, and a
+        # claim leaves out several (NOT_RETURNED_BY_CLAIM) of every row.
+        found = [dict(zip(names, values, strict=True)) for values in result]
         files, sizes = self._attachments(conn, ids)
         return [
             OutboxRow.from_mapping(r, files.get(r["id"], ()), sizes.get(r["id"], 0)) for r in found
@@ -487,7 +502,7 @@ class Outbox:
         """
         held: set[int] = set()
         chunks = [outcomes[i : i + FINISH_CHUNK] for i in range(0, len(outcomes), FINISH_CHUNK)]
-        if not self.sqlite and not any(o.suppress for o in outcomes):
+        if not self.sqlite and len(chunks) == 1 and not any(o.suppress for o in outcomes):
             with self.engine.connect() as conn:
                 alone = conn.execution_options(isolation_level="AUTOCOMMIT")  # atomic anyway
                 for chunk in chunks:
@@ -501,6 +516,17 @@ class Outbox:
                     reason = f"bounced: {o.smtp_reply or o.detail}"
                     self._suppress(conn, o.suppress, reason, o.row_id)
         return [o.row_id in held for o in outcomes]
+
+    def finish_statement(
+        self, worker: str, outcomes: Sequence[Finish]
+    ) -> tuple[str, tuple[Any, ...]] | None:
+        """PostgreSQL: the one statement (SQL, parameters) that records `outcomes` and
+        returns the ids it recorded, for a driver connection in autocommit mode. None when
+        finish_many must do it in a transaction: on SQLite, with a suppression to add, or
+        for more than FINISH_CHUNK outcomes."""
+        if self.sqlite or len(outcomes) > FINISH_CHUNK or any(o.suppress for o in outcomes):
+            return None
+        return self._finish_sql(len(outcomes)), _finish_values(outcomes, worker)
 
     def _finish_chunk(self, conn: Connection, worker: str, chunk: Sequence[Finish]) -> set[int]:
         """Update the rows of `chunk` still leased to `worker` and add their history lines;

@@ -1,11 +1,17 @@
-"""Group commit of outcomes, on a thread of its own.
+"""Group commit of outcomes: SQLite on a thread of its own, PostgreSQL on the event loop.
 
 A connection hands over the outcome of a message and waits until it is committed before it
 sends the next one ("sent" is recorded as soon as DATA is accepted). Every outcome waiting
-when a transaction starts goes into it, so many connections cost one commit. The loop that
-takes outcomes and commits them runs on the thread itself: the next transaction starts as
-soon as the previous one ends, without a round trip through a busy event loop in between.
-The event loop only hears of a batch once, when it is committed.
+when a commit starts goes into it, so many connections cost one commit.
+
+`GroupCommit` (SQLite, and any database through Outbox.finish_many): the loop that takes
+outcomes and commits them runs on the thread itself, so the next transaction starts as soon
+as the previous one ends, and the event loop hears of a batch once, when it is committed.
+
+`AsyncGroupCommit` (PostgreSQL): a task of the event loop over an asynchronous psycopg
+connection. A batch is one statement, one round trip; no thread to wake and no GIL to win
+back from the event loop after every statement, which is what a database thread spends
+most of its time on while the loop is busy.
 """
 
 from __future__ import annotations
@@ -17,15 +23,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import psycopg
 from sqlalchemy.exc import SQLAlchemyError
 
 from robot.logs import first_line
-from robot.queue import Finish
+from robot.queue import Finish, Outbox
 
 BATCH = 500  # outcomes committed in one transaction at most
 RETRY_FIRST = 0.5  # seconds before retrying a commit the database refused, doubling
 RETRY_MAX = 10.0
 STOP_PATIENCE = 20.0  # while stopping, how long to keep trying before giving up
+APPLICATION_NAME = "email-robot group commit"  # PostgreSQL's pg_stat_activity shows it
 
 Waiting = tuple[Finish, asyncio.Future[bool]]
 
@@ -51,10 +59,13 @@ class GroupCommit:
         self._stopping = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._closed = False
 
     async def record(self, outcome: Finish) -> bool:
         """Queue `outcome` for the next commit and wait for it."""
         loop = asyncio.get_running_loop()
+        if self._closed:
+            raise RuntimeError("the group commit is closed")
         if self._loop is None:
             self._loop = loop
             self._thread.start()
@@ -68,6 +79,7 @@ class GroupCommit:
 
     async def close(self) -> None:
         """Commit what is queued, then end the thread."""
+        self._closed = True
         if self._loop is None:
             return
         self._waiting.put(None)
@@ -89,10 +101,17 @@ class GroupCommit:
                     closing = True
                     break
                 batch.append(more)
-            results = self._commit_until_done([outcome for outcome, _ in batch])
             assert self._loop is not None
             try:
-                self._loop.call_soon_threadsafe(_resolve, batch, results)
+                results = self._commit_until_done([outcome for outcome, _ in batch])
+            except Exception as exc:  # a bug, not an outage: the waiters raise it, the
+                # robot stops; answering False would let the connections go on unrecorded
+                answer: Callable[..., None] = _fail
+                outcome_or_error: Any = exc
+            else:
+                answer, outcome_or_error = _resolve, results
+            try:
+                self._loop.call_soon_threadsafe(answer, batch, outcome_or_error)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 return
 
@@ -121,3 +140,96 @@ def _resolve(batch: list[Waiting], results: list[bool]) -> None:
     for (_, done), result in zip(batch, results, strict=True):
         if not done.done():
             done.set_result(result)
+
+
+class AsyncGroupCommit:
+    """The group commit of a PostgreSQL outbox, as a task of the event loop; `record`,
+    `stopping` and `close` as GroupCommit's. Batches that also add a suppression go
+    through Outbox.finish_many on a thread (one transaction for both)."""
+
+    def __init__(self, outbox: Outbox, worker: str, dsn: str, log: Any) -> None:
+        self._outbox = outbox
+        self._worker = worker
+        self._dsn = dsn
+        self._log = log
+        self._waiting: list[Waiting] = []
+        self._task: asyncio.Task[None] | None = None
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._stopping = False
+
+    async def record(self, outcome: Finish) -> bool:
+        """Queue `outcome` for the next commit and wait for it."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((outcome, done))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="group-commit")
+        return await done
+
+    def stopping(self) -> None:
+        """The robot is stopping: give up on a database that stays away (STOP_PATIENCE)."""
+        self._stopping = True
+
+    async def close(self) -> None:
+        """Commit what is queued, then close the connection."""
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def _run(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[:BATCH], self._waiting[BATCH:]
+            try:
+                results = await self._commit_until_done([outcome for outcome, _ in batch])
+            except Exception as exc:  # a bug, not an outage: the waiters raise it
+                _fail(batch, exc)
+                continue
+            except BaseException as exc:  # cancelled: nobody will commit these
+                _fail(batch, exc)
+                raise
+            _resolve(batch, results)
+
+    async def _commit_until_done(self, batch: list[Finish]) -> list[bool]:
+        delay, gave_up_at = RETRY_FIRST, None
+        while True:
+            try:
+                return await self._commit(batch)
+            except (psycopg.Error, SQLAlchemyError) as exc:
+                await self._drop_connection()
+                self._log.error(
+                    "database.unavailable", doing="record", error=first_line(exc), retry_in=delay
+                )
+            if self._stopping:
+                gave_up_at = gave_up_at or time.monotonic() + STOP_PATIENCE
+                if time.monotonic() > gave_up_at:
+                    self._log.error("database.gave_up", doing="record", outcomes=len(batch))
+                    return [False] * len(batch)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    async def _commit(self, batch: list[Finish]) -> list[bool]:
+        statement = self._outbox.finish_statement(self._worker, batch)
+        if statement is None:
+            return await asyncio.to_thread(self._outbox.finish_many, self._worker, batch)
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._dsn, autocommit=True, connect_timeout=10, application_name=APPLICATION_NAME
+            )
+        cursor = await self._conn.execute(*statement)
+        recorded = {row[0] for row in await cursor.fetchall()}
+        return [o.row_id in recorded for o in batch]
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except psycopg.Error:
+                pass
+
+
+def _fail(batch: list[Waiting], error: BaseException) -> None:
+    for _, done in batch:
+        if not done.done():
+            done.set_exception(error)

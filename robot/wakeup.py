@@ -14,17 +14,13 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import URL
 
+from robot.db import libpq_dsn
 from robot.logs import first_line
 from robot.queue import NOTIFY_CHANNEL
 
 CHANNEL = NOTIFY_CHANNEL
 RECONNECT_FIRST, RECONNECT_MAX = 1.0, 30.0
 LISTEN_SLICE = 1.0  # seconds between looks at the stop flag while waiting
-
-
-def libpq_dsn(url: URL) -> str:
-    """The SQLAlchemy URL as a libpq connection string for psycopg."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 async def listen(

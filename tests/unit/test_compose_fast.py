@@ -107,3 +107,48 @@ def test_fast_and_email_package_agree(subject: str, name: str, body: str, html: 
         assert html_fast is not None and html_slow is not None
         assert html_fast.get_content() == html_slow.get_content()
     assert not fast.defects and not slow.defects
+
+
+MAILBOXES = [
+    "ann@example.org",
+    "  ann@example.org ",
+    "Ann <ann@example.org>",
+    "  Ann   Lee  <ann@example.org>  ",
+    "Zoë Ångström <zoe@example.org>",
+    "<ann@example.org>",
+    "J. O'Neil <jo@example.org>",
+    '"Doe, John" <john@example.org>',
+    "Ann (work) <ann@example.org>",
+    "ann@example.org (Ann)",
+    "Ann <ann@example.org> trailing",
+    "Ann <ann @example.org>",
+    "Ann <<ann@example.org>>",
+    'Ann <"a b"@example.org>',
+    "Ann\t<ann@example.org>",
+    "Ann <ann@[127.0.0.1]>",
+    "not an address",
+    "",
+]
+
+
+@pytest.mark.parametrize("value", MAILBOXES)
+def test_split_mailbox_agrees_with_parseaddr(value: str) -> None:
+    from email.utils import parseaddr
+
+    assert composer.split_mailbox(value) == parseaddr(value)
+
+
+def test_split_mailbox_agrees_with_parseaddr_on_generated_values() -> None:
+    import random
+    from email.utils import parseaddr
+
+    pieces = ["Ann", " ", "  ", "Zoë", ".", ",", '"', "<", ">", "@", "a@b.org", "(c)", "\t", "x"]
+    rng = random.Random(5)
+    for _ in range(3000):
+        value = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 7)))
+        assert composer.split_mailbox(value) == parseaddr(value), value
+
+
+def test_addresses_in_lower_cases_and_reads_lists() -> None:
+    found = composer.addresses_in(["Ann <Ann@Example.org>", "b@x.org, C <c@x.org>", ""])
+    assert found == {"ann@example.org", "b@x.org", "c@x.org"}
