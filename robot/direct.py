@@ -336,7 +336,8 @@ async def deliver_domain(
                 skipped.append(str(exc))
                 continue
             except TransientDeliveryError as exc:
-                if exc.stage != Stage.DATA and exc.code in (None, SERVICE_CLOSING):
+                gone_early = exc.before_data or exc.stage != Stage.DATA
+                if gone_early and exc.code in (None, SERVICE_CLOSING):
                     skipped.append(f"{connection.where}: {exc}")  # gone before DATA
                     continue
                 return _failed(domain, recipients, exc, connection, skipped)

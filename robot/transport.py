@@ -192,7 +192,13 @@ class SmtpConnection:
                 refused[recipient] = (reply.code, reply.text)
         if broken is not None:
             await self.close()
-            stage = Stage.MAIL if not replies else Stage.RCPT if data_reply is None else Stage.DATA
+            stage = (  # the command whose reply did not come
+                Stage.MAIL
+                if not replies
+                else Stage.RCPT
+                if len(replies) <= len(rcpts)
+                else Stage.DATA
+            )
             raise TransientDeliveryError(
                 str(broken), reply=str(broken), stage=stage, before_data=True
             ) from broken

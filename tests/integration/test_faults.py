@@ -7,11 +7,15 @@ address, lower-cased); other 5xx failed; a 421 closes the connection: that row i
 the others go on a new connection; a row goes out if any recipient was accepted; suppressed
 addresses are skipped unless the row is transactional; a failing login or a server that
 closes at EHLO is a transport fault that burns no attempt.
+
+Each test that talks to the SMTP server runs twice: the server offering PIPELINING (the robot
+sends the envelope in one write) and not (one command at a time).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,21 @@ from tests.integration.robot_run import drain
 from tests.support.smtpd import NO_REPLY, TestSMTPServer
 
 RETRY = "[robot]\nretry_minutes = 0.005\nmax_errors = 3\n"  # retried 0.3 s later, thrice at most
+
+
+@pytest.fixture(params=[True, False], ids=["pipelining", "one-by-one"])
+def pipelining(request: pytest.FixtureRequest) -> bool:
+    """Whether the SMTP server offers PIPELINING: every rule must hold both ways."""
+    return bool(request.param)
+
+
+@pytest.fixture
+async def smtp_server(pipelining: bool) -> AsyncIterator[TestSMTPServer]:
+    """The conftest's SMTP server, run once offering PIPELINING and once not."""
+    server = TestSMTPServer(pipelining=pipelining)
+    await server.start()
+    yield server
+    await server.stop()
 
 
 @dataclass(frozen=True)
@@ -433,8 +452,11 @@ async def test_server_refusing_the_session_is_a_transport_fault(
     assert server.received == []
 
 
-async def test_auth_required_at_mail_is_a_transport_fault(db_url: str, write_ini: WriteIni) -> None:
-    server = TestSMTPServer(auth={"robot": "pw"})  # the robot has no username configured
+async def test_auth_required_at_mail_is_a_transport_fault(
+    db_url: str, write_ini: WriteIni, pipelining: bool
+) -> None:
+    # the robot has no username configured; pipelined, RCPT and DATA get a 530 too
+    server = TestSMTPServer(auth={"robot": "pw"}, pipelining=pipelining)
     await server.start()
     try:
         row_id = insert(db_url, "a@example.org")

@@ -1,0 +1,658 @@
+"""robot.smtp_session through robot.transport.SmtpConnection, on real sockets.
+
+Most servers here are written by hand (`RawSmtpServer`): each test scripts the bytes it
+answers and reads what the robot sent exactly as it came, so pipelining, split replies,
+garbage and silence can be checked at the byte level. The large-body and multi-recipient
+tests use the aiosmtpd-based TestSMTPServer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from robot.compose import Composed
+from robot.config import Account, load_settings
+from robot.errors import PermanentDeliveryError, TransientDeliveryError
+from robot.smtp_session import BODY_CHUNK, data_payload
+from robot.transport import SendResult, SmtpConnection
+from tests.conftest import WriteIni
+from tests.support.smtpd import TestSMTPServer
+
+WAIT = 5.0  # how long a scripted server waits for the robot's next bytes
+SENDER = "robot@example.org"
+EHLO = b"EHLO robot.test.example"
+BODY = b"Subject: test\r\nMessage-ID: <m@example.org>\r\n\r\nHello.\r\n.hidden dot\r\n"
+MODES = pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
+
+
+class Wire:
+    """The server's end of one connection: reads lines and bodies, records every byte."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.reads: list[bytes] = []  # each chunk as one read returned it
+        self.commands: list[bytes] = []  # each line read by line(), without its CRLF
+        self.bodies: list[bytes] = []  # each message read by body(), dot-stuffed, with "."
+        self.closed_by_client = False
+        self._pending = bytearray()
+
+    async def _read(self, timeout: float | None, size: int = 65536) -> bool:
+        """Read one chunk into the pending bytes; False once the client closed."""
+        try:
+            async with asyncio.timeout(timeout):
+                chunk = await self.reader.read(size)
+        except ConnectionError:
+            chunk = b""
+        if not chunk:
+            self.closed_by_client = True
+            return False
+        self.reads.append(chunk)
+        self._pending += chunk
+        return True
+
+    async def line(self, timeout: float | None = WAIT) -> bytes:
+        """The next command line without its CRLF; b"" when the client closed first."""
+        while (end := self._pending.find(b"\r\n")) < 0:
+            if not await self._read(timeout):
+                return b""
+        line = bytes(self._pending[:end])
+        del self._pending[: end + 2]
+        self.commands.append(line)
+        return line
+
+    async def lines_until(self, last: bytes) -> list[bytes]:
+        """Command lines up to and including `last`, without answering any of them."""
+        lines = [await self.line()]
+        while lines[-1] not in (last, b""):
+            lines.append(await self.line())
+        return lines
+
+    async def body(self, read_size: int = 65536, pause: float = 0.0) -> bytes:
+        """The message after a 354, up to and including its "." line; read `read_size`
+        bytes at a time, `pause` seconds apart (a slow link)."""
+        searched = 0  # the end was not before this offset: search each byte once
+        while (end := self._pending.find(b"\r\n.\r\n", searched)) < 0:
+            if self._pending.startswith(b".\r\n"):
+                break
+            searched = max(0, len(self._pending) - 4)
+            if not await self._read(WAIT, read_size):
+                raise ConnectionError("client closed in the middle of DATA")
+            await asyncio.sleep(pause)
+        size = 3 if end < 0 else end + 5
+        body = bytes(self._pending[:size])
+        del self._pending[:size]
+        self.bodies.append(body)
+        return body
+
+    async def quiet(self, seconds: float) -> bool:
+        """True when the client sends nothing more within `seconds`."""
+        if self._pending:
+            return False
+        try:
+            return not await self._read(seconds)
+        except TimeoutError:
+            return True
+
+    async def send(self, data: bytes, piece: int | None = None) -> None:
+        """Write `data` in one write, or `piece` bytes per write with a pause between."""
+        if piece is None:
+            self.writer.write(data)
+            await self.writer.drain()
+            return
+        for start in range(0, len(data), piece):
+            self.writer.write(data[start : start + piece])
+            await self.writer.drain()
+            await asyncio.sleep(0.001)  # let each piece reach the robot on its own
+
+    async def answer(self, replies: Sequence[bytes]) -> None:
+        """Read one command per reply and answer it: a server that never pipelines."""
+        for reply in replies:
+            await self.line()
+            await self.send(reply)
+
+    async def eof(self) -> None:
+        """Wait, answering nothing, until the client closes the connection."""
+        while await self._read(WAIT):
+            pass
+
+    async def serve(self) -> None:
+        """Answer like a plain server that accepts everything, until QUIT or the client closes."""
+        while command := await self.line(timeout=None):
+            verb = command[:4].upper()
+            if verb == b"QUIT":
+                await self.send(b"221 2.0.0 Bye\r\n")
+                return
+            if verb == b"DATA":
+                await self.send(b"354 Go ahead\r\n")
+                await self.body()
+                await self.send(b"250 2.0.0 Ok: queued\r\n")
+            elif verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP"):
+                await self.send(b"250 2.0.0 Ok\r\n")
+            else:
+                await self.send(b"500 5.5.2 What?\r\n")
+
+
+Script = Callable[[Wire], Awaitable[None]]
+
+
+class RawSmtpServer:
+    """An SMTP server written by hand on 127.0.0.1:<ephemeral>: greets, answers EHLO with
+    `extensions`, runs the test's `script` on the connection, then `Wire.serve`s the rest."""
+
+    def __init__(self, script: Script, extensions: Sequence[str]) -> None:
+        self.script = script
+        self.extensions = extensions
+        self.port = 0
+        self.wires: list[Wire] = []
+        self.errors: list[BaseException] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._connected, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        wire = Wire(reader, writer)
+        self.wires.append(wire)
+        try:
+            await wire.send(b"220 raw.test ESMTP\r\n")
+            if await wire.line() != EHLO:
+                raise AssertionError(f"expected {EHLO!r} first, got {wire.commands!r}")
+            keywords = ["raw.test", *self.extensions]
+            await wire.send(
+                b"".join(
+                    b"250%s%s\r\n" % (b" " if n == len(keywords) - 1 else b"-", word.encode())
+                    for n, word in enumerate(keywords)
+                )
+            )
+            await self.script(wire)
+            if not wire.closed_by_client:
+                await wire.serve()
+        except Exception as exc:
+            self.errors.append(exc)
+        except asyncio.CancelledError:
+            pass  # stop(): the test is over; ending quietly spares asyncio's error log
+        finally:
+            writer.close()
+
+    async def finished(self) -> None:
+        """Wait until every connection's script and serving are over."""
+        async with asyncio.timeout(WAIT):
+            await asyncio.gather(*self._tasks)
+
+    async def stop(self) -> None:
+        """Close the listener and every connection; re-raise what went wrong in a script."""
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+        if self.errors:
+            raise self.errors[0]
+
+
+@asynccontextmanager
+async def raw_server(
+    script: Script, *, pipelining: bool = True, extensions: Sequence[str] = ()
+) -> AsyncIterator[RawSmtpServer]:
+    """A running RawSmtpServer, stopped on exit."""
+    server = RawSmtpServer(script, [*(["PIPELINING"] if pipelining else []), *extensions])
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@asynccontextmanager
+async def connected(account: Account) -> AsyncIterator[SmtpConnection]:
+    """An open SmtpConnection of `account`, closed (QUIT) on exit."""
+    connection = SmtpConnection(account)
+    await connection.open()
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+AccountFor = Callable[..., Account]
+
+
+@pytest.fixture
+def account_for(write_ini: WriteIni, tmp_path: Path) -> AccountFor:
+    """The default account of a robot.ini sending to 127.0.0.1:`port`."""
+
+    def make(port: int, timeout: float = WAIT) -> Account:
+        extra = f"[smtp]\ntimeout_seconds = {timeout}\n"
+        ini = write_ini(f"sqlite:///{tmp_path}/unused.db", port, extra)
+        return load_settings(ini, environ={}).default_account
+
+    return make
+
+
+def message(*recipients: str, data: bytes = BODY) -> Composed:
+    """A composed message from SENDER to `recipients` (default a@example.org)."""
+    return Composed(SENDER, recipients or ("a@example.org",), data, "<m@example.org>")
+
+
+def envelope_ok(recipients: int) -> bytes:
+    """The replies of a server that accepts MAIL, every RCPT and DATA."""
+    return b"250 2.1.0 Ok\r\n" + b"250 2.1.5 Ok\r\n" * recipients + b"354 Go ahead\r\n"
+
+
+# -- (a) replies however they are split -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "piece", [None, 1, 7], ids=["all in one write", "one byte per write", "7 bytes per write"]
+)
+async def test_pipelined_replies_are_paired_however_they_are_split(
+    account_for: AccountFor, piece: int | None
+) -> None:
+    envelope_replies = (
+        b"250-2.1.0 Sender\r\n250 2.1.0 ok\r\n"
+        b"250 2.1.5 first ok\r\n"
+        b"250-2.1.5 second\r\n250 2.1.5 ok\r\n"
+        b"354-Go\r\n354 ahead\r\n"
+    )
+
+    async def script(wire: Wire) -> None:
+        await wire.lines_until(b"DATA")
+        await wire.send(envelope_replies, piece)
+        await wire.body()
+        await wire.send(b"250-2.0.0 Ok\r\n250 2.0.0 queued as 4F2A\r\n", piece)
+
+    async with raw_server(script) as server:
+        async with connected(account_for(server.port)) as connection:
+            result = await connection.send(message("a@example.org", "b@example.org"))
+            assert result == SendResult(250, "2.0.0 Ok\n2.0.0 queued as 4F2A", {})
+            assert connection.is_open
+            second = await connection.send(
+                message("c@example.org", data=b"Subject: 2\r\n\r\nx\r\n")
+            )
+            assert second == SendResult(250, "2.0.0 Ok: queued", {})
+        await server.finished()
+    (wire,) = server.wires
+    assert wire.bodies == [data_payload(BODY), b"Subject: 2\r\n\r\nx\r\n.\r\n"]
+    assert wire.commands[-1] == b"QUIT"
+
+
+@pytest.mark.parametrize("when", ["in the same write", "while idle"])
+async def test_an_unsolicited_reply_is_not_taken_for_the_next_command(
+    account_for: AccountFor, when: str
+) -> None:
+    stray_sent = asyncio.Event()
+
+    async def script(wire: Wire) -> None:
+        await wire.lines_until(b"DATA")
+        await wire.send(envelope_ok(1))
+        await wire.body()
+        stray = b"250 2.0.0 stray, nobody asked\r\n"
+        if when == "in the same write":
+            await wire.send(b"250 2.0.0 Ok\r\n" + stray)
+        else:
+            await wire.send(b"250 2.0.0 Ok\r\n")
+            await asyncio.sleep(0.05)
+            await wire.send(stray)
+        stray_sent.set()
+        await wire.lines_until(b"DATA")
+        await wire.send(b"550 5.7.1 Sender blocked\r\n503 5.5.1 No MAIL\r\n503 5.5.1 No MAIL\r\n")
+
+    async with raw_server(script) as server:
+        async with connected(account_for(server.port)) as connection:
+            await connection.send(message())
+            await stray_sent.wait()
+            await asyncio.sleep(0.05)  # the stray reply reaches the robot's socket before MAIL
+            with pytest.raises(PermanentDeliveryError) as caught:
+                await connection.send(message())
+            assert connection.is_open
+        await server.finished()
+    # taken for the reply to MAIL, the stray 250 would shift every reply by one
+    assert (caught.value.code, caught.value.stage) == (550, "mail")
+    assert caught.value.reply == "5.7.1 Sender blocked"
+    assert server.wires[0].commands[-2:] == [b"RSET", b"QUIT"]
+
+
+# -- (b) 354 to DATA although the envelope failed (RFC 2920 3.1) -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("envelope_replies", "stage", "reply"),
+    [
+        (
+            b"250 2.1.0 Ok\r\n550 5.1.1 No such user\r\n550 5.1.1 Unknown\r\n354 Go ahead\r\n",
+            "rcpt",
+            "5.1.1 No such user",
+        ),
+        (
+            b"550 5.7.1 Sender blocked\r\n503 5.5.1 No MAIL\r\n503 5.5.1 No MAIL\r\n354 Go\r\n",
+            "mail",
+            "5.7.1 Sender blocked",
+        ),
+    ],
+    ids=["every RCPT refused", "MAIL refused"],
+)
+async def test_a_data_accepted_after_a_failed_envelope_is_ended_with_a_lone_dot(
+    account_for: AccountFor, envelope_replies: bytes, stage: str, reply: str
+) -> None:
+    async def script(wire: Wire) -> None:
+        await wire.lines_until(b"DATA")
+        await wire.send(envelope_replies)
+        await wire.answer([b"554 5.5.1 No valid recipients\r\n", b"250 2.0.0 Reset\r\n"])
+
+    recipients = ("gone@example.org", "unknown@example.org")
+    async with raw_server(script) as server:
+        async with connected(account_for(server.port)) as connection:
+            with pytest.raises(PermanentDeliveryError) as caught:
+                await connection.send(message(*recipients))
+            assert connection.is_open
+            result = await connection.send(message("next@example.org"))
+        await server.finished()
+    error = caught.value
+    # the result is the refusal of the envelope, not the 554 to the lone "."
+    assert (error.code, error.reply, error.stage) == (550, reply, stage)
+    if stage == "rcpt":
+        assert error.recipient == "gone@example.org"
+        assert error.refused == {
+            "gone@example.org": (550, "5.1.1 No such user"),
+            "unknown@example.org": (550, "5.1.1 Unknown"),
+        }
+    assert result.code == 250
+    (wire,) = server.wires
+    assert wire.commands[:8] == [
+        EHLO,
+        b"MAIL FROM:<robot@example.org>",
+        b"RCPT TO:<gone@example.org>",
+        b"RCPT TO:<unknown@example.org>",
+        b"DATA",
+        b".",  # nothing of the message: a lone dot right after DATA
+        b"RSET",
+        b"MAIL FROM:<robot@example.org>",
+    ]
+    assert wire.bodies == [data_payload(BODY)]  # only the next message's
+
+
+# -- (c) garbage -----------------------------------------------------------------------------
+
+
+@MODES
+@pytest.mark.parametrize(
+    ("replies", "stage"),
+    [([b"hello\r\n"], "mail"), ([b"250 2.1.0 Ok\r\n", b"hello\r\n"], "rcpt")],
+    ids=["garbage for MAIL", "garbage for RCPT"],
+)
+async def test_a_garbage_reply_defers_and_closes_the_connection(
+    account_for: AccountFor, pipelining: bool, replies: list[bytes], stage: str
+) -> None:
+    async def script(wire: Wire) -> None:
+        await wire.answer(replies)
+        await wire.eof()
+
+    async with raw_server(script, pipelining=pipelining) as server:
+        async with connected(account_for(server.port)) as connection:
+            with pytest.raises(TransientDeliveryError) as caught:
+                await connection.send(message())
+            assert not connection.is_open
+        await server.finished()
+    error = caught.value
+    assert "malformed SMTP reply line: 'hello'" in str(error)
+    assert (error.code, error.stage, error.before_data) == (None, stage, True)
+    (wire,) = server.wires
+    assert wire.closed_by_client
+    assert b"QUIT" not in b"".join(wire.reads)  # the connection is out of step: no QUIT
+    assert wire.bodies == []
+
+
+# -- (d) silence -----------------------------------------------------------------------------
+
+
+@MODES
+@pytest.mark.parametrize(
+    ("answered", "stage", "before_data"),
+    [
+        (0, "mail", True),
+        (1, "rcpt", True),
+        (2, "data", True),
+        (3, "data", False),
+    ],
+    ids=["silent at MAIL", "silent at RCPT", "silent at DATA", "silent after the body"],
+)
+async def test_a_server_that_stops_answering_defers_after_timeout_seconds(
+    account_for: AccountFor, pipelining: bool, answered: int, stage: str, before_data: bool
+) -> None:
+    async def script(wire: Wire) -> None:
+        await wire.answer([b"250 2.1.0 Ok\r\n", b"250 2.1.5 Ok\r\n", b"354 Go\r\n"][:answered])
+        if answered == 3:
+            await wire.body()
+        await wire.eof()
+
+    async with raw_server(script, pipelining=pipelining) as server:
+        async with connected(account_for(server.port, timeout=0.4)) as connection:
+            started = time.monotonic()
+            with pytest.raises(TransientDeliveryError) as caught:
+                await connection.send(message())
+            waited = time.monotonic() - started
+            assert not connection.is_open
+        await server.finished()
+    error = caught.value
+    assert "timed out after 0.4 s" in str(error)
+    assert error.code is None
+    assert error.before_data is before_data
+    assert 0.35 < waited < 1.2  # one timeout_seconds, not several
+    assert len(server.wires[0].bodies) == (1 if answered == 3 else 0)
+    assert error.stage == stage
+
+
+# -- (e) without PIPELINING: one command at a time -------------------------------------------
+
+
+async def test_without_pipelining_each_command_waits_for_the_reply_to_the_last(
+    account_for: AccountFor,
+) -> None:
+    alone: list[bool] = []
+
+    async def script(wire: Wire) -> None:
+        for reply in [b"250 2.1.0 Ok\r\n", b"250 2.1.5 Ok\r\n", b"250 2.1.5 Ok\r\n", b"354 Go\r\n"]:
+            await wire.line()
+            alone.append(await wire.quiet(0.2))  # nothing else comes before this reply
+            await wire.send(reply)
+        await wire.body()
+        await wire.send(b"250 2.0.0 Ok\r\n")
+
+    async with raw_server(script, pipelining=False) as server:
+        async with connected(account_for(server.port)) as connection:
+            result = await connection.send(message("a@example.org", "b@example.org"))
+        await server.finished()
+    assert result.code == 250
+    assert alone == [True, True, True, True]
+    assert server.wires[0].commands == [
+        EHLO,
+        b"MAIL FROM:<robot@example.org>",
+        b"RCPT TO:<a@example.org>",
+        b"RCPT TO:<b@example.org>",
+        b"DATA",
+        b"QUIT",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("replies", "stage", "sent"),
+    [
+        ([b"550 5.7.1 Sender blocked\r\n"], "mail", [b"MAIL FROM:<robot@example.org>"]),
+        (
+            [b"250 2.1.0 Ok\r\n", b"550 5.1.1 No such user\r\n", b"550 5.1.1 Unknown\r\n"],
+            "rcpt",
+            [
+                b"MAIL FROM:<robot@example.org>",
+                b"RCPT TO:<a@example.org>",
+                b"RCPT TO:<b@example.org>",
+            ],
+        ),
+    ],
+    ids=["MAIL refused: no RCPT", "every RCPT refused: no DATA"],
+)
+async def test_without_pipelining_a_failed_envelope_stops_at_once(
+    account_for: AccountFor, replies: list[bytes], stage: str, sent: list[bytes]
+) -> None:
+    async def script(wire: Wire) -> None:
+        await wire.answer(replies)
+
+    async with raw_server(script, pipelining=False) as server:
+        async with connected(account_for(server.port)) as connection:
+            with pytest.raises(PermanentDeliveryError) as caught:
+                await connection.send(message("a@example.org", "b@example.org"))
+            assert connection.is_open
+        await server.finished()
+    assert (caught.value.code, caught.value.stage) == (550, stage)
+    assert server.wires[0].commands == [EHLO, *sent, b"RSET", b"QUIT"]
+
+
+# -- (f) with PIPELINING: the envelope in one write ------------------------------------------
+
+
+async def test_with_pipelining_the_envelope_comes_in_one_write_before_any_reply(
+    account_for: AccountFor,
+) -> None:
+    envelope: list[bytes] = []
+
+    async def script(wire: Wire) -> None:
+        envelope.extend(await wire.lines_until(b"DATA"))  # answering nothing meanwhile
+        await wire.send(envelope_ok(2))
+        await wire.body()
+        await wire.send(b"250 2.0.0 Ok\r\n")
+
+    async with raw_server(script, extensions=["SIZE 10000000"]) as server:
+        async with connected(account_for(server.port)) as connection:
+            result = await connection.send(message("a@example.org", "b@example.org"))
+        await server.finished()
+    assert result.code == 250
+    assert envelope == [
+        b"MAIL FROM:<robot@example.org> SIZE=%d" % len(BODY),
+        b"RCPT TO:<a@example.org>",
+        b"RCPT TO:<b@example.org>",
+        b"DATA",
+    ]
+    wire = server.wires[0]
+    assert wire.reads[0] == EHLO + b"\r\n"
+    assert wire.reads[1] == b"".join(line + b"\r\n" for line in envelope)  # one read
+
+
+# -- (g) a large body ------------------------------------------------------------------------
+
+
+@MODES
+async def test_a_large_body_with_leading_dots_arrives_intact(
+    account_for: AccountFor, pipelining: bool
+) -> None:
+    lines = [b"Subject: large", b""]
+    for n in range(60_000):
+        lines.append((b".", b"..", b".text ", b"", b"text .")[n % 5] + b"line %06d ....." % n)
+        if n % 997 == 0:
+            lines += [b".", b""]  # a lone dot would end DATA early if it went unstuffed
+    data = b"\r\n".join(lines) + b"\r\n"
+    assert len(data) > 1_000_000 and len(data_payload(data)) > 4 * BODY_CHUNK  # piecewise
+
+    server = TestSMTPServer(pipelining=pipelining)
+    await server.start()
+    try:
+        async with connected(account_for(server.port)) as connection:
+            result = await connection.send(message(data=data))
+            assert connection.is_open
+        assert result.code == 250
+        (received,) = server.received
+        assert received.data == data
+    finally:
+        await server.stop()
+
+
+def large_body(size: int) -> bytes:
+    """A message of about `size` bytes in short lines."""
+    line = b"x" * 76 + b"\r\n"
+    return b"Subject: large\r\n\r\n" + line * (size // len(line))
+
+
+async def test_a_large_body_to_a_slow_reader_is_not_timed_out_as_a_whole(
+    account_for: AccountFor,
+) -> None:
+    # The kernel takes about 4 MB of a loopback socket at once (tcp_wmem): the reader must
+    # drain that well within timeout_seconds, and the whole message must take longer.
+    data = large_body(24_000_000)
+
+    async def script(wire: Wire) -> None:
+        await wire.lines_until(b"DATA")
+        await wire.send(envelope_ok(1))
+        await wire.body(read_size=65536, pause=0.003)  # 1.1 s at least, at most 20 MB/s
+        await wire.send(b"250 2.0.0 Ok\r\n")
+
+    async with raw_server(script) as server:
+        async with connected(account_for(server.port, timeout=1)) as connection:
+            started = time.monotonic()
+            result = await connection.send(message(data=data))
+            waited = time.monotonic() - started
+        await server.finished()
+    assert result.code == 250
+    assert waited > 1  # longer than timeout_seconds in all, never that long per chunk
+    assert server.wires[0].bodies == [data_payload(data)]
+
+
+async def test_a_large_body_to_a_server_that_stops_reading_times_out(
+    account_for: AccountFor,
+) -> None:
+    gave_up = asyncio.Event()
+
+    async def script(wire: Wire) -> None:
+        await wire.lines_until(b"DATA")
+        await wire.send(envelope_ok(1))
+        await gave_up.wait()  # reading nothing meanwhile: the socket buffers fill up
+        await wire.eof()
+
+    async with raw_server(script) as server:
+        async with connected(account_for(server.port, timeout=0.4)) as connection:
+            started = time.monotonic()
+            with pytest.raises(TransientDeliveryError) as caught:
+                await connection.send(message(data=large_body(8_000_000)))
+            waited = time.monotonic() - started
+            gave_up.set()
+            assert not connection.is_open
+        await server.finished()
+    error = caught.value
+    assert "timed out after 0.4 s writing the message" in str(error)
+    assert (error.code, error.stage, error.before_data) == (None, "data", False)
+    assert 0.35 < waited < 1.2  # one timeout_seconds, not several
+    assert server.wires[0].closed_by_client
+
+
+# -- (h) several recipients ------------------------------------------------------------------
+
+
+@MODES
+async def test_one_refused_recipient_of_several_is_reported_and_the_rest_get_the_message(
+    account_for: AccountFor, pipelining: bool
+) -> None:
+    server = TestSMTPServer(pipelining=pipelining)
+    await server.start()
+    try:
+        server.fault("RCPT", "550 5.1.1 No such user", address="gone@example.org")
+        recipients = ("a@example.org", "gone@example.org", "c@example.org")
+        async with connected(account_for(server.port)) as connection:
+            result = await connection.send(message(*recipients))
+            assert connection.is_open
+        (received,) = server.received
+    finally:
+        await server.stop()
+    assert result.code == 250
+    assert result.refused == {"gone@example.org": (550, "5.1.1 No such user")}
+    assert received.rcpt_tos == ["a@example.org", "c@example.org"]
+    assert received.data == BODY
