@@ -381,6 +381,8 @@ def addresses_in(values: list[str]) -> set[str]:
     """Every address (lower-cased) in these address-list values: To, Cc, Bcc."""
     found = set()
     for value in values:
+        if not value or value.isspace():
+            continue
         if "," not in value:
             addr = split_mailbox(value)[1]
             if addr:

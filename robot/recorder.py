@@ -63,11 +63,11 @@ class GroupCommit:
 
     async def record(self, outcome: Finish) -> bool:
         """Queue `outcome` for the next commit and wait for it."""
-        loop = asyncio.get_running_loop()
         if self._closed:
             raise RuntimeError("the group commit is closed")
-        if self._loop is None:
-            self._loop = loop
+        loop = self._loop  # get_running_loop() costs a getpid() system call on Python 3.11
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
             self._thread.start()
         done: asyncio.Future[bool] = loop.create_future()
         self._waiting.put((outcome, done))
@@ -155,11 +155,14 @@ class AsyncGroupCommit:
         self._waiting: list[Waiting] = []
         self._task: asyncio.Task[None] | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
 
     async def record(self, outcome: Finish) -> bool:
         """Queue `outcome` for the next commit and wait for it."""
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self._loop is None:  # get_running_loop() costs a getpid() on Python 3.11
+            self._loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = self._loop.create_future()
         self._waiting.append((outcome, done))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="group-commit")

@@ -121,7 +121,7 @@ class ReplyReader(asyncio.Protocol):
         self._buffer = bytearray()
         self._replies: list[SmtpReply] = []
         self._wanted = 0
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[bool] | None = None  # True: replies came or it broke
         self._broken: str | None = None  # why the connection is unusable
         self._paused = False
         self._resumed: asyncio.Future[None] | None = None
@@ -181,7 +181,7 @@ class ReplyReader(asyncio.Protocol):
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            waiter.set_result(True)
 
     async def exchange(self, data: bytes, replies: int, timeout: float) -> list[SmtpReply]:
         """Write `data`, then return the next `replies` replies. The server gets `timeout`
@@ -197,17 +197,19 @@ class ReplyReader(asyncio.Protocol):
             self.transport.write(data)
         while self._wanted and self._broken is None:
             got = len(self._replies)
-            self._waiter = self._loop.create_future()
+            # A plain timer rather than asyncio.timeout(), which asks for the running loop
+            # and task, each a getpid() system call on Python 3.11: two exchanges a message.
+            waiter = self._waiter = self._loop.create_future()
+            timer = self._loop.call_later(timeout, _expire, waiter)
             try:
-                async with asyncio.timeout(timeout):
-                    await self._waiter
-            except TimeoutError:
-                if len(self._replies) == got:
-                    self._broken = f"timed out after {timeout:g} s waiting for a reply"
-                    self.transport.abort()
-                    raise SessionBroken(self._broken, self._replies, timed_out=True) from None
+                in_time = await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
+            if not in_time and len(self._replies) == got:
+                self._broken = f"timed out after {timeout:g} s waiting for a reply"
+                self.transport.abort()
+                raise SessionBroken(self._broken, self._replies, timed_out=True)
         if self._wanted:
             assert self._broken is not None
             raise SessionBroken(self._broken, self._replies, timed_out=False)
@@ -232,6 +234,12 @@ class ReplyReader(asyncio.Protocol):
                     raise SessionBroken(self._broken, [], timed_out=True) from None
                 finally:
                     self._resumed = None
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    """The timer of an exchange: no reply in time."""
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 class SmtpSession:
