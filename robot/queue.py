@@ -57,6 +57,7 @@ FINISH_CHUNK = 100  # outcomes recorded by one UPDATE (10 parameters each)
 # instead: its statistics may say "no row is sending" while hundreds are, and both SQLite
 # and PostgreSQL then scanned every sending row at every commit (bench/: 2.5x slower).
 NOT_BY_STATUS = "status || ''"
+FINISH_COLUMNS = "id, status, last_error, with_reply, code, reply, retry, event, detail"
 LEASE_CHUNK = 500  # claimed rows given Message-IDs, or history lines, by one statement
 LEASE_GIVE_UP = (
     "the robot sending it stopped answering on every attempt (lease expired); "
@@ -498,48 +499,61 @@ class Outbox:
         each, False if the row was no longer leased to `worker`.
 
         The hot path of the robot, written for few statements rather than few characters.
-        The rows of a batch go in as one VALUES list. On PostgreSQL one statement updates
-        the rows and adds their history lines (a data-modifying WITH), on its own: one
-        round trip. On SQLite, where the database thread gives up the GIL around every
-        statement and every row it steps through and gets it back only when the event
-        loop lets go, three single-step statements in a transaction.
+        On PostgreSQL one statement updates the rows and adds their history lines (a
+        data-modifying WITH over the rows as arrays), on its own: one round trip. On SQLite,
+        where the database thread gives up the GIL around every statement and every row it
+        steps through and gets it back only when the event loop lets go, three single-step
+        statements in a transaction (the rows as one VALUES list).
         """
+        if not outcomes:
+            return []
         held: set[int] = set()
-        chunks = [outcomes[i : i + FINISH_CHUNK] for i in range(0, len(outcomes), FINISH_CHUNK)]
-        if not self.sqlite and len(chunks) == 1 and not any(o.suppress for o in outcomes):
+        if not self.sqlite:
+            statement = self._pg_finish(worker, outcomes)
             with self.engine.connect() as conn:
-                alone = conn.execution_options(isolation_level="AUTOCOMMIT")  # atomic anyway
-                for chunk in chunks:
-                    held |= self._finish_chunk(alone, worker, chunk)
+                if not any(o.suppress for o in outcomes):  # one statement: atomic alone
+                    alone = conn.execution_options(isolation_level="AUTOCOMMIT")
+                    held = {row[0] for row in alone.exec_driver_sql(*statement)}
+                    return [o.row_id in held for o in outcomes]
+                with conn.begin():
+                    held = {row[0] for row in conn.exec_driver_sql(*statement)}
+                    self._suppress_bounced(conn, outcomes, held)
             return [o.row_id in held for o in outcomes]
         with self.engine.begin() as conn:
-            for chunk in chunks:
-                held |= self._finish_chunk(conn, worker, chunk)
-            for o in outcomes:
-                if o.suppress and o.row_id in held:
-                    reason = f"bounced: {o.smtp_reply or o.detail}"
-                    self._suppress(conn, o.suppress, reason, o.row_id)
+            for start in range(0, len(outcomes), FINISH_CHUNK):
+                held |= self._finish_chunk(conn, worker, outcomes[start : start + FINISH_CHUNK])
+            self._suppress_bounced(conn, outcomes, held)
         return [o.row_id in held for o in outcomes]
+
+    def _suppress_bounced(
+        self, conn: Connection, outcomes: Sequence[Finish], recorded: set[int]
+    ) -> None:
+        for o in outcomes:
+            if o.suppress and o.row_id in recorded:
+                self._suppress(conn, o.suppress, f"bounced: {o.smtp_reply or o.detail}", o.row_id)
 
     def finish_statement(
         self, worker: str, outcomes: Sequence[Finish]
     ) -> tuple[str, tuple[Any, ...]] | None:
         """PostgreSQL: the one statement (SQL, parameters) that records `outcomes` and
         returns the ids it recorded, for a driver connection in autocommit mode. None when
-        finish_many must do it in a transaction: on SQLite, with a suppression to add, or
-        for more than FINISH_CHUNK outcomes."""
-        if self.sqlite or len(outcomes) > FINISH_CHUNK or any(o.suppress for o in outcomes):
+        finish_many must do it: on SQLite, or with a suppression to add in a transaction."""
+        if self.sqlite or any(o.suppress for o in outcomes):
             return None
-        return self._finish_sql(len(outcomes)), _finish_values(outcomes, worker)
+        return self._pg_finish(worker, outcomes)
+
+    def _pg_finish(self, worker: str, outcomes: Sequence[Finish]) -> tuple[str, tuple[Any, ...]]:
+        """The PostgreSQL statement: one text whatever the batch (the rows go in as arrays),
+        so that it is parsed once and prepared, and its parameters are ten."""
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [])
+        for o in outcomes:
+            for column, value in zip(columns, _finish_row(o), strict=True):
+                column.append(value)
+        return PG_FINISH_SQL, (*columns, worker)
 
     def _finish_chunk(self, conn: Connection, worker: str, chunk: Sequence[Finish]) -> set[int]:
-        """Update the rows of `chunk` still leased to `worker` and add their history lines;
-        return their ids."""
-        if not self.sqlite:  # the UPDATE locks and re-checks each row itself
-            recorded = conn.exec_driver_sql(
-                self._finish_sql(len(chunk)), _finish_values(chunk, worker)
-            )
-            return {row[0] for row in recorded}
+        """SQLite: update the rows of `chunk` still leased to `worker` and add their history
+        lines; return their ids."""
         ids = [o.row_id for o in chunk]
         found = conn.exec_driver_sql(  # BEGIN IMMEDIATE holds the write lock already
             f"SELECT group_concat(id) FROM outbox WHERE id IN ({', '.join('?' * len(ids))}) "
@@ -549,7 +563,8 @@ class Outbox:
         held = {int(i) for i in found.split(",")} if found else set()
         done = [o for o in chunk if o.row_id in held]
         if done:
-            conn.exec_driver_sql(self._finish_sql(len(done)), _finish_values(done, worker))
+            values = tuple(value for o in done for value in _finish_row(o))
+            conn.exec_driver_sql(self._finish_sql(len(done)), (*values, worker))
             conn.exec_driver_sql(
                 "INSERT INTO outbox_event (outbox_id, kind, smtp_code, detail) VALUES "
                 + ", ".join(["(?, ?, ?, ?)"] * len(done)),
@@ -562,49 +577,18 @@ class Outbox:
         return held
 
     def _finish_sql(self, rows: int) -> str:
-        """The statement that records `rows` outcomes, a VALUES row of `_finish_values`
-        each. On PostgreSQL it also adds the history lines and returns the ids."""
+        """SQLite: the UPDATE that records `rows` outcomes, a VALUES row of `_finish_row`
+        each, then the worker."""
         cached = self._finish_sql_cache.get(rows)
-        if cached is not None:
-            return cached
-        if self.sqlite:
-            row = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            now = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
-            later = "strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || v.retry || ' seconds')"
-            mark = "?"
-        else:
-            row = (
-                "(%s::bigint, %s::text, %s::text, %s::int, %s::int, %s::text, %s::float8, "
-                "%s::text, %s::text)"
+        if cached is None:
+            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+            cached = f"WITH v ({FINISH_COLUMNS}) AS (VALUES {values}) " + finish_update(
+                now="strftime('%Y-%m-%d %H:%M:%f', 'now')",
+                later="strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || v.retry || ' seconds')",
+                mark="?",
             )
-            now = "now()"
-            later = "now() + make_interval(secs => v.retry)"
-            mark = "%s"
-        update = (
-            "UPDATE outbox SET status = v.status, claimed_by = NULL, claimed_until = NULL, "
-            f"updated_at = {now}, last_error = v.last_error, "
-            "smtp_code = CASE WHEN v.with_reply = 1 THEN v.code ELSE outbox.smtp_code END, "
-            "smtp_reply = CASE WHEN v.with_reply = 1 THEN v.reply ELSE outbox.smtp_reply END, "
-            f"sent_at = CASE WHEN v.status = 'sent' THEN {now} ELSE outbox.sent_at END, "
-            "next_attempt_at = CASE WHEN v.retry IS NULL THEN outbox.next_attempt_at "
-            f"ELSE {later} END "
-            f"FROM v WHERE outbox.id = v.id AND outbox.claimed_by = {mark} "
-            f"AND outbox.{NOT_BY_STATUS} = 'sending'"
-        )
-        values = (
-            "WITH v (id, status, last_error, with_reply, code, reply, retry, event, detail) "
-            f"AS (VALUES {', '.join([row] * rows)})"
-        )
-        if self.sqlite:
-            sql = f"{values} {update}"
-        else:
-            sql = (
-                f"{values}, done AS ({update} RETURNING outbox.id, v.event, v.code, v.detail) "
-                "INSERT INTO outbox_event (outbox_id, kind, smtp_code, detail) "
-                "SELECT id, event, code, detail FROM done RETURNING outbox_id"
-            )
-        self._finish_sql_cache[rows] = sql
-        return sql
+            self._finish_sql_cache[rows] = cached
+        return cached
 
     def add_event(self, row_id: int, kind: str, detail: str, smtp_code: int | None = None) -> None:
         """Append a line to a row's history without changing the row."""
@@ -1055,25 +1039,36 @@ class Outbox:
         return int(found.id), changed
 
 
-def _finish_values(outcomes: Sequence[Finish], worker: str) -> tuple[Any, ...]:
-    """The parameters of `Outbox._finish_sql(len(outcomes))`: a VALUES row per outcome,
-    then the worker."""
-    values: list[Any] = []
-    for o in outcomes:
-        retry = o.decision.retry_after
-        values += (
-            o.row_id,
-            o.decision.status.value,
-            o.decision.last_error,
-            int(o.smtp_code is not None or o.smtp_reply is not None),
-            o.smtp_code,
-            o.smtp_reply,
-            retry.total_seconds() if retry is not None else None,
-            o.decision.event,
-            _event_detail(o),
-        )
-    values.append(worker)
-    return tuple(values)
+def _finish_row(o: Finish) -> tuple[Any, ...]:
+    """One outcome as a row of FINISH_COLUMNS."""
+    retry = o.decision.retry_after
+    return (
+        o.row_id,
+        o.decision.status.value,
+        o.decision.last_error,
+        int(o.smtp_code is not None or o.smtp_reply is not None),
+        o.smtp_code,
+        o.smtp_reply,
+        retry.total_seconds() if retry is not None else None,
+        o.decision.event,
+        _event_detail(o),
+    )
+
+
+def finish_update(now: str, later: str, mark: str) -> str:
+    """The UPDATE of a finish from the rows of `v` (FINISH_COLUMNS); `now` and `later`
+    (now + v.retry seconds) in the database's dialect, `mark` its placeholder (worker)."""
+    return (
+        "UPDATE outbox SET status = v.status, claimed_by = NULL, claimed_until = NULL, "
+        f"updated_at = {now}, last_error = v.last_error, "
+        "smtp_code = CASE WHEN v.with_reply = 1 THEN v.code ELSE outbox.smtp_code END, "
+        "smtp_reply = CASE WHEN v.with_reply = 1 THEN v.reply ELSE outbox.smtp_reply END, "
+        f"sent_at = CASE WHEN v.status = 'sent' THEN {now} ELSE outbox.sent_at END, "
+        "next_attempt_at = CASE WHEN v.retry IS NULL THEN outbox.next_attempt_at "
+        f"ELSE {later} END "
+        f"FROM v WHERE outbox.id = v.id AND outbox.claimed_by = {mark} "
+        f"AND outbox.{NOT_BY_STATUS} = 'sending'"
+    )
 
 
 def _event_detail(outcome: Finish) -> str | None:
@@ -1097,3 +1092,14 @@ def _as_time(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     return UTCDateTime().process_result_value(value, None)  # type: ignore[arg-type]
+
+
+PG_FINISH_SQL = (
+    "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::int[], "
+    f"%s::int[], %s::text[], %s::float8[], %s::text[], %s::text[]) AS v ({FINISH_COLUMNS})), "
+    "done AS ("
+    + finish_update(now="now()", later="now() + make_interval(secs => v.retry)", mark="%s")
+    + " RETURNING outbox.id, v.event, v.code, v.detail) "
+    "INSERT INTO outbox_event (outbox_id, kind, smtp_code, detail) "
+    "SELECT id, event, code, detail FROM done RETURNING outbox_id"
+)  # PostgreSQL's finish: rows as arrays, history lines in the same statement
