@@ -267,6 +267,7 @@ class Outbox:
         self.max_attachment_bytes = max_attachment_bytes
         self.sqlite = engine.dialect.name == "sqlite"
         self._finish_sql_cache: dict[int, str] = {}
+        self._lease_sql_cache: dict[int, str] = {}
 
     # -- clock and due rule ------------------------------------------------------------
 
@@ -318,46 +319,34 @@ class Outbox:
         Rows of `exclude_accounts` ("default" for NULL) are left alone: those accounts are
         paused after a transport fault.
         """
-        due = (
-            select(outbox.c.id)
+        pick = (
+            select(outbox.c.id, outbox.c.account, outbox.c.sender, outbox.c.message_id)
             .where(WAITING, self.due_at() <= utcnow())
             .order_by(*CLAIM_ORDER)
             .limit(limit)
         )
         if exclude_accounts:
-            due = due.where(func.coalesce(outbox.c.account, "default").not_in(exclude_accounts))
+            pick = pick.where(func.coalesce(outbox.c.account, "default").not_in(exclude_accounts))
         if self.sqlite:
             # Without statistics SQLite prefers the status index and sorts every waiting row;
             # the partial queue index yields them in claim order and stops at the limit.
-            due = due.with_hint(outbox, "INDEXED BY ix_outbox_queue", "sqlite")
-        values = {
-            "status": Status.SENDING.value,
-            "claimed_by": worker,
-            "claimed_until": self.now_plus(self.lease_seconds),
-            "attempts": outbox.c.attempts + 1,
-            "updated_at": utcnow(),
-        }
-        if self.sqlite:
-            stmt = update(outbox).where(outbox.c.id.in_(due.scalar_subquery()))
+            # BEGIN IMMEDIATE holds the write lock: nobody changes them before the UPDATE.
+            pick = pick.with_hint(outbox, "INDEXED BY ix_outbox_queue", "sqlite")
         else:
-            locked = due.with_for_update(skip_locked=True).subquery()
-            stmt = update(outbox).where(outbox.c.id == locked.c.id, WAITING)
-        # Two steps, so that SQLite's write lock is held only as long as the UPDATE: lease
-        # the rows and fix their Message-IDs (write), then read what sending needs (a plain
-        # read, which WAL lets run beside the writers).
-        stmt = stmt.values(values).returning(
-            outbox.c.id, outbox.c.account, outbox.c.sender, outbox.c.message_id
-        )
+            pick = pick.with_for_update(skip_locked=True)
+        # Two transactions, so that SQLite's write lock is held only for the first: lease
+        # the rows and fix their Message-IDs (pick, then one UPDATE: one new version of
+        # each row), then read what sending needs (a read, which WAL runs beside writers).
         try:
             with self.engine.begin() as conn:
-                leased = self._lease(conn, stmt, worker, message_id_for)
+                leased = self._lease(conn, pick, worker, message_id_for)
         except OperationalError as exc:
             if not (self.sqlite and "decode" in str(exc)):
                 raise
             # A host wrote bytes that are not UTF-8 into a text column (SQLite allows it).
             # Claim again reading them leniently: compose then fails just those rows.
             with self.engine.begin() as conn, lenient_text(conn):
-                leased = self._lease(conn, stmt, worker, message_id_for)
+                leased = self._lease(conn, pick, worker, message_id_for)
         if not leased:
             return []
         try:
@@ -371,34 +360,56 @@ class Outbox:
     def _lease(
         self,
         conn: Connection,
-        stmt: Any,
+        pick: Any,
         worker: str,
         message_id_for: Callable[[Claimed], str],
     ) -> list[int]:
-        """Run the claiming UPDATE of `stmt`, fix Message-IDs, write the claimed events."""
-        refs = [ClaimRef(*r) for r in conn.execute(stmt)]
+        """Pick rows with `pick` (locked), lease them to `worker` with their Message-IDs in
+        one UPDATE, and write their claimed events; the leased ids."""
+        refs = [ClaimRef(*r) for r in conn.execute(pick)]
         if not refs:
             return []
         # One statement each for all rows (not executemany): this runs while the claim holds
         # its locks, and SQLite gives up the GIL, and waits to get it back, at every row.
-        pair = "(?, ?)" if self.sqlite else "(%s::bigint, %s::text)"
         event = "(?, 'claimed', ?)" if self.sqlite else "(%s, 'claimed', %s)"
-        fresh = [r for r in refs if not r.message_id]
-        for start in range(0, len(fresh), LEASE_CHUNK):
-            chunk = fresh[start : start + LEASE_CHUNK]
-            conn.exec_driver_sql(
-                f"WITH v (id, message_id) AS (VALUES {', '.join([pair] * len(chunk))}) "
-                "UPDATE outbox SET message_id = v.message_id FROM v WHERE outbox.id = v.id",
-                tuple(value for r in chunk for value in (r.id, message_id_for(r))),
-            )
         for start in range(0, len(refs), LEASE_CHUNK):
             chunk = refs[start : start + LEASE_CHUNK]
+            conn.exec_driver_sql(
+                self._lease_sql(len(chunk)),
+                (
+                    *(v for r in chunk for v in (r.id, r.message_id or message_id_for(r))),
+                    worker,
+                ),
+            )
             conn.exec_driver_sql(
                 "INSERT INTO outbox_event (outbox_id, kind, detail) "
                 f"VALUES {', '.join([event] * len(chunk))}",
                 tuple(value for r in chunk for value in (r.id, worker)),
             )
         return [r.id for r in refs]
+
+    def _lease_sql(self, rows: int) -> str:
+        """The UPDATE that leases `rows` picked rows: parameters (id, message_id) per row,
+        then the worker."""
+        cached = self._lease_sql_cache.get(rows)
+        if cached is not None:
+            return cached
+        if self.sqlite:
+            pair, mark = "(?, ?)", "?"
+            now = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+            until = f"strftime('%Y-%m-%d %H:%M:%f', 'now', '{self.lease_seconds:+.3f} seconds')"
+        else:
+            pair, mark = "(%s::bigint, %s::text)", "%s"
+            now = "now()"
+            until = f"now() + make_interval(secs => {float(self.lease_seconds)!r})"
+        sql = (
+            f"WITH v (id, message_id) AS (VALUES {', '.join([pair] * rows)}) "
+            f"UPDATE outbox SET status = 'sending', claimed_by = {mark}, "
+            f"claimed_until = {until}, attempts = outbox.attempts + 1, updated_at = {now}, "
+            "message_id = v.message_id FROM v WHERE outbox.id = v.id"
+        )
+        self._lease_sql_cache[rows] = sql
+        return sql
 
     def _read_leased(self, ids: list[int]) -> list[OutboxRow]:
         """The leased rows with what sending needs, and their files."""

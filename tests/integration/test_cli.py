@@ -230,7 +230,9 @@ async def test_two_sending_processes_send_each_row_once_and_stop_on_sigterm(
     db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
 ) -> None:
     insert_many(db_url, 120)
-    smtp_server.data_delay = 0.01
+    # Slow enough that one process alone would need 3 s: the other, started a moment later
+    # on a loaded machine, still finds rows to claim.
+    smtp_server.data_delay = 0.05
     ini = write_ini(db_url, smtp_server.port, "[robot]\nprocesses = 2\nconnections = 4\n")
     robot = await RobotProcess(ini).start()
     try:
