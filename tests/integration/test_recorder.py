@@ -60,6 +60,21 @@ def lost_database() -> OperationalError:
     )
 
 
+class LostThenBack:
+    """A commit that fails `failures` times the way a lost database does, then works;
+    `failures` counts down to 0."""
+
+    def __init__(self, queue: Outbox, failures: int) -> None:
+        self.queue = queue
+        self.failures = failures
+
+    def __call__(self, outcomes: Sequence[Finish]) -> list[bool]:
+        if self.failures:
+            self.failures -= 1
+            raise lost_database()
+        return self.queue.finish_many("w1", outcomes)
+
+
 def threads_named(name: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == name]
 
@@ -126,14 +141,7 @@ async def test_a_lost_database_is_logged_and_retried(
     db_url: str, queue: Outbox, quick_retries: None
 ) -> None:
     (row_id,) = claimed(db_url, queue, 1)
-    failures = 3
-
-    def commit(outcomes: Sequence[Finish]) -> list[bool]:
-        nonlocal failures
-        if failures:
-            failures -= 1
-            raise lost_database()
-        return queue.finish_many("w1", outcomes)
+    commit = LostThenBack(queue, failures=3)
 
     with capture_logs() as logs:
         async with group_commit(commit, get_logger("test"), "rec-retry") as group:
@@ -195,19 +203,12 @@ async def test_stopping_waits_for_a_database_that_comes_back_in_time(
 ) -> None:
     monkeypatch.setattr(recorder, "STOP_PATIENCE", 5.0)
     (row_id,) = claimed(db_url, queue, 1)
-    failures = 5
-
-    def commit(outcomes: Sequence[Finish]) -> list[bool]:
-        nonlocal failures
-        if failures:
-            failures -= 1
-            raise lost_database()
-        return queue.finish_many("w1", outcomes)
+    commit = LostThenBack(queue, failures=5)
 
     async with group_commit(commit, get_logger("test"), "rec-patience") as group:
         group.stopping()
         assert await asyncio.wait_for(group.record(sent(row_id)), WAIT) is True
-    assert failures == 0
+    assert commit.failures == 0
     assert queue.counts() == {"sent": 1}
 
 
