@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from robot.compose import Composed, addresses_in, compose
 from robot.config import Account, Settings
-from robot.db import libpq_dsn
+from robot.db import OutageWait, libpq_dsn
 from robot.direct import DirectResult
 from robot.direct import deliver as deliver_direct
 from robot.dkim import DkimSigner, load_signer
@@ -54,7 +54,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 DOMAIN = re.compile(r"^[A-Za-z0-9.-]+$")
 FAULT_BACKOFF_FIRST, FAULT_BACKOFF_MAX = 10.0, 600.0
-DB_RETRY_MAX = 10.0
+DB_RETRY_FIRST, DB_RETRY_MAX = 0.5, 10.0  # seconds between tries through a database outage
 STOP_DB_PATIENCE = 20.0  # while stopping, how long to keep trying to record an outcome
 HOUSEKEEPING_SECONDS = 3600.0  # retention and sanity sweeps
 WAKE_SLACK = 0.05  # seconds after a known due time, so that the database clock agrees
@@ -254,21 +254,19 @@ class Robot:
         self, what: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
     ) -> T | None:
         """Retry a write through a database outage; give up only while stopping."""
-        delay, started_stopping = 0.5, None
+        outage = OutageWait(DB_RETRY_FIRST, DB_RETRY_MAX, STOP_DB_PATIENCE)
         while True:
             try:
                 return await self._db(fn, *args, **kwargs)
             except SQLAlchemyError as exc:
                 self.log.error(
-                    "database.unavailable", doing=what, error=first_line(exc), retry_in=delay
+                    "database.unavailable", doing=what, error=first_line(exc), retry_in=outage.delay
                 )
-            if self.stopping.is_set():
-                started_stopping = started_stopping or time.monotonic()
-                if time.monotonic() - started_stopping > STOP_DB_PATIENCE:
-                    self.log.error("database.gave_up", doing=what)
-                    return None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, DB_RETRY_MAX)
+            wait = outage.next(self.stopping.is_set())
+            if wait is None:
+                self.log.error("database.gave_up", doing=what)
+                return None
+            await asyncio.sleep(wait)
 
     async def _reap(self) -> None:
         try:

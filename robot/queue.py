@@ -394,18 +394,13 @@ class Outbox:
         cached = self._lease_sql_cache.get(rows)
         if cached is not None:
             return cached
-        if self.sqlite:
-            pair, mark = "(?, ?)", "?"
-            now = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
-            until = f"strftime('%Y-%m-%d %H:%M:%f', 'now', '{self.lease_seconds:+.3f} seconds')"
-        else:
-            pair, mark = "(%s::bigint, %s::text)", "%s"
-            now = "now()"
-            until = f"now() + make_interval(secs => {float(self.lease_seconds)!r})"
+        pair, mark = ("(?, ?)", "?") if self.sqlite else ("(%s::bigint, %s::text)", "%s")
+        until = _sql_later(self.sqlite, f"{float(self.lease_seconds):.3f}")
         sql = (
             f"WITH v (id, message_id) AS (VALUES {', '.join([pair] * rows)}) "
             f"UPDATE outbox SET status = 'sending', claimed_by = {mark}, "
-            f"claimed_until = {until}, attempts = outbox.attempts + 1, updated_at = {now}, "
+            f"claimed_until = {until}, attempts = outbox.attempts + 1, "
+            f"updated_at = {_sql_now(self.sqlite)}, "
             "message_id = v.message_id FROM v WHERE outbox.id = v.id"
         )
         self._lease_sql_cache[rows] = sql
@@ -593,10 +588,8 @@ class Outbox:
         cached = self._finish_sql_cache.get(rows)
         if cached is None:
             values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
-            cached = f"WITH v ({FINISH_COLUMNS}) AS (VALUES {values}) " + finish_update(
-                now="strftime('%Y-%m-%d %H:%M:%f', 'now')",
-                later="strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || v.retry || ' seconds')",
-                mark="?",
+            cached = f"WITH v ({FINISH_COLUMNS}) AS (VALUES {values}) " + _finish_update(
+                sqlite=True, mark="?"
             )
             self._finish_sql_cache[rows] = cached
         return cached
@@ -1066,9 +1059,22 @@ def _finish_row(o: Finish) -> tuple[Any, ...]:
     )
 
 
-def finish_update(now: str, later: str, mark: str) -> str:
-    """The UPDATE of a finish from the rows of `v` (FINISH_COLUMNS); `now` and `later`
-    (now + v.retry seconds) in the database's dialect, `mark` its placeholder (worker)."""
+def _sql_now(sqlite: bool) -> str:
+    """The database clock in plain SQL, as the columns store it."""
+    return f"strftime('{SQLITE_TIME}', 'now')" if sqlite else "now()"
+
+
+def _sql_later(sqlite: bool, seconds: str) -> str:
+    """The database clock plus `seconds` (an SQL expression) in plain SQL."""
+    if sqlite:
+        return f"strftime('{SQLITE_TIME}', 'now', '+' || ({seconds}) || ' seconds')"
+    return f"now() + make_interval(secs => {seconds})"
+
+
+def _finish_update(sqlite: bool, mark: str) -> str:
+    """The UPDATE of a finish from the rows of `v` (FINISH_COLUMNS); `mark` is the
+    placeholder of the worker."""
+    now, later = _sql_now(sqlite), _sql_later(sqlite, "v.retry")
     return (
         "UPDATE outbox SET status = v.status, claimed_by = NULL, claimed_until = NULL, "
         f"updated_at = {now}, last_error = v.last_error, "
@@ -1109,7 +1115,7 @@ PG_FINISH_SQL = (
     "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::int[], "
     f"%s::int[], %s::text[], %s::float8[], %s::text[], %s::text[]) AS v ({FINISH_COLUMNS})), "
     "done AS ("
-    + finish_update(now="now()", later="now() + make_interval(secs => v.retry)", mark="%s")
+    + _finish_update(sqlite=False, mark="%s")
     + " RETURNING outbox.id, v.event, v.code, v.detail) "
     "INSERT INTO outbox_event (outbox_id, kind, smtp_code, detail) "
     "SELECT id, event, code, detail FROM done RETURNING outbox_id"

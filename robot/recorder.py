@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.exc import SQLAlchemyError
 
+from robot.db import OutageWait
 from robot.logs import first_line
 from robot.queue import Finish, Outbox
 
@@ -116,24 +117,34 @@ class GroupCommit:
                 return
 
     def _commit_until_done(self, batch: list[Finish]) -> list[bool]:
-        delay, gave_up_at = RETRY_FIRST, None
+        outage = _outage_wait()
         while True:
             try:
                 return self._commit(batch)
             except SQLAlchemyError as exc:
-                self._log.error(
-                    "database.unavailable", doing="record", error=first_line(exc), retry_in=delay
-                )
-            if self._stopping.is_set():
-                gave_up_at = gave_up_at or time.monotonic() + STOP_PATIENCE
-                if time.monotonic() > gave_up_at:
-                    self._log.error("database.gave_up", doing="record", outcomes=len(batch))
-                    return [False] * len(batch)
-            if self._stopping.is_set():
-                time.sleep(delay)
+                _log_outage(self._log, exc, outage)
+            stopping = self._stopping.is_set()
+            wait = outage.next(stopping)
+            if wait is None:
+                return _gave_up(self._log, batch)
+            if stopping:
+                time.sleep(wait)
             else:
-                self._stopping.wait(delay)  # a stop ends the wait: patience starts counting
-            delay = min(delay * 2, RETRY_MAX)
+                self._stopping.wait(wait)  # a stop ends the wait: patience starts counting
+
+
+def _outage_wait() -> OutageWait:
+    """The retry schedule of one batch (read at each batch, so tests can shorten it)."""
+    return OutageWait(RETRY_FIRST, RETRY_MAX, STOP_PATIENCE)
+
+
+def _log_outage(log: Any, exc: BaseException, outage: OutageWait) -> None:
+    log.error("database.unavailable", doing="record", error=first_line(exc), retry_in=outage.delay)
+
+
+def _gave_up(log: Any, batch: list[Finish]) -> list[bool]:
+    log.error("database.gave_up", doing="record", outcomes=len(batch))
+    return [False] * len(batch)
 
 
 def _resolve(batch: list[Waiting], results: list[bool]) -> None:
@@ -194,22 +205,17 @@ class AsyncGroupCommit:
             _resolve(batch, results)
 
     async def _commit_until_done(self, batch: list[Finish]) -> list[bool]:
-        delay, gave_up_at = RETRY_FIRST, None
+        outage = _outage_wait()
         while True:
             try:
                 return await self._commit(batch)
             except (psycopg.Error, SQLAlchemyError) as exc:
                 await self._drop_connection()
-                self._log.error(
-                    "database.unavailable", doing="record", error=first_line(exc), retry_in=delay
-                )
-            if self._stopping:
-                gave_up_at = gave_up_at or time.monotonic() + STOP_PATIENCE
-                if time.monotonic() > gave_up_at:
-                    self._log.error("database.gave_up", doing="record", outcomes=len(batch))
-                    return [False] * len(batch)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
+                _log_outage(self._log, exc, outage)
+            wait = outage.next(self._stopping)
+            if wait is None:
+                return _gave_up(self._log, batch)
+            await asyncio.sleep(wait)
 
     async def _commit(self, batch: list[Finish]) -> list[bool]:
         statement = self._outbox.finish_statement(self._worker, batch)
