@@ -203,7 +203,7 @@ def phase_large(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -> dic
         for database in args.large_databases:
             url = boxes.filled(database, f"large_{database}", args.large_rows)
             # The fill and the drain before it leave gigabytes of dirty pages that the kernel
-            # would write back during this drain: on disk first, so the drain is timed alone.
+            # may write back during this drain: on disk first, so the drain is timed alone.
             os.sync()
             config = RobotConfig(url=url, port=sink.port, connections=conns)
             log(f"large {database}: draining {args.large_rows} rows, c={conns}")
