@@ -20,9 +20,9 @@ from typing import Any
 from sqlalchemy import select
 
 from bench.outbox import RowMaker, pg_fill, sqlite_fill
-from robot.db import make_engine, upgrade
-from robot.models import utcnow
-from robot.queue import CLAIM_ORDER, WAITING, Outbox, outbox
+from robot.outbox.engine import make_engine, upgrade
+from robot.outbox.gateway import CLAIM_ORDER, WAITING, Outbox, outbox
+from robot.outbox.schema import utcnow
 
 RESULTS = Path(__file__).parent / "results"
 

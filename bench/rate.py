@@ -25,9 +25,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from robot import __version__
 from robot.config import load_settings
-from robot.daemon import Robot
-from robot.db import make_engine, upgrade
+from robot.daemon.robot import Robot
 from robot.logs import configure_logging
+from robot.outbox.engine import make_engine, upgrade
 
 RESULTS = Path(__file__).parent / "results"
 

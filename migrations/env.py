@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import Connection
 
-from robot.models import metadata
+from robot.outbox.schema import metadata
 
 config = context.config
 connection: Connection | None = config.attributes.get("connection")

@@ -2,6 +2,6 @@
 
 import sys
 
-from robot.cli import main
+from robot.cli.main import main
 
 sys.exit(main())

@@ -16,6 +16,10 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from robot.errors import ConfigError
 
@@ -507,8 +511,6 @@ def _check_ranges(parts: dict[str, typing.Any], path: str) -> None:
 
 
 def _check_bounces(bounces: BounceSettings, path: str) -> None:
-    from robot.mailbox import parse_mailbox_url
-
     if bounces.poll_seconds <= 0:
         raise ConfigError(
             f"{path}: [bounces] poll_seconds: must be positive", key="poll_seconds", path=path
@@ -518,9 +520,6 @@ def _check_bounces(bounces: BounceSettings, path: str) -> None:
 
 
 def _check_url(url: str, path: str) -> None:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     try:
         make_url(url)
     except ArgumentError:
@@ -581,3 +580,59 @@ def _read_secret(path: Path, account: str) -> str:
             f"password file of account {account} unreadable: {path}: {exc.strerror}",
             key="password_file",
         ) from None
+
+
+IMAP_PORTS = {"imaps": 993, "imap": 143}
+
+
+@dataclass(frozen=True)
+class MailboxUrl:
+    """`imaps://user@host:993/INBOX`, parsed. It never holds the password."""
+
+    scheme: str
+    user: str
+    host: str
+    port: int
+    folder: str
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        user = quote(self.user, safe="@")
+        return f"{self.scheme}://{user}@{host}:{self.port}/{quote(self.folder, safe='/')}"
+
+
+def parse_mailbox_url(url: str, path: str = "") -> MailboxUrl:
+    """Read `[bounces] mailbox`. Raises ConfigError naming what is wrong with it."""
+
+    def refuse(problem: str) -> ConfigError:
+        where = f"{path}: " if path else ""
+        return ConfigError(f"{where}[bounces] mailbox: {problem}", key="mailbox", path=path)
+
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in IMAP_PORTS:
+        raise refuse(f"must start with imaps:// or imap://, not {url!r}")
+    if parts.password is not None:
+        raise refuse("no password in the URL: use password_file or ROBOT_BOUNCES_PASSWORD")
+    if not parts.username:
+        raise refuse("no user name: write imaps://user@host/INBOX")
+    if not parts.hostname:
+        raise refuse("no host name")
+    try:
+        port = parts.port or IMAP_PORTS[scheme]
+    except ValueError:
+        raise refuse("the port is not a number between 1 and 65535") from None
+    if parts.query or parts.fragment:
+        raise refuse("no ?query or #fragment is understood")
+    folder = unquote(parts.path.lstrip("/")) or "INBOX"
+    return MailboxUrl(scheme, unquote(parts.username), parts.hostname, port, folder)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

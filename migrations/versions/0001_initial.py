@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from robot.models import UTCDateTime, utcnow
+from robot.outbox.schema import UTCDateTime, utcnow
 
 revision: str = "0001"
 down_revision: str | None = None

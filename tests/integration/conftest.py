@@ -14,7 +14,7 @@ import pytest
 import trustme
 from sqlalchemy import Engine
 
-from robot.db import make_engine, upgrade
+from robot.outbox.engine import make_engine, upgrade
 from tests.support.pg import PgCluster
 from tests.support.smtpd import TestSMTPServer
 

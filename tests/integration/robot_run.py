@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from robot.config import Settings, load_settings
-from robot.daemon import Robot
-from robot.db import make_engine
+from robot.daemon.robot import Robot
 from robot.logs import configure_logging
+from robot.outbox.engine import make_engine
 
 
 async def drain(ini: Path, timeout: float = 30) -> tuple[int, list[dict[str, Any]]]:

@@ -14,13 +14,14 @@ import pytest
 from sqlalchemy import Engine
 from structlog.testing import capture_logs
 
-from robot import recorder
-from robot.db import libpq_dsn, make_engine
+from robot import backoff
 from robot.logs import get_logger
-from robot.models import Status
-from robot.policy import Decision
-from robot.queue import Claimed, Finish, Outbox
-from robot.recorder import AsyncGroupCommit
+from robot.outbox import group_commit as recorder
+from robot.outbox.engine import libpq_dsn, make_engine
+from robot.outbox.gateway import Claimed, Finish, Outbox
+from robot.outbox.group_commit import AsyncGroupCommit
+from robot.outbox.schema import Status
+from robot.outcome.replies import Decision
 from tests.integration.host import host_sql, insert_many
 
 pytestmark = pytest.mark.postgres
@@ -55,8 +56,8 @@ async def group(queue: Outbox) -> AsyncIterator[AsyncGroupCommit]:
 
 @pytest.fixture
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(recorder, "RETRY_FIRST", 0.01)
-    monkeypatch.setattr(recorder, "RETRY_MAX", 0.02)
+    monkeypatch.setattr(backoff, "DATABASE_FIRST", 0.01)
+    monkeypatch.setattr(backoff, "DATABASE_LONGEST", 0.02)
 
 
 def claimed(pg_url: str, queue: Outbox, n: int) -> list[int]:
@@ -158,7 +159,7 @@ async def test_while_stopping_an_absent_database_is_given_up(
     pg_url: str, queue: Outbox, quick_retries: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (row_id,) = claimed(pg_url, queue, 1)
-    monkeypatch.setattr(recorder, "STOP_PATIENCE", 0.3)
+    monkeypatch.setattr(backoff, "STOP_PATIENCE", 0.3)
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robot.db import make_engine, upgrade
+from robot.outbox.engine import make_engine, upgrade
 from tests.conftest import WriteIni
 from tests.integration.host import host_sql
 from tests.integration.robot_run import drain

@@ -18,12 +18,12 @@ import pytest
 import trustme
 from sqlalchemy import Engine
 
+from robot.bounces.mailbox import BounceMailbox, parse_mailbox_url
 from robot.config import load_settings
-from robot.daemon import Robot
-from robot.db import make_engine, upgrade
+from robot.daemon.robot import Robot
 from robot.logs import configure_logging
-from robot.mailbox import BounceMailbox, parse_mailbox_url
-from robot.queue import Outbox
+from robot.outbox.engine import make_engine, upgrade
+from robot.outbox.gateway import Outbox
 from tests.conftest import WriteIni
 from tests.integration.host import host_sql, now_plus_sql
 from tests.support.dovecot import DovecotServer

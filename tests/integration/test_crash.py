@@ -258,7 +258,7 @@ def pg_cluster_answers(cluster: PgCluster) -> bool:
 # -- 3. Someone holds the SQLite write lock -------------------------------------------------
 
 
-SHORT_BUSY = "import robot.db\nrobot.db.SQLITE_BUSY_MS = 1000\n"
+SHORT_BUSY = "import robot.outbox.engine\nrobot.outbox.engine.SQLITE_BUSY_MS = 1000\n"
 
 
 @pytest.mark.parametrize(

@@ -335,7 +335,7 @@ async def test_the_test_command_sends_directly_too(
     """`email-robot test --to` on a direct account asks DNS and the MX, not a relay."""
     import asyncio
 
-    from robot.cli import main
+    from robot.cli.main import main
 
     mx = await net.mail_host("127.0.0.2")
     net.dns.add("school.test", "MX", "10 mx.school.test.")

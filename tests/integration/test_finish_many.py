@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from robot.models import Status, utcnow
-from robot.policy import Decision
-from robot.queue import FINISH_CHUNK, Claimed, Event, Finish, Outbox
+from robot.outbox.gateway import FINISH_CHUNK, Claimed, Event, Finish, Outbox
+from robot.outbox.schema import Status, utcnow
+from robot.outcome.replies import Decision
 from tests.integration.host import host_sql, insert_many
 
 SENT = Decision(Status.SENT, None, None, "sent")

@@ -8,8 +8,8 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from robot.config import load_settings
-from robot.daemon import Robot
-from robot.db import make_engine
+from robot.daemon.robot import Robot
+from robot.outbox.engine import make_engine
 from tests.conftest import WriteIni
 from tests.integration.host import host_sql
 from tests.support.smtpd import TestSMTPServer

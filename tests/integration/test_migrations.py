@@ -9,9 +9,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
-from robot.cli import main
-from robot.db import make_engine, schema_is_current, upgrade
-from robot.models import metadata
+from robot.cli.main import main
+from robot.outbox.engine import make_engine, schema_is_current, upgrade
+from robot.outbox.schema import metadata
 from tests.conftest import WriteIni
 from tests.integration.host import host_sql
 

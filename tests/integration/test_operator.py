@@ -7,9 +7,9 @@ import threading
 
 from sqlalchemy import Engine
 
-from robot.models import Status
-from robot.policy import Decision
-from robot.queue import Outbox, OutboxRow
+from robot.outbox.gateway import Outbox, OutboxRow
+from robot.outbox.schema import Status
+from robot.outcome.replies import Decision
 from tests.integration.host import host_sql, insert_many, now_plus_sql
 
 
@@ -220,7 +220,7 @@ def test_oversize_body_and_attachments_are_not_loaded(db_url: str, engine: Engin
 def test_garbage_time_written_by_a_host_fails_the_row_on_sqlite(tmp_path: object) -> None:
     from pathlib import Path
 
-    from robot.db import make_engine, upgrade
+    from robot.outbox.engine import make_engine, upgrade
 
     url = f"sqlite:///{Path(str(tmp_path)) / 'g.db'}"
     engine = make_engine(url)

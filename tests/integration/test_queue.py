@@ -7,9 +7,9 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from robot.models import Status
-from robot.policy import Decision, Outcome, RetryPolicy
-from robot.queue import Outbox, OutboxRow
+from robot.outbox.gateway import Outbox, OutboxRow
+from robot.outbox.schema import Status
+from robot.outcome.replies import Decision, Outcome, RetryPolicy
 from tests.integration.host import host_sql, now_plus_sql
 
 

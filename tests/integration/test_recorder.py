@@ -22,13 +22,13 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from structlog.testing import capture_logs
 
-from robot import recorder
-from robot.db import make_engine, upgrade
+from robot import backoff
 from robot.logs import get_logger
-from robot.models import Status
-from robot.policy import Decision
-from robot.queue import Claimed, Finish, Outbox
-from robot.recorder import GroupCommit
+from robot.outbox.engine import make_engine, upgrade
+from robot.outbox.gateway import Claimed, Finish, Outbox
+from robot.outbox.group_commit import GroupCommit
+from robot.outbox.schema import Status
+from robot.outcome.replies import Decision
 from tests.integration.host import host_sql, insert_many
 
 SENT = Decision(Status.SENT, None, None, "sent")
@@ -96,8 +96,8 @@ def queue(engine: Engine) -> Outbox:
 
 @pytest.fixture
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(recorder, "RETRY_FIRST", 0.01)
-    monkeypatch.setattr(recorder, "RETRY_MAX", 0.02)
+    monkeypatch.setattr(backoff, "DATABASE_FIRST", 0.01)
+    monkeypatch.setattr(backoff, "DATABASE_LONGEST", 0.02)
 
 
 async def test_concurrent_outcomes_share_transactions(db_url: str, queue: Outbox) -> None:
@@ -162,7 +162,7 @@ async def test_a_lost_database_is_logged_and_retried(
 async def test_stopping_gives_up_on_a_database_that_stays_away(
     db_url: str, queue: Outbox, monkeypatch: pytest.MonkeyPatch, quick_retries: None
 ) -> None:
-    monkeypatch.setattr(recorder, "STOP_PATIENCE", 0.3)
+    monkeypatch.setattr(backoff, "STOP_PATIENCE", 0.3)
     first, second = claimed(db_url, queue, 2)
     down = True
     attempts = 0
@@ -201,7 +201,7 @@ async def test_stopping_gives_up_on_a_database_that_stays_away(
 async def test_stopping_waits_for_a_database_that_comes_back_in_time(
     db_url: str, queue: Outbox, monkeypatch: pytest.MonkeyPatch, quick_retries: None
 ) -> None:
-    monkeypatch.setattr(recorder, "STOP_PATIENCE", 5.0)
+    monkeypatch.setattr(backoff, "STOP_PATIENCE", 5.0)
     (row_id,) = claimed(db_url, queue, 1)
     commit = LostThenBack(queue, failures=5)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import trustme
 from sqlalchemy import Engine
 
-from robot.queue import Outbox
+from robot.outbox.gateway import Outbox
 from tests.conftest import WriteIni
 from tests.integration.host import host_sql, now_plus_sql
 from tests.integration.robot_run import drain

@@ -1,4 +1,4 @@
-"""robot.smtp_session through robot.transport.SmtpConnection, on real sockets.
+"""robot.send.protocol through robot.transport.SmtpConnection, on real sockets.
 
 Most servers here are written by hand (`RawSmtpServer`): each test scripts the bytes it
 answers and reads what the robot sent exactly as it came, so pipelining, split replies,
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from robot.compose import Composed
+from robot.compose.message import Composed
 from robot.config import Account, load_settings
 from robot.errors import PermanentDeliveryError, TransientDeliveryError
-from robot.smtp_session import BODY_CHUNK, data_payload
-from robot.transport import SendResult, SmtpConnection
+from robot.send.protocol import BODY_CHUNK, data_payload
+from robot.send.relay import SendResult, SmtpConnection
 from tests.conftest import WriteIni
 from tests.support.smtpd import TestSMTPServer
 

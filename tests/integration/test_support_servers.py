@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import trustme
 
-from robot.sink import serve_sink
+from robot.cli.sink import serve_sink
 from tests.support.pg import PgCluster
 from tests.support.smtpd import NO_REPLY, TestSMTPServer
 
@@ -437,7 +437,7 @@ async def test_fault_on_auth() -> None:
         await server.stop()
 
 
-# -- robot.sink ---------------------------------------------------------------------------
+# -- robot.cli.sink ---------------------------------------------------------------------------
 
 
 async def _wait_for_text(out: io.StringIO, needle: str, timeout: float = 5) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 __all__ = ["RobotProcess", "wait_until"]
 
-PRELUDE_MAIN = "import sys\nfrom robot.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+PRELUDE_MAIN = "import sys\nfrom robot.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
 
 
 class RobotProcess:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from robot.bounces.mailbox import MailboxUrl, parse_mailbox_url, quoted_folder
 from robot.config import BounceSettings, load_settings
 from robot.errors import ConfigError
-from robot.mailbox import MailboxUrl, parse_mailbox_url, quoted_folder
 
 INI = """
 [sender]

@@ -1,4 +1,4 @@
-"""robot.compose: an outbox row becomes MIME bytes and an envelope, or a BadRowError."""
+"""robot.compose.message: an outbox row becomes MIME bytes and an envelope, or a BadRowError."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from robot.compose import Composed, compose
+from robot.compose.message import Composed, compose
 from robot.config import Account, AttachmentSettings, load_settings
 from robot.errors import BadRowError
-from robot.queue import Attachment, OutboxRow
+from robot.outbox.gateway import Attachment, OutboxRow
 
 NOW = datetime(2024, 5, 17, 9, 30, 15, tzinfo=UTC)
 

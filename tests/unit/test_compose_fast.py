@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from robot import compose as composer
+from robot.compose import message as composer
 from tests.unit.test_compose import NOW, make_row
 
 SUBJECTS = [

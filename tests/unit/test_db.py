@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from robot import db
 from robot.errors import ConfigError
+from robot.outbox import engine as db
 
 
 def test_an_sqlite_without_returning_is_refused_naming_the_key(

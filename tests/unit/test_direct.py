@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from robot.config import load_settings
-from robot.direct import (
+from robot.errors import ConfigError
+from robot.outcome.replies import Outcome, Stage
+from robot.send.direct import (
     DirectResult,
     DomainResult,
     Refusal,
@@ -18,8 +20,6 @@ from robot.direct import (
     is_null_mx,
     order_mx,
 )
-from robot.errors import ConfigError
-from robot.policy import Outcome, Stage
 
 
 def test_recipients_are_grouped_by_lower_cased_domain_in_first_seen_order() -> None:

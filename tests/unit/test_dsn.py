@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from robot.dsn import Action, Failure, Kind, Report, parse
+from robot.bounces.dsn import Action, Failure, Kind, Report, parse
 
 DATA = Path(__file__).parent.parent / "data" / "dsn"
 

@@ -1,10 +1,10 @@
-"""robot.htmltext: the generated plain-text part of HTML-only mail."""
+"""robot.compose.html_text: the generated plain-text part of HTML-only mail."""
 
 from __future__ import annotations
 
 import pytest
 
-from robot.htmltext import html_to_text
+from robot.compose.html_text import html_to_text
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""robot.policy: what an SMTP reply means for a row, and when it is tried again."""
+"""robot.outcome.replies: what an SMTP reply means for a row, and when it is tried again."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from robot.models import Status
-from robot.policy import Outcome, Reply, RetryPolicy, Stage, classify, suppresses
+from robot.outbox.schema import Status
+from robot.outcome.replies import Outcome, Reply, RetryPolicy, Stage, classify, suppresses
 
 SENT, DEFERRED, BOUNCED, FAILED = Outcome.SENT, Outcome.DEFERRED, Outcome.BOUNCED, Outcome.FAILED
 CONNECT, MAIL, RCPT, DATA = Stage.CONNECT, Stage.MAIL, Stage.RCPT, Stage.DATA

@@ -1,4 +1,4 @@
-"""robot.report: the "due in" countdown of `list`."""
+"""robot.cli.output: the "due in" countdown of `list`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from robot.queue import Change, OutboxRow, QueueStatus
-from robot.report import change_text, countdown, due_in, estimate, status_text
+from robot.cli.output import change_text, countdown, due_in, estimate, status_text
+from robot.outbox.gateway import Change, OutboxRow, QueueStatus
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
-"""robot.smtp_session's pure parts: reply parsing, the DATA payload, command paths."""
+"""robot.send.protocol's pure parts: reply parsing, the DATA payload, command paths."""
 
 from __future__ import annotations
 
 import pytest
 
-from robot.smtp_session import (
+from robot.send.protocol import (
     MAX_LINE,
     MalformedReply,
     SmtpReply,

@@ -1,4 +1,4 @@
-"""robot.supervisor: how settings are shared among sending processes."""
+"""robot.daemon.supervisor: how settings are shared among sending processes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from robot.config import load_settings
-from robot.supervisor import child_settings, share
+from robot.daemon.supervisor import child_settings, share
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""robot.throttle: the token bucket behind [robot] rate and an account's rate."""
+"""robot.daemon.throttle: the token bucket behind [robot] rate and an account's rate."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from robot.throttle import TokenBucket
+from robot.daemon.throttle import TokenBucket
 
 
 class FakeClock:

@@ -14,12 +14,12 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import URL
 
-from robot.db import libpq_dsn
+from robot.backoff import LISTEN_FIRST, LISTEN_LONGEST, Backoff
 from robot.logs import first_line
-from robot.queue import NOTIFY_CHANNEL
+from robot.outbox.engine import libpq_dsn
+from robot.outbox.gateway import NOTIFY_CHANNEL
 
 CHANNEL = NOTIFY_CHANNEL
-RECONNECT_FIRST, RECONNECT_MAX = 1.0, 30.0
 LISTEN_SLICE = 1.0  # seconds between looks at the stop flag while waiting
 
 
@@ -27,30 +27,28 @@ async def listen(
     url: URL, on_notify: Callable[[], None], log: Any, stopping: asyncio.Event
 ) -> None:
     """Call `on_notify` for every notification until `stopping` is set; never raises."""
-    delay = RECONNECT_FIRST
+    backoff = Backoff(LISTEN_FIRST, LISTEN_LONGEST)
     while not stopping.is_set():
         try:
             conn = await psycopg.AsyncConnection.connect(
                 libpq_dsn(url), autocommit=True, connect_timeout=10
             )
         except psycopg.Error as exc:
-            log.warning("listen.unavailable", error=first_line(exc), retry_in=delay)
-            await _sleep(stopping, delay)
-            delay = min(delay * 2, RECONNECT_MAX)
+            log.warning("listen.unavailable", error=first_line(exc), retry_in=backoff.delay)
+            await _sleep(stopping, backoff.next() or LISTEN_FIRST)
             continue
         try:
             async with conn:
                 await conn.execute(f"LISTEN {CHANNEL}")
                 log.debug("listen.ready", channel=CHANNEL)
-                delay = RECONNECT_FIRST
+                backoff = Backoff(LISTEN_FIRST, LISTEN_LONGEST)
                 on_notify()  # rows may have come while we were not listening
                 while not stopping.is_set():
                     async for _ in conn.notifies(timeout=LISTEN_SLICE):
                         on_notify()
         except psycopg.Error as exc:
-            log.warning("listen.lost", error=first_line(exc), retry_in=delay)
-            await _sleep(stopping, delay)
-            delay = min(delay * 2, RECONNECT_MAX)
+            log.warning("listen.lost", error=first_line(exc), retry_in=backoff.delay)
+            await _sleep(stopping, backoff.next() or LISTEN_FIRST)
 
 
 async def _sleep(stopping: asyncio.Event, seconds: float) -> None:

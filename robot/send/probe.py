@@ -6,15 +6,15 @@ import secrets
 import socket
 from datetime import UTC, datetime
 
-from robot.compose import compose
+from robot.compose.dkim import load_signer
+from robot.compose.message import compose
 from robot.config import Account, Settings
-from robot.direct import DirectResult
-from robot.direct import deliver as deliver_direct
-from robot.dkim import load_signer
 from robot.errors import PermanentDeliveryError, TransientDeliveryError
-from robot.policy import Outcome, Stage
-from robot.queue import OutboxRow
-from robot.transport import SendResult, SmtpConnection
+from robot.outbox.gateway import OutboxRow
+from robot.outcome.replies import Outcome, Stage
+from robot.send.direct import DirectResult
+from robot.send.direct import deliver as deliver_direct
+from robot.send.relay import SendResult, SmtpConnection
 
 
 async def check_account(account: Account) -> str:

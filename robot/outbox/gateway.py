@@ -33,8 +33,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from robot.config import Settings
-from robot.db import lenient_text
-from robot.models import (
+from robot.outbox.engine import lenient_text
+from robot.outbox.schema import (
     FINISHED,
     WAITING_SQL,
     Status,
@@ -45,7 +45,7 @@ from robot.models import (
     suppression,
     utcnow,
 )
-from robot.policy import Decision
+from robot.outcome.replies import Decision
 
 SQLITE_TIME = "%Y-%m-%d %H:%M:%f"
 MIB = 1024 * 1024

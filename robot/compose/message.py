@@ -25,10 +25,10 @@ from email_validator import EmailNotValidError, validate_email
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
+from robot.compose.html_text import html_to_text
 from robot.config import Account, AttachmentSettings, BounceSettings
 from robot.errors import BadRowError
-from robot.htmltext import html_to_text
-from robot.queue import OutboxRow
+from robot.outbox.gateway import OutboxRow
 
 ADDRESS_HEADERS = ("From", "Reply-To", "To", "Cc")
 # `Display Name <addr>` with a name of plain words (no dots, quotes, commas, comments) and

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dkim
 
-from robot.compose import Composed
+from robot.compose.message import Composed
 from robot.config import SenderSettings
 from robot.errors import ConfigError
 

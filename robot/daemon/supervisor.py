@@ -18,7 +18,7 @@ import time
 from types import FrameType
 
 from robot.config import Settings
-from robot.systemd import notify, watchdog_interval
+from robot.daemon.systemd import notify, watchdog_interval
 
 CHILD_VARIABLE = "ROBOT_CHILD"  # "index/count", set in each child's environment
 

@@ -10,61 +10,14 @@ import base64
 import imaplib
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
 
-from robot.config import BounceSettings
+from robot.config import BounceSettings, MailboxUrl, is_loopback, parse_mailbox_url
 from robot.errors import ConfigError, MailboxError
-from robot.transport import is_loopback
 
-DEFAULT_PORTS = {"imaps": 993, "imap": 143}
 TIMEOUT_SECONDS = 30.0
 MAX_PER_POLL = 200  # messages read in one poll; the rest wait for the next one
-
-
-@dataclass(frozen=True)
-class MailboxUrl:
-    """`imaps://user@host:993/INBOX`, parsed. It never holds the password."""
-
-    scheme: str
-    user: str
-    host: str
-    port: int
-    folder: str
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        user = quote(self.user, safe="@")
-        return f"{self.scheme}://{user}@{host}:{self.port}/{quote(self.folder, safe='/')}"
-
-
-def parse_mailbox_url(url: str, path: str = "") -> MailboxUrl:
-    """Read `[bounces] mailbox`. Raises ConfigError naming what is wrong with it."""
-
-    def refuse(problem: str) -> ConfigError:
-        where = f"{path}: " if path else ""
-        return ConfigError(f"{where}[bounces] mailbox: {problem}", key="mailbox", path=path)
-
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS:
-        raise refuse(f"must start with imaps:// or imap://, not {url!r}")
-    if parts.password is not None:
-        raise refuse("no password in the URL: use password_file or ROBOT_BOUNCES_PASSWORD")
-    if not parts.username:
-        raise refuse("no user name: write imaps://user@host/INBOX")
-    if not parts.hostname:
-        raise refuse("no host name")
-    try:
-        port = parts.port or DEFAULT_PORTS[scheme]
-    except ValueError:
-        raise refuse("the port is not a number between 1 and 65535") from None
-    if parts.query or parts.fragment:
-        raise refuse("no ?query or #fragment is understood")
-    folder = unquote(parts.path.lstrip("/")) or "INBOX"
-    return MailboxUrl(scheme, unquote(parts.username), parts.hostname, port, folder)
 
 
 class BounceMailbox:

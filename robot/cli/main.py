@@ -23,11 +23,26 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from robot import __version__
+from robot.cli.output import (
+    accounts_table,
+    change_text,
+    rows_json,
+    rows_table,
+    show_json,
+    show_text,
+    status_json,
+    status_text,
+    suppression_table,
+)
+from robot.cli.sink import serve_sink
 from robot.config import Settings, find_config, load_settings
-from robot.db import make_engine, schema_is_current, upgrade
+from robot.daemon.robot import Robot
+from robot.daemon.supervisor import child_position, child_settings, supervise
 from robot.errors import ConfigError, DeliveryError, RobotError
 from robot.logs import configure_logging
-from robot.queue import Attachment, Outbox, outbox_for
+from robot.outbox.engine import make_engine, schema_is_current, upgrade
+from robot.outbox.gateway import Attachment, Outbox, outbox_for
+from robot.send.probe import check_account, send_test
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
@@ -189,9 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace, wiring: Wiring) -> int:
-    from robot.daemon import Robot
-    from robot.supervisor import child_position, child_settings, supervise
-
     settings = wiring.settings()
     configure_logging(settings.log.format, settings.log.level)
     engine = wiring.engine(migrate_sqlite=True, lenient_text=False)
@@ -258,7 +270,6 @@ def cmd_enqueue(args: argparse.Namespace, wiring: Wiring) -> int:
 
 
 def cmd_list(args: argparse.Namespace, wiring: Wiring) -> int:
-    from robot.report import rows_json, rows_table
 
     outbox = wiring.outbox()
     now, rows = outbox.rows(status=args.status, batch=args.batch, limit=args.limit)
@@ -267,7 +278,6 @@ def cmd_list(args: argparse.Namespace, wiring: Wiring) -> int:
 
 
 def cmd_show(args: argparse.Namespace, wiring: Wiring) -> int:
-    from robot.report import show_json, show_text
 
     outbox = wiring.outbox()
     row = outbox.get(args.id)
@@ -281,7 +291,6 @@ def cmd_show(args: argparse.Namespace, wiring: Wiring) -> int:
 
 def cmd_change(args: argparse.Namespace, wiring: Wiring) -> int:
     """retract, hold, release, retry: one conditional UPDATE; exit 1 if any was too late."""
-    from robot.report import change_text
 
     verb = args.command
     everything_failed = getattr(args, "failed", False)
@@ -309,7 +318,6 @@ def cmd_change(args: argparse.Namespace, wiring: Wiring) -> int:
 
 
 def cmd_status(args: argparse.Namespace, wiring: Wiring) -> int:
-    from robot.report import status_json, status_text
 
     rate = wiring.settings().robot.rate
     status = wiring.outbox().status(batch=args.batch)
@@ -336,7 +344,6 @@ def cmd_suppress_remove(args: argparse.Namespace, wiring: Wiring) -> int:
 
 
 def cmd_suppress_list(args: argparse.Namespace, wiring: Wiring) -> int:
-    from robot.report import suppression_table
 
     entries = wiring.outbox().suppressed()
     if args.json:
@@ -355,7 +362,6 @@ def cmd_suppress_list(args: argparse.Namespace, wiring: Wiring) -> int:
 
 
 def cmd_test(args: argparse.Namespace, wiring: Wiring) -> int:
-    from robot.probe import send_test
 
     settings = wiring.settings()
     account = settings.accounts.get(args.account)
@@ -379,7 +385,6 @@ def cmd_test(args: argparse.Namespace, wiring: Wiring) -> int:
 
 
 def cmd_check(args: argparse.Namespace, wiring: Wiring) -> int:
-    from robot.probe import check_account
 
     settings = wiring.settings()
     configure_logging(settings.log.format, "warning")
@@ -414,14 +419,12 @@ def cmd_check(args: argparse.Namespace, wiring: Wiring) -> int:
 
 
 def cmd_accounts(args: argparse.Namespace, wiring: Wiring) -> int:
-    from robot.report import accounts_table
 
     print(accounts_table(wiring.settings().accounts))
     return EXIT_OK
 
 
 def cmd_sink(args: argparse.Namespace, wiring: Wiring) -> int:
-    from robot.sink import serve_sink
 
     async def serve() -> None:
         stop = asyncio.Event()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,27 +91,6 @@ def make_engine(url: str, *, lenient_text: bool = False) -> Engine:
     return engine
 
 
-class OutageWait:
-    """When to try the database again after it failed: `first` seconds, doubling up to
-    `longest`; once the robot is stopping, for `patience` seconds in all, then give up."""
-
-    def __init__(self, first: float, longest: float, patience: float) -> None:
-        self.delay = first  # what the next wait will be, for the log line
-        self._longest = longest
-        self._patience = patience
-        self._give_up_at: float | None = None
-
-    def next(self, stopping: bool) -> float | None:
-        """Seconds to wait before the next try; None: give up (only while stopping)."""
-        if stopping:
-            if self._give_up_at is None:
-                self._give_up_at = time.monotonic() + self._patience
-            elif time.monotonic() > self._give_up_at:
-                return None
-        delay, self.delay = self.delay, min(self.delay * 2, self._longest)
-        return delay
-
-
 def libpq_dsn(url: URL) -> str:
     """The SQLAlchemy URL as a libpq connection string for psycopg."""
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -140,9 +118,9 @@ def lenient_text(conn: Connection) -> Iterator[None]:
 
 def migrations_dir() -> Path:
     """The Alembic scripts: packaged in the wheel, or the repository's migrations/."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "_migrations"
-    return packaged if packaged.is_dir() else here.parent / "migrations"
+    package = Path(__file__).resolve().parents[1]  # robot/
+    packaged = package / "_migrations"
+    return packaged if packaged.is_dir() else package.parent / "migrations"
 
 
 def alembic_config() -> AlembicConfig:

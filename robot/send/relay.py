@@ -7,23 +7,22 @@ TransientDeliveryError (try the message later) or PermanentDeliveryError (never)
 from __future__ import annotations
 
 import enum
-import ipaddress
 import socket
 import ssl
 from dataclasses import dataclass, field
 
 import aiosmtplib
 
-from robot.compose import Composed
-from robot.config import Account
+from robot.compose.message import Composed
+from robot.config import Account, is_loopback
 from robot.errors import (
     ConfigError,
     PermanentDeliveryError,
     TransientDeliveryError,
     TransportFault,
 )
-from robot.policy import Outcome, Reply, Stage, classify
-from robot.smtp_session import SessionBroken, SmtpReply, SmtpSession, path
+from robot.outcome.replies import Outcome, Reply, Stage, classify
+from robot.send.protocol import SessionBroken, SmtpReply, SmtpSession, path
 
 COMPLETED = 250
 START_INPUT = 354
@@ -49,21 +48,11 @@ def tls_context(account: Account) -> ssl.SSLContext:
     return context
 
 
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class SmtpConnection:
     """One reusable connection of an account: open, send messages, close.
 
     aiosmtplib opens it (connect, TLS, EHLO, STARTTLS, AUTH); the transactions go through
-    robot.smtp_session, pipelined when the server offers PIPELINING.
+    robot.send.protocol, pipelined when the server offers PIPELINING.
     """
 
     def __init__(self, account: Account) -> None:

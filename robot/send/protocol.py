@@ -9,7 +9,7 @@ recipient. aiosmtplib cannot pipeline (its protocol drops a reply that comes bef
 previous one was awaited), and its per-command machinery cost more CPU than the rest of
 the robot's work per message (docs/benchmarks.md).
 
-No I/O policy lives here: the caller (robot.transport) decides what a reply means.
+No I/O policy lives here: the caller (robot.send.relay) decides what a reply means.
 """
 
 from __future__ import annotations

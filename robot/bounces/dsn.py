@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from flufl.bounce import all_failures
 
-from robot.policy import RECIPIENT_ADDRESS_CODES
+from robot.outcome.replies import RECIPIENT_ADDRESS_CODES
 
 VERP = re.compile(r"\bbounces\+(\d{1,18})@([A-Za-z0-9.-]+)", re.IGNORECASE)
 ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")

@@ -22,13 +22,15 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from robot.compose import Composed, addresses_in, compose
+from robot.backoff import ACCOUNT_FIRST, ACCOUNT_LONGEST, Backoff, database_backoff
+from robot.bounces.dsn import parse as parse_report
+from robot.bounces.mailbox import read_new_messages
+from robot.compose.dkim import DkimSigner, load_signer
+from robot.compose.message import Composed, addresses_in, compose
 from robot.config import Account, Settings
-from robot.db import OutageWait, libpq_dsn
-from robot.direct import DirectResult
-from robot.direct import deliver as deliver_direct
-from robot.dkim import DkimSigner, load_signer
-from robot.dsn import parse as parse_report
+from robot.daemon.metrics import Metrics
+from robot.daemon.systemd import notify, watchdog_interval
+from robot.daemon.throttle import TokenBucket
 from robot.errors import (
     BadRowError,
     ConfigError,
@@ -39,23 +41,19 @@ from robot.errors import (
     TransportFault,
 )
 from robot.logs import first_line, get_logger
-from robot.mailbox import read_new_messages
-from robot.metrics import Metrics
-from robot.models import Status
-from robot.policy import Decision, Outcome, Reply, RetryPolicy, Stage, classify, suppresses
-from robot.queue import MIB, Claimed, Finish, OutboxRow, outbox_for
-from robot.recorder import AsyncGroupCommit, GroupCommit
-from robot.systemd import notify, watchdog_interval
-from robot.throttle import TokenBucket
-from robot.transport import SendResult, SmtpConnection
-from robot.wakeup import listen
+from robot.outbox.engine import libpq_dsn
+from robot.outbox.gateway import MIB, Claimed, Finish, OutboxRow, outbox_for
+from robot.outbox.group_commit import AsyncGroupCommit, GroupCommit
+from robot.outbox.schema import Status
+from robot.outbox.wakeup import listen
+from robot.outcome.replies import Decision, Outcome, Reply, RetryPolicy, Stage, classify, suppresses
+from robot.send.direct import DirectResult
+from robot.send.direct import deliver as deliver_direct
+from robot.send.relay import SendResult, SmtpConnection
 
 P = ParamSpec("P")
 T = TypeVar("T")
 DOMAIN = re.compile(r"^[A-Za-z0-9.-]+$")
-FAULT_BACKOFF_FIRST, FAULT_BACKOFF_MAX = 10.0, 600.0
-DB_RETRY_FIRST, DB_RETRY_MAX = 0.5, 10.0  # seconds between tries through a database outage
-STOP_DB_PATIENCE = 20.0  # while stopping, how long to keep trying to record an outcome
 HOUSEKEEPING_SECONDS = 3600.0  # retention and sanity sweeps
 WAKE_SLACK = 0.05  # seconds after a known due time, so that the database clock agrees
 GIL_SWITCH_SECONDS = 0.0005  # sys.setswitchinterval (default 0.005): bench/ measured +5%
@@ -82,7 +80,7 @@ class Robot:
         self.bucket = TokenBucket(settings.robot.rate)
         self.account_buckets = _account_buckets(settings)
         self.signers = _signers(settings)  # raises ConfigError for a bad DKIM key
-        self.log = get_logger("robot.daemon").bind(robot=self.worker_id)
+        self.log = get_logger("robot.daemon.robot").bind(robot=self.worker_id)
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
         self.room = asyncio.Event()
@@ -104,7 +102,7 @@ class Robot:
             )
         self.row_suppressed: dict[int, set[str]] = {}
         self.paused_until: dict[str, float] = {}
-        self.fault_backoff: dict[str, float] = {}
+        self.fault_backoff: dict[str, Backoff] = {}
         self.faults = 0
         self.counts: dict[str, int] = {}
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="robot-db")
@@ -254,7 +252,7 @@ class Robot:
         self, what: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
     ) -> T | None:
         """Retry a write through a database outage; give up only while stopping."""
-        outage = OutageWait(DB_RETRY_FIRST, DB_RETRY_MAX, STOP_DB_PATIENCE)
+        outage = database_backoff()
         while True:
             try:
                 return await self._db(fn, *args, **kwargs)
@@ -372,7 +370,7 @@ class Robot:
     # -- dispatcher --------------------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        delay = 0.5
+        outage = database_backoff()
         while not self.stopping.is_set():
             high_water = self.settings.robot.batch_size
             if self.queue.qsize() > high_water // 2:
@@ -391,11 +389,14 @@ class Robot:
                 )
                 if rows:
                     await self._look_up_suppressed(rows)
-                delay = 0.5
+                outage.reset()
             except SQLAlchemyError as exc:
                 doing = "suppression look-up" if rows else "claim"
                 self.log.error(
-                    "database.unavailable", doing=doing, error=first_line(exc), retry_in=delay
+                    "database.unavailable",
+                    doing=doing,
+                    error=first_line(exc),
+                    retry_in=outage.delay,
                 )
                 if rows:  # claimed but not queued: give them back, or renew keeps them forever
                     await self._db_until_done(
@@ -405,8 +406,7 @@ class Robot:
                         self.worker_id,
                         "suppression look-up failed",
                     )
-                await self._sleep(delay)
-                delay = min(delay * 2, DB_RETRY_MAX)
+                await self._sleep(outage.next() or 0.0)
                 continue
             if self.stopping.is_set():
                 await self._db_until_done(
@@ -745,10 +745,10 @@ class Robot:
         """Stop sending on the account for a while; the row goes back untouched."""
         self.faults += 1
         self.metrics.transport_faults.labels(account.name).inc()
-        backoff = min(
-            self.fault_backoff.get(account.name, FAULT_BACKOFF_FIRST / 2) * 2, FAULT_BACKOFF_MAX
+        schedule = self.fault_backoff.setdefault(
+            account.name, Backoff(ACCOUNT_FIRST, ACCOUNT_LONGEST)
         )
-        self.fault_backoff[account.name] = backoff
+        backoff = schedule.next() or ACCOUNT_FIRST
         first = account.name not in self._paused_accounts()
         self.paused_until[account.name] = time.monotonic() + backoff
         if first:

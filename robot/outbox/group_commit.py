@@ -26,14 +26,11 @@ from typing import Any
 import psycopg
 from sqlalchemy.exc import SQLAlchemyError
 
-from robot.db import OutageWait
+from robot.backoff import Backoff, database_backoff
 from robot.logs import first_line
-from robot.queue import Finish, Outbox
+from robot.outbox.gateway import Finish, Outbox
 
 BATCH = 500  # outcomes committed in one transaction at most
-RETRY_FIRST = 0.5  # seconds before retrying a commit the database refused, doubling
-RETRY_MAX = 10.0
-STOP_PATIENCE = 20.0  # while stopping, how long to keep trying before giving up
 APPLICATION_NAME = "email-robot group commit"  # PostgreSQL's pg_stat_activity shows it
 
 Waiting = tuple[Finish, asyncio.Future[bool]]
@@ -41,7 +38,7 @@ Waiting = tuple[Finish, asyncio.Future[bool]]
 
 class GroupCommit:
     """`record(outcome)` returns when the outcome is committed: True, or False when its row
-    was no longer ours (or the database stayed away past STOP_PATIENCE while stopping).
+    was no longer ours (or the database stayed away past backoff.STOP_PATIENCE while stopping).
 
     `commit` writes a batch in one transaction and says, per outcome, whether it applied
     (Outbox.finish_many). A database outage is logged and retried, never dropped.
@@ -75,7 +72,7 @@ class GroupCommit:
         return await done
 
     def stopping(self) -> None:
-        """The robot is stopping: give up on a database that stays away (STOP_PATIENCE)."""
+        """The robot is stopping: give up on a database that stays away (backoff.STOP_PATIENCE)."""
         self._stopping.set()
 
     async def close(self) -> None:
@@ -117,7 +114,7 @@ class GroupCommit:
                 return
 
     def _commit_until_done(self, batch: list[Finish]) -> list[bool]:
-        outage = _outage_wait()
+        outage = database_backoff()
         while True:
             try:
                 return self._commit(batch)
@@ -133,12 +130,7 @@ class GroupCommit:
                 self._stopping.wait(wait)  # a stop ends the wait: patience starts counting
 
 
-def _outage_wait() -> OutageWait:
-    """The retry schedule of one batch (read at each batch, so tests can shorten it)."""
-    return OutageWait(RETRY_FIRST, RETRY_MAX, STOP_PATIENCE)
-
-
-def _log_outage(log: Any, exc: BaseException, outage: OutageWait) -> None:
+def _log_outage(log: Any, exc: BaseException, outage: Backoff) -> None:
     log.error("database.unavailable", doing="record", error=first_line(exc), retry_in=outage.delay)
 
 
@@ -180,7 +172,7 @@ class AsyncGroupCommit:
         return await done
 
     def stopping(self) -> None:
-        """The robot is stopping: give up on a database that stays away (STOP_PATIENCE)."""
+        """The robot is stopping: give up on a database that stays away (backoff.STOP_PATIENCE)."""
         self._stopping = True
 
     async def close(self) -> None:
@@ -205,7 +197,7 @@ class AsyncGroupCommit:
             _resolve(batch, results)
 
     async def _commit_until_done(self, batch: list[Finish]) -> list[bool]:
-        outage = _outage_wait()
+        outage = database_backoff()
         while True:
             try:
                 return await self._commit(batch)

@@ -19,7 +19,7 @@ import dns.exception
 import dns.name
 import dns.resolver
 
-from robot.compose import Composed
+from robot.compose.message import Composed
 from robot.config import Account
 from robot.errors import (
     DeliveryError,
@@ -27,8 +27,8 @@ from robot.errors import (
     TransientDeliveryError,
     TransportFault,
 )
-from robot.policy import Outcome, Reply, Stage, classify, suppresses
-from robot.transport import DirectConnection, TlsUse
+from robot.outcome.replies import Outcome, Reply, Stage, classify, suppresses
+from robot.send.relay import DirectConnection, TlsUse
 
 MAX_ADDRESSES = 5  # addresses tried per domain and attempt (Postfix: smtp_mx_address_limit)
 SERVICE_CLOSING = 421

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from robot.config import Account
-from robot.models import WAITING
-from robot.queue import RECENT_SECONDS, Change, Event, OutboxRow, QueueStatus
+from robot.outbox.gateway import RECENT_SECONDS, Change, Event, OutboxRow, QueueStatus
+from robot.outbox.schema import WAITING
 
 
 def countdown(seconds: float) -> str:

@@ -1,0 +1,1 @@
+"""Row to message: headers, bodies, templates, footers, HTML to text, DKIM. Pure."""

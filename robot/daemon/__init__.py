@@ -1,0 +1,1 @@
+"""The long-running robot: lifecycle, dispatcher, connection workers, timed jobs, systemd."""

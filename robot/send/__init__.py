@@ -1,0 +1,1 @@
+"""Message to server: the SMTP protocol, relay connections, direct MX delivery, TLS."""
