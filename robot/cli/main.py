@@ -41,7 +41,8 @@ from robot.daemon.supervisor import child_position, child_settings, supervise
 from robot.errors import ConfigError, DeliveryError, RobotError
 from robot.logs import configure_logging
 from robot.outbox.engine import make_engine, schema_is_current, upgrade
-from robot.outbox.gateway import Attachment, Outbox, outbox_for
+from robot.outbox.gateway import Outbox, outbox_for
+from robot.outbox.rows import Attachment
 from robot.send.probe import check_account, send_test
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from robot.config import Account
-from robot.outbox.gateway import RECENT_SECONDS, Change, Event, OutboxRow, QueueStatus
+from robot.outbox.rows import RECENT_SECONDS, Change, Event, OutboxRow, QueueStatus
 from robot.outbox.schema import WAITING
 
 
@@ -121,6 +121,8 @@ def accounts_table(accounts: Mapping[str, Account]) -> str:
 def _row_dict(row: OutboxRow) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name in OutboxRow.__dataclass_fields__:
+        if name == "suppressed":  # known only to a robot that claimed the row
+            continue
         value = getattr(row, name)
         if name == "attachments":
             value = [

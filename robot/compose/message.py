@@ -28,7 +28,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from robot.compose.html_text import html_to_text
 from robot.config import Account, AttachmentSettings, BounceSettings
 from robot.errors import BadRowError
-from robot.outbox.gateway import OutboxRow
+from robot.outbox.rows import OutboxRow
 
 ADDRESS_HEADERS = ("From", "Reply-To", "To", "Cc")
 # `Display Name <addr>` with a name of plain words (no dots, quotes, commas, comments) and

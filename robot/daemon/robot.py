@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import secrets
 import signal
 import sys
 import time
@@ -42,11 +41,14 @@ from robot.errors import (
 )
 from robot.logs import first_line, get_logger
 from robot.outbox.engine import libpq_dsn
-from robot.outbox.gateway import MIB, Claimed, Finish, OutboxRow, outbox_for
+from robot.outbox.gateway import MIB, outbox_for
 from robot.outbox.group_commit import AsyncGroupCommit, GroupCommit
+from robot.outbox.message_ids import AccountDomain, MessageIds
+from robot.outbox.rows import Decision, Finish, OutboxRow
 from robot.outbox.schema import Status
 from robot.outbox.wakeup import listen
-from robot.outcome.replies import Decision, Outcome, Reply, RetryPolicy, Stage, classify, suppresses
+from robot.outcome.replies import Outcome, Reply, Stage, classify, suppresses
+from robot.outcome.retry import RetryPolicy
 from robot.send.direct import DirectResult
 from robot.send.direct import deliver as deliver_direct
 from robot.send.relay import SendResult, SmtpConnection
@@ -384,7 +386,7 @@ class Robot:
                     self.outbox.claim,
                     self.worker_id,
                     high_water - self.queue.qsize(),
-                    self._message_id,
+                    _message_ids(self.settings),
                     self._paused_accounts(),
                 )
                 if rows:
@@ -472,16 +474,6 @@ class Robot:
         for row_id, addresses in wanted.items():
             if addresses & hits:
                 self.row_suppressed[row_id] = addresses & hits
-
-    def _message_id(self, row: Claimed) -> str:
-        """`<id.random@domain>`, the domain of the row's From address."""
-        account = self.settings.accounts.get(
-            row.account or "default", self.settings.default_account
-        )
-        domain = (row.sender or account.sender.address).rpartition("@")[2].strip().rstrip(">")
-        if not DOMAIN.match(domain):
-            domain = account.helo_name if DOMAIN.match(account.helo_name) else "email-robot.invalid"
-        return f"<{row.id}.{secrets.token_hex(8)}@{domain}>"
 
     def _paused_accounts(self) -> list[str]:
         now = time.monotonic()
@@ -721,7 +713,8 @@ class Robot:
         reply: str | None = None,
         suppress: str | None = None,
     ) -> None:
-        recorded = await self._record(Finish(row.id, decision, code, reply, None, suppress))
+        suppressing = ((suppress, f"bounced: {reply}"),) if suppress else ()
+        recorded = await self._record(Finish(row.id, decision, code, reply, None, suppressing))
         if decision.retry_after is not None:  # after the commit: the row is due by then
             self.wake_later(decision.retry_after.total_seconds())
         status = decision.status.value
@@ -799,3 +792,13 @@ def _signers(settings: Settings) -> dict[str, DkimSigner]:
 
 def _addresses(row: OutboxRow) -> set[str]:
     return addresses_in([row.recipient, row.cc or "", row.bcc or ""])
+
+
+def _message_ids(settings: Settings) -> MessageIds:
+    """The Message-ID maker for the accounts of `settings`."""
+    accounts = {
+        name: AccountDomain(account.sender.address, account.helo_name)
+        for name, account in settings.accounts.items()
+    }
+    default = settings.default_account
+    return MessageIds(accounts, AccountDomain(default.sender.address, default.helo_name))

@@ -6,14 +6,13 @@ The due rule and every timestamp use the database clock. Claiming is atomic: Pos
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import getaddresses
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
@@ -34,6 +33,19 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from robot.config import Settings
 from robot.outbox.engine import lenient_text
+from robot.outbox.message_ids import MessageIds
+from robot.outbox.rows import (
+    NOT_RETURNED_BY_CLAIM,
+    RECENT_SECONDS,
+    Attachment,
+    Change,
+    Decision,
+    Event,
+    Finish,
+    HistoryLine,
+    OutboxRow,
+    QueueStatus,
+)
 from robot.outbox.schema import (
     FINISHED,
     WAITING_SQL,
@@ -45,12 +57,10 @@ from robot.outbox.schema import (
     suppression,
     utcnow,
 )
-from robot.outcome.replies import Decision
 
 SQLITE_TIME = "%Y-%m-%d %H:%M:%f"
 MIB = 1024 * 1024
 NOTIFY_CHANNEL = "email_robot_outbox"  # migration 0002's trigger notifies it on INSERT
-RECENT_SECONDS = 300  # the window `status` measures the observed sending rate over
 PURGE_CHUNK = 500  # rows deleted per transaction by the retention job
 FINISH_CHUNK = 100  # outcomes recorded by one UPDATE (10 parameters each)
 # The status of rows looked up by id, written so that no planner reads the status index
@@ -68,88 +78,6 @@ WAITING = text(WAITING_SQL)  # literal, so that the planners match the partial i
 CLAIM_ORDER = (outbox.c.priority.desc(), outbox.c.created_at, outbox.c.id)
 
 
-@dataclass(frozen=True)
-class Attachment:
-    """One file attached to a row."""
-
-    filename: str
-    content_type: str
-    content: bytes
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    """An outbox row as the robot reads it."""
-
-    id: int
-    created_at: datetime
-    send_after: datetime | None
-    status: str
-    priority: int
-    account: str | None
-    sender: str | None
-    sender_name: str | None
-    reply_to: str | None
-    recipient: str
-    cc: str | None
-    bcc: str | None
-    subject: str
-    body_text: str | None
-    body_html: str | None
-    headers: str | None
-    context: str | None
-    batch: str | None
-    transactional: bool
-    attempts: int
-    next_attempt_at: datetime | None
-    claimed_by: str | None
-    claimed_until: datetime | None
-    message_id: str | None
-    smtp_code: int | None
-    smtp_reply: str | None
-    last_error: str | None
-    sent_at: datetime | None
-    updated_at: datetime | None
-    attachments: tuple[Attachment, ...] = ()
-    # Sizes in bytes as the database measured them. A claim leaves out bodies and files over
-    # the limits (they stay in the database) so that one huge row cannot exhaust memory.
-    body_bytes: int | None = None
-    attachment_bytes: int | None = None
-
-    @classmethod
-    def from_mapping(
-        cls,
-        values: Any,
-        attachments: tuple[Attachment, ...] = (),
-        attachment_bytes: int | None = None,
-    ) -> OutboxRow:
-        """Build from a result row mapping with every outbox column (and maybe body_bytes)."""
-        return cls(
-            **{name: values.get(name) for name in ROW_COLUMNS},
-            attachments=attachments,
-            body_bytes=values.get("body_bytes"),
-            attachment_bytes=attachment_bytes,
-        )
-
-
-NOT_RETURNED_BY_CLAIM = frozenset(
-    ("body_text", "body_html", "claimed_until", "smtp_code", "smtp_reply", "last_error",
-     "sent_at", "updated_at")
-)  # fmt: skip
-ROW_COLUMNS = tuple(f.name for f in dataclasses.fields(OutboxRow) if f.name in outbox.c)
-
-
-class Claimed(Protocol):
-    """What a Message-ID is made from: the row's id, account and own sender."""
-
-    @property
-    def id(self) -> int: ...
-    @property
-    def account(self) -> str | None: ...
-    @property
-    def sender(self) -> str | None: ...
-
-
 class ClaimRef(NamedTuple):
     """A row just leased, before it is read whole."""
 
@@ -157,28 +85,6 @@ class ClaimRef(NamedTuple):
     account: str | None
     sender: str | None
     message_id: str | None
-
-
-@dataclass(frozen=True)
-class Event:
-    """One line of a row's history."""
-
-    at: datetime
-    kind: str
-    smtp_code: int | None
-    detail: str | None
-
-
-@dataclass(frozen=True)
-class Finish:
-    """The end of one attempt, as the robot records it."""
-
-    row_id: int
-    decision: Decision
-    smtp_code: int | None = None
-    smtp_reply: str | None = None
-    detail: str | None = None
-    suppress: str | None = None
 
 
 @dataclass(frozen=True)
@@ -223,29 +129,6 @@ TRANSITIONS = {
         {"status": Status.PENDING.value, "attempts": 0, "next_attempt_at": None},
     ),
 }
-
-
-@dataclass(frozen=True)
-class Change:
-    """What an operator command changed, what needed no change, and what was too late."""
-
-    changed: list[int]
-    unchanged: list[tuple[int, str]]  # (id, status): already in the wanted state
-    too_late: list[tuple[int, str]]  # (id, current status), or status 'missing'
-
-
-@dataclass(frozen=True)
-class QueueStatus:
-    """The numbers behind `email-robot status`."""
-
-    now: datetime
-    counts: dict[str, int]
-    due: int  # waiting rows whose due time has come
-    later: int  # waiting rows due in the future
-    next_due: datetime | None
-    last_due: datetime | None
-    sent_recently: int  # rows sent in the last RECENT_SECONDS
-    sending: int
 
 
 class Outbox:
@@ -311,7 +194,7 @@ class Outbox:
         self,
         worker: str,
         limit: int,
-        message_id_for: Callable[[Claimed], str],
+        message_ids: MessageIds,
         exclude_accounts: Sequence[str] = (),
     ) -> list[OutboxRow]:
         """Lease up to `limit` due rows to `worker`, best first; fix their Message-IDs.
@@ -339,14 +222,14 @@ class Outbox:
         # each row), then read what sending needs (a read, which WAL runs beside writers).
         try:
             with self.engine.begin() as conn:
-                leased = self._lease(conn, pick, worker, message_id_for)
+                leased = self._lease(conn, pick, worker, message_ids)
         except OperationalError as exc:
             if not (self.sqlite and "decode" in str(exc)):
                 raise
             # A host wrote bytes that are not UTF-8 into a text column (SQLite allows it).
             # Claim again reading them leniently: compose then fails just those rows.
             with self.engine.begin() as conn, lenient_text(conn):
-                leased = self._lease(conn, pick, worker, message_id_for)
+                leased = self._lease(conn, pick, worker, message_ids)
         if not leased:
             return []
         try:
@@ -362,7 +245,7 @@ class Outbox:
         conn: Connection,
         pick: Any,
         worker: str,
-        message_id_for: Callable[[Claimed], str],
+        message_ids: MessageIds,
     ) -> list[int]:
         """Pick rows with `pick` (locked), lease them to `worker` with their Message-IDs in
         one UPDATE, and write their claimed events; the leased ids."""
@@ -377,7 +260,14 @@ class Outbox:
             conn.exec_driver_sql(
                 self._lease_sql(len(chunk)),
                 (
-                    *(v for r in chunk for v in (r.id, r.message_id or message_id_for(r))),
+                    *(
+                        v
+                        for r in chunk
+                        for v in (
+                            r.id,
+                            r.message_id or message_ids.for_row(r.id, r.account, r.sender),
+                        )
+                    ),
                     worker,
                 ),
             )
@@ -494,15 +384,17 @@ class Outbox:
         smtp_code: int | None = None,
         smtp_reply: str | None = None,
         detail: str | None = None,
-        suppress: str | None = None,
+        suppress: tuple[tuple[str, str], ...] = (),
+        history: tuple[HistoryLine, ...] = (),
     ) -> bool:
         """Record the end of an attempt; False if the row was no longer leased to `worker`."""
-        outcome = Finish(row_id, decision, smtp_code, smtp_reply, detail, suppress)
+        outcome = Finish(row_id, decision, smtp_code, smtp_reply, detail, suppress, history)
         return self.finish_many(worker, [outcome])[0]
 
     def finish_many(self, worker: str, outcomes: Sequence[Finish]) -> list[bool]:
         """Record many attempts at once (the group commit of the robot's connections); for
-        each, False if the row was no longer leased to `worker`.
+        each, False if the row was no longer leased to `worker`. An outcome's history lines
+        and suppressions are written in the same transaction, before its closing line.
 
         The hot path of the robot, written for few statements rather than few characters.
         On PostgreSQL one statement updates the rows and adds their history lines (a
@@ -517,11 +409,13 @@ class Outbox:
         if not self.sqlite:
             statement = self._pg_finish(worker, outcomes)
             with self.engine.connect() as conn:
-                if not any(o.suppress for o in outcomes):  # one statement: atomic alone
+                if not any(o.suppress or o.history for o in outcomes):  # atomic alone
                     alone = conn.execution_options(isolation_level="AUTOCOMMIT")
                     held = {row[0] for row in alone.exec_driver_sql(*statement)}
                     return [o.row_id in held for o in outcomes]
                 with conn.begin():
+                    leased = self._still_leased(conn, worker, [o.row_id for o in outcomes])
+                    self._history(conn, [o for o in outcomes if o.row_id in leased])
                     held = {row[0] for row in conn.exec_driver_sql(*statement)}
                     self._suppress_bounced(conn, outcomes, held)
             return [o.row_id in held for o in outcomes]
@@ -531,20 +425,46 @@ class Outbox:
             self._suppress_bounced(conn, outcomes, held)
         return [o.row_id in held for o in outcomes]
 
+    def _still_leased(self, conn: Connection, worker: str, ids: list[int]) -> set[int]:
+        """PostgreSQL: lock and return the rows of `ids` still leased to `worker`."""
+        found = conn.execute(
+            select(outbox.c.id)
+            .where(
+                outbox.c.id.in_(ids),
+                outbox.c.claimed_by == worker,
+                outbox.c.status == Status.SENDING.value,
+            )
+            .with_for_update()
+        ).scalars()
+        return set(found)
+
+    @staticmethod
+    def _history(conn: Connection, outcomes: Sequence[Finish]) -> None:
+        """The history lines that outcomes carry (refused recipients, say)."""
+        lines = [
+            {"outbox_id": o.row_id, "kind": h.kind, "smtp_code": h.smtp_code, "detail": h.detail}
+            for o in outcomes
+            for h in o.history
+        ]
+        if lines:
+            conn.execute(insert(outbox_event), lines)
+
     def _suppress_bounced(
         self, conn: Connection, outcomes: Sequence[Finish], recorded: set[int]
     ) -> None:
         for o in outcomes:
-            if o.suppress and o.row_id in recorded:
-                self._suppress(conn, o.suppress, f"bounced: {o.smtp_reply or o.detail}", o.row_id)
+            if o.row_id in recorded:
+                for address, reason in o.suppress:
+                    self._suppress(conn, address, reason, o.row_id)
 
     def finish_statement(
         self, worker: str, outcomes: Sequence[Finish]
     ) -> tuple[str, tuple[Any, ...]] | None:
         """PostgreSQL: the one statement (SQL, parameters) that records `outcomes` and
         returns the ids it recorded, for a driver connection in autocommit mode. None when
-        finish_many must do it: on SQLite, or with a suppression to add in a transaction."""
-        if self.sqlite or any(o.suppress for o in outcomes):
+        finish_many must do it: on SQLite, or with history lines or suppressions to add in
+        a transaction."""
+        if self.sqlite or any(o.suppress or o.history for o in outcomes):
             return None
         return self._pg_finish(worker, outcomes)
 
@@ -559,7 +479,7 @@ class Outbox:
 
     def _finish_chunk(self, conn: Connection, worker: str, chunk: Sequence[Finish]) -> set[int]:
         """SQLite: update the rows of `chunk` still leased to `worker` and add their history
-        lines; return their ids."""
+        lines (those the outcome carries, then the closing one); return their ids."""
         ids = [o.row_id for o in chunk]
         found = conn.exec_driver_sql(  # BEGIN IMMEDIATE holds the write lock already
             f"SELECT group_concat(id) FROM outbox WHERE id IN ({', '.join('?' * len(ids))}) "
@@ -571,14 +491,15 @@ class Outbox:
         if done:
             values = tuple(value for o in done for value in _finish_row(o))
             conn.exec_driver_sql(self._finish_sql(len(done)), (*values, worker))
+            lines = [(o.row_id, h.kind, h.smtp_code, h.detail) for o in done for h in o.history] + [
+                (o.row_id, o.decision.event, o.smtp_code, _event_detail(o)) for o in done
+            ]
+            if any(o.history for o in done):  # in order: a row's lines, then its closing one
+                lines.sort(key=lambda line: ids.index(line[0]))
             conn.exec_driver_sql(
                 "INSERT INTO outbox_event (outbox_id, kind, smtp_code, detail) VALUES "
-                + ", ".join(["(?, ?, ?, ?)"] * len(done)),
-                tuple(
-                    v
-                    for o in done
-                    for v in (o.row_id, o.decision.event, o.smtp_code, _event_detail(o))
-                ),
+                + ", ".join(["(?, ?, ?, ?)"] * len(lines)),
+                tuple(v for line in lines for v in line),
             )
         return held
 

@@ -28,7 +28,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from robot.backoff import Backoff, database_backoff
 from robot.logs import first_line
-from robot.outbox.gateway import Finish, Outbox
+from robot.outbox.gateway import Outbox
+from robot.outbox.rows import Finish
 
 BATCH = 500  # outcomes committed in one transaction at most
 APPLICATION_NAME = "email-robot group commit"  # PostgreSQL's pg_stat_activity shows it

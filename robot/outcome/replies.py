@@ -8,9 +8,6 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from datetime import timedelta
-
-from robot.outbox.schema import Status
 
 ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 
@@ -98,35 +95,3 @@ def _address_detail(enhanced: str | None) -> str | None:
         return None
     _, subject, detail = enhanced.split(".")
     return detail if subject == "1" else None
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to write into the row after an attempt."""
-
-    status: Status
-    retry_after: timedelta | None  # set for deferred rows: next_attempt_at = now + this
-    last_error: str | None
-    event: str  # outbox_event.kind
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """The one place that decides whether and when a row is tried again."""
-
-    retry_minutes: float
-    max_errors: int
-
-    def decide(self, outcome: Outcome, attempts: int, reason: str) -> Decision:
-        """The row's next state after its `attempts`-th try ended in `outcome`."""
-        if outcome is Outcome.SENT:
-            return Decision(Status.SENT, None, None, "sent")
-        if outcome is Outcome.BOUNCED:
-            return Decision(Status.BOUNCED, None, reason, "bounced")
-        if outcome is Outcome.FAILED:
-            return Decision(Status.FAILED, None, reason, "failed")
-        if attempts >= self.max_errors:
-            return Decision(
-                Status.FAILED, None, f"gave up after {attempts} attempts: {reason}", "failed"
-            )
-        return Decision(Status.DEFERRED, timedelta(minutes=self.retry_minutes), reason, "deferred")

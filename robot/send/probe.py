@@ -10,7 +10,7 @@ from robot.compose.dkim import load_signer
 from robot.compose.message import compose
 from robot.config import Account, Settings
 from robot.errors import PermanentDeliveryError, TransientDeliveryError
-from robot.outbox.gateway import OutboxRow
+from robot.outbox.rows import OutboxRow
 from robot.outcome.replies import Outcome, Stage
 from robot.send.direct import DirectResult
 from robot.send.direct import deliver as deliver_direct

@@ -18,10 +18,11 @@ from robot import backoff
 from robot.logs import get_logger
 from robot.outbox import group_commit as recorder
 from robot.outbox.engine import libpq_dsn, make_engine
-from robot.outbox.gateway import Claimed, Finish, Outbox
+from robot.outbox.gateway import Outbox
 from robot.outbox.group_commit import AsyncGroupCommit
+from robot.outbox.message_ids import AccountDomain, MessageIds
+from robot.outbox.rows import Decision, Finish
 from robot.outbox.schema import Status
-from robot.outcome.replies import Decision
 from tests.integration.host import host_sql, insert_many
 
 pytestmark = pytest.mark.postgres
@@ -31,8 +32,7 @@ BOUNCED = Decision(Status.BOUNCED, None, "550 5.1.1 no such user", "bounced")
 WAIT = 10.0
 
 
-def mid(row: Claimed) -> str:
-    return f"<{row.id}.agc@example.org>"
+mid = MessageIds(fallback=AccountDomain("robot@example.org", "example.org"))
 
 
 @pytest.fixture
@@ -102,7 +102,13 @@ async def test_a_suppression_goes_through_one_transaction(
 ) -> None:
     (row_id,) = claimed(pg_url, queue, 1)
     sizes = count_statements(queue, monkeypatch)
-    outcome = Finish(row_id, BOUNCED, 550, "5.1.1 no such user", suppress="Gone@Example.org")
+    outcome = Finish(
+        row_id,
+        BOUNCED,
+        550,
+        "5.1.1 no such user",
+        suppress=(("Gone@Example.org", "bounced: 5.1.1 no such user"),),
+    )
     assert await asyncio.wait_for(group.record(outcome), WAIT) is True
     assert sizes == []  # not the one-statement path
     assert queue.counts() == {"bounced": 1}

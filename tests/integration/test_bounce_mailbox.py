@@ -18,8 +18,8 @@ import pytest
 import trustme
 from sqlalchemy import Engine
 
-from robot.bounces.mailbox import BounceMailbox, parse_mailbox_url
-from robot.config import load_settings
+from robot.bounces.mailbox import BounceMailbox
+from robot.config import load_settings, parse_mailbox_url
 from robot.daemon.robot import Robot
 from robot.logs import configure_logging
 from robot.outbox.engine import make_engine, upgrade

@@ -14,17 +14,17 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from robot.outbox.gateway import FINISH_CHUNK, Claimed, Event, Finish, Outbox
+from robot.outbox.gateway import FINISH_CHUNK, Outbox
+from robot.outbox.message_ids import AccountDomain, MessageIds
+from robot.outbox.rows import Decision, Event, Finish
 from robot.outbox.schema import Status, utcnow
-from robot.outcome.replies import Decision
 from tests.integration.host import host_sql, insert_many
 
 SENT = Decision(Status.SENT, None, None, "sent")
 SLACK = timedelta(seconds=1)  # the clocks read around a call, against the one it used
 
 
-def mid(row: Claimed) -> str:
-    return f"<{row.id}.finish@example.org>"
+mid = MessageIds(fallback=AccountDomain("robot@example.org", "example.org"))
 
 
 def outbox(engine: Engine) -> Outbox:
@@ -82,7 +82,7 @@ def test_a_mixed_batch_in_one_call(db_url: str, engine: Engine, suppressing: boo
             Decision(Status.BOUNCED, None, "550 5.1.1 no such user (at RCPT)", "bounced"),
             550,
             "5.1.1 no such user",
-            suppress="Gone@Example.org" if suppressing else None,
+            suppress=(("Gone@Example.org", "bounced: 5.1.1 no such user"),) if suppressing else (),
         ),
         Finish(
             earlier,
@@ -90,7 +90,11 @@ def test_a_mixed_batch_in_one_call(db_url: str, engine: Engine, suppressing: boo
             detail="compose: attachment missing",
         ),
         Finish(
-            theirs, SENT, 250, "2.0.0 Ok", suppress="theirs@example.org" if suppressing else None
+            theirs,
+            SENT,
+            250,
+            "2.0.0 Ok",
+            suppress=(("theirs@example.org", "bounced: 2.0.0 Ok"),) if suppressing else (),
         ),
         Finish(moved, SENT, 250, "2.0.0 Ok"),
     ]
@@ -193,7 +197,7 @@ def test_a_batch_larger_than_a_chunk(db_url: str, engine: Engine, suppressing: b
         Decision(Status.BOUNCED, None, "550 5.1.1 gone (at RCPT)", "bounced"),
         550,
         "5.1.1 gone",
-        suppress=f"r{total}@example.org" if suppressing else None,
+        suppress=((f"r{total}@example.org", "bounced"),) if suppressing else (),
     )
 
     results = queue.finish_many("w1", outcomes)

@@ -7,14 +7,13 @@ import threading
 
 from sqlalchemy import Engine
 
-from robot.outbox.gateway import Outbox, OutboxRow
+from robot.outbox.gateway import Outbox
+from robot.outbox.message_ids import AccountDomain, MessageIds
+from robot.outbox.rows import Decision
 from robot.outbox.schema import Status
-from robot.outcome.replies import Decision
 from tests.integration.host import host_sql, insert_many, now_plus_sql
 
-
-def mid(row: OutboxRow) -> str:
-    return f"<{row.id}.test@example.org>"
+mid = MessageIds(fallback=AccountDomain("robot@example.org", "example.org"))
 
 
 def statuses(url: str) -> dict[int, str]:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from robot.outbox.gateway import Outbox, OutboxRow
+from robot.outbox.gateway import Outbox
+from robot.outbox.message_ids import AccountDomain, MessageIds
+from robot.outbox.rows import Decision
 from robot.outbox.schema import Status
-from robot.outcome.replies import Decision, Outcome, RetryPolicy
+from robot.outcome.replies import Outcome
+from robot.outcome.retry import RetryPolicy
 from tests.integration.host import host_sql, now_plus_sql
 
-
-def mid(row: OutboxRow) -> str:
-    return f"<{row.id}.test@example.org>"
+mid = MessageIds(fallback=AccountDomain("robot@example.org", "example.org"))
 
 
 def insert(url: str, recipient: str = "a@example.org", **columns: str) -> int:
@@ -41,10 +43,10 @@ def test_grace_delay_send_after_and_priority(db_url: str, engine: Engine) -> Non
     assert [r.id for r in rows] == [old_high, old_low]
     assert {fresh, scheduled, held}.isdisjoint(r.id for r in rows)
     assert all(r.status == "sending" and r.claimed_by == "w1" and r.attempts == 1 for r in rows)
-    assert rows[0].message_id == f"<{old_high}.test@example.org>"
+    assert re.fullmatch(rf"<{old_high}\.[0-9a-f]{{16}}@example\.org>", rows[0].message_id or "")
     # the Message-ID is stored, as the header will carry it
     assert host_sql(db_url, f"SELECT message_id FROM outbox WHERE id = {old_high}") == [
-        (f"<{old_high}.test@example.org>",)
+        (rows[0].message_id,)
     ]
 
 
@@ -74,7 +76,9 @@ def test_message_id_is_kept_across_retries(db_url: str, engine: Engine) -> None:
     (row,) = queue.claim("w1", 1, mid)
     decision = RetryPolicy(retry_minutes=0, max_errors=3).decide(Outcome.DEFERRED, 1, "451 later")
     assert queue.finish(row.id, "w1", decision, smtp_code=451, smtp_reply="later")
-    (again,) = queue.claim("w1", 1, lambda r: "<different@example.org>")
+    (again,) = queue.claim(
+        "w1", 1, MessageIds(fallback=AccountDomain("x@different.example.org", "x"))
+    )
     assert again.id == row.id
     assert again.message_id == row.message_id
     assert again.attempts == 2

@@ -25,10 +25,11 @@ from structlog.testing import capture_logs
 from robot import backoff
 from robot.logs import get_logger
 from robot.outbox.engine import make_engine, upgrade
-from robot.outbox.gateway import Claimed, Finish, Outbox
+from robot.outbox.gateway import Outbox
 from robot.outbox.group_commit import GroupCommit
+from robot.outbox.message_ids import AccountDomain, MessageIds
+from robot.outbox.rows import Decision, Finish
 from robot.outbox.schema import Status
-from robot.outcome.replies import Decision
 from tests.integration.host import host_sql, insert_many
 
 SENT = Decision(Status.SENT, None, None, "sent")
@@ -37,8 +38,7 @@ WAIT = 10.0  # seconds a test waits for what should take milliseconds
 Commit = Callable[[Sequence[Finish]], list[bool]]
 
 
-def mid(row: Claimed) -> str:
-    return f"<{row.id}.rec@example.org>"
+mid = MessageIds(fallback=AccountDomain("robot@example.org", "example.org"))
 
 
 def claimed(db_url: str, queue: Outbox, n: int) -> list[int]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from robot.bounces.mailbox import MailboxUrl, parse_mailbox_url, quoted_folder
-from robot.config import BounceSettings, load_settings
+from robot.bounces.mailbox import quoted_folder
+from robot.config import BounceSettings, MailboxUrl, load_settings, parse_mailbox_url
 from robot.errors import ConfigError
 
 INI = """

@@ -17,7 +17,7 @@ import pytest
 from robot.compose.message import Composed, compose
 from robot.config import Account, AttachmentSettings, load_settings
 from robot.errors import BadRowError
-from robot.outbox.gateway import Attachment, OutboxRow
+from robot.outbox.rows import Attachment, OutboxRow
 
 NOW = datetime(2024, 5, 17, 9, 30, 15, tzinfo=UTC)
 

@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 
 from robot.outbox.schema import Status
-from robot.outcome.replies import Outcome, Reply, RetryPolicy, Stage, classify, suppresses
+from robot.outcome.replies import Outcome, Reply, Stage, classify, suppresses
+from robot.outcome.retry import RetryPolicy
 
 SENT, DEFERRED, BOUNCED, FAILED = Outcome.SENT, Outcome.DEFERRED, Outcome.BOUNCED, Outcome.FAILED
 CONNECT, MAIL, RCPT, DATA = Stage.CONNECT, Stage.MAIL, Stage.RCPT, Stage.DATA

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from robot.cli.output import change_text, countdown, due_in, estimate, status_text
-from robot.outbox.gateway import Change, OutboxRow, QueueStatus
+from robot.outbox.rows import Change, OutboxRow, QueueStatus
 
 
 @pytest.mark.parametrize(

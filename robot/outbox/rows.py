@@ -1,0 +1,154 @@
+"""The values that cross the outbox's edge: a row as the robot reads it, an outcome to
+record, an operator's change, the numbers of `status`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from robot.outbox.schema import Status, outbox
+
+RECENT_SECONDS = 300  # the window `status` measures the observed sending rate over
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """One file attached to a row."""
+
+    filename: str
+    content_type: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """An outbox row as the robot reads it."""
+
+    id: int
+    created_at: datetime
+    send_after: datetime | None
+    status: str
+    priority: int
+    account: str | None
+    sender: str | None
+    sender_name: str | None
+    reply_to: str | None
+    recipient: str
+    cc: str | None
+    bcc: str | None
+    subject: str
+    body_text: str | None
+    body_html: str | None
+    headers: str | None
+    context: str | None
+    batch: str | None
+    transactional: bool
+    attempts: int
+    next_attempt_at: datetime | None
+    claimed_by: str | None
+    claimed_until: datetime | None
+    message_id: str | None
+    smtp_code: int | None
+    smtp_reply: str | None
+    last_error: str | None
+    sent_at: datetime | None
+    updated_at: datetime | None
+    attachments: tuple[Attachment, ...] = ()
+    # Sizes in bytes as the database measured them. A claim leaves out bodies and files over
+    # the limits (they stay in the database) so that one huge row cannot exhaust memory.
+    body_bytes: int | None = None
+    attachment_bytes: int | None = None
+    # Addresses of this row found in the suppression list when it was claimed (never for
+    # transactional rows): they are not sent to.
+    suppressed: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_mapping(
+        cls,
+        values: Any,
+        attachments: tuple[Attachment, ...] = (),
+        attachment_bytes: int | None = None,
+    ) -> OutboxRow:
+        """Build from a result row mapping with every outbox column (and maybe body_bytes)."""
+        return cls(
+            **{name: values.get(name) for name in ROW_COLUMNS},
+            attachments=attachments,
+            body_bytes=values.get("body_bytes"),
+            attachment_bytes=attachment_bytes,
+        )
+
+
+NOT_RETURNED_BY_CLAIM = frozenset(
+    ("body_text", "body_html", "claimed_until", "smtp_code", "smtp_reply", "last_error",
+     "sent_at", "updated_at")
+)  # fmt: skip
+ROW_COLUMNS = tuple(f.name for f in dataclasses.fields(OutboxRow) if f.name in outbox.c)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of a row's history."""
+
+    at: datetime
+    kind: str
+    smtp_code: int | None
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What an attempt does to its row: the new status, when to try again, the reason."""
+
+    status: Status
+    retry_after: timedelta | None  # set for deferred rows: next_attempt_at = now + this
+    last_error: str | None
+    event: str  # the kind of the history line that ends the attempt
+
+
+@dataclass(frozen=True)
+class HistoryLine:
+    """A line of a row's history written with an outcome (a refused recipient, say)."""
+
+    kind: str
+    detail: str
+    smtp_code: int | None = None
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The end of one attempt, as the group commit records it: the row's new state, the
+    history lines that go before the closing one, and the addresses to suppress (address,
+    reason), all in one transaction."""
+
+    row_id: int
+    decision: Decision
+    smtp_code: int | None = None
+    smtp_reply: str | None = None
+    detail: str | None = None
+    suppress: tuple[tuple[str, str], ...] = ()
+    history: tuple[HistoryLine, ...] = ()
+
+
+@dataclass(frozen=True)
+class Change:
+    """What an operator command changed, what needed no change, and what was too late."""
+
+    changed: list[int]
+    unchanged: list[tuple[int, str]]  # (id, status): already in the wanted state
+    too_late: list[tuple[int, str]]  # (id, current status), or status 'missing'
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """The numbers behind `email-robot status`."""
+
+    now: datetime
+    counts: dict[str, int]
+    due: int  # waiting rows whose due time has come
+    later: int  # waiting rows due in the future
+    next_due: datetime | None
+    last_due: datetime | None
+    sent_recently: int  # rows sent in the last RECENT_SECONDS
+    sending: int
