@@ -38,11 +38,12 @@ from robot.cli.sink import serve_sink
 from robot.config import Settings, find_config, load_settings
 from robot.daemon.robot import Robot
 from robot.daemon.supervisor import child_position, child_settings, supervise
-from robot.errors import ConfigError, DeliveryError, RobotError
+from robot.errors import ConfigError, RobotError
 from robot.logs import configure_logging
 from robot.outbox.engine import make_engine, schema_is_current, upgrade
 from robot.outbox.gateway import Outbox, outbox_for
 from robot.outbox.rows import Attachment
+from robot.outcome.judge import deciding_refusal
 from robot.send.probe import check_account, send_test
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
@@ -371,17 +372,17 @@ def cmd_test(args: argparse.Namespace, wiring: Wiring) -> int:
             f"unknown account {args.account!r} (known: {', '.join(settings.accounts)})"
         )
     configure_logging(settings.log.format, "warning")
-    try:
-        result = asyncio.run(send_test(settings, account, args.to))
-    except DeliveryError as exc:
-        reply = f"{exc.code} {exc.reply}" if exc.code is not None else exc.reply
-        whom = f"{exc.recipient}: " if exc.recipient else ""
+    attempt = asyncio.run(send_test(settings, account, args.to))
+    if attempt.fault is not None:
+        print(f"email-robot: {attempt.fault}", file=sys.stderr)
+        return EXIT_PARTIAL
+    if attempt.accepted_reply is None:
         print(
-            f"email-robot: refused: {whom}{reply} (at {str(exc.stage).upper()})",
-            file=sys.stderr,
+            f"email-robot: refused: {deciding_refusal(attempt.refusals).reason()}", file=sys.stderr
         )
         return EXIT_PARTIAL
-    print(f"{result.code} {result.reply}")
+    where = f" ({attempt.hosts[0]})" if account.smtp.direct and attempt.hosts else ""
+    print(f"{attempt.accepted_reply.line()}{where}")
     return EXIT_OK
 
 

@@ -124,7 +124,7 @@ def compose(
     settings = attachments or AttachmentSettings()
     _check_attachments(row, settings)
     try:
-        if row.attachments or not _plain_ascii_addresses(headers):
+        if row.attachments:
             data = _write_email_message(headers, text_part, html_part, row)
         else:
             data = _write_fast(headers, text_part, html_part)
@@ -147,22 +147,10 @@ def compose(
 Mailbox = tuple[str, str]  # (display name, address)
 
 
-def _plain_ascii_addresses(headers: list[tuple[str, Any]]) -> bool:
-    """True when every address is ASCII (display names may not be): the fast writer's case.
-    An internationalised address (SMTPUTF8) goes through the email package."""
-    for name, value in headers:
-        if name in ADDRESS_HEADERS:
-            boxes = [value] if name == "From" else value
-            if not all(address.isascii() for _, address in boxes):
-                return False
-    return True
-
-
 def _write_email_message(
     headers: list[tuple[str, Any]], text_part: str, html_part: str | None, row: OutboxRow
 ) -> bytes:
-    """The message through the stdlib email package (attachments, internationalised
-    addresses): thorough and slow."""
+    """The message through the stdlib email package (attachments): thorough and slow."""
     msg = EmailMessage(policy=policy.SMTP)
     for name, value in headers:
         if name == "From":
@@ -327,7 +315,9 @@ def _clean(value: str) -> str:
 
 
 def _address(value: str, field: str) -> str:
-    """A bare address, validated (syntax only: no DNS)."""
+    """A bare address, validated (syntax only: no DNS). An internationalised domain comes
+    back in its ASCII form; a non-ASCII local part is refused: it needs SMTPUTF8, which the
+    robot does not use."""
     _clean(value)
     value = value.strip()
     if _plainly_valid(value):
@@ -336,6 +326,11 @@ def _address(value: str, field: str) -> str:
         valid = validate_email(value, check_deliverability=False, globally_deliverable=False)
     except EmailNotValidError as exc:
         raise BadRowError(f"{field}: invalid address {value!r}: {exc}") from None
+    if not valid.local_part.isascii():
+        raise BadRowError(
+            f"{field}: {value!r} has a non-ASCII local part, which needs SMTPUTF8 "
+            "(not supported: write the address in ASCII)"
+        )
     return valid.ascii_email or valid.normalized  # IDN domains in their ASCII form
 
 

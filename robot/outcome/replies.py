@@ -1,24 +1,11 @@
-"""What an SMTP reply means for a row: sent, deferred, bounced or failed, and when to retry.
-
-Pure: no database, socket or clock. The queue applies the `Decision` this module returns.
-"""
+"""What an SMTP reply means for a message: sent, deferred, bounced or failed; and whether
+it says the recipient's address is bad for good. Pure."""
 
 from __future__ import annotations
 
 import enum
-import re
-from dataclasses import dataclass
 
-ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
-
-
-class Stage(enum.StrEnum):
-    """Where in the SMTP dialogue a reply came."""
-
-    CONNECT = "connect"
-    MAIL = "mail"
-    RCPT = "rcpt"
-    DATA = "data"
+from robot.send.attempt import Reply, Stage
 
 
 class Outcome(enum.StrEnum):
@@ -28,27 +15,6 @@ class Outcome(enum.StrEnum):
     DEFERRED = "deferred"
     BOUNCED = "bounced"
     FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One server reply: basic code (None for a timeout or dropped connection) and text."""
-
-    code: int | None
-    text: str
-    stage: Stage = Stage.DATA
-
-    @property
-    def enhanced(self) -> str | None:
-        """The RFC 3463 enhanced status code at the start of the text, if any."""
-        match = ENHANCED.match(self.text)
-        return ".".join(match.groups()) if match else None
-
-    def describe(self) -> str:
-        """One line for last_error and logs: '550 5.1.1 No such user (at RCPT)'."""
-        if self.code is None:
-            return f"{self.text} (at {self.stage.upper()})"
-        return f"{self.code} {self.text} (at {self.stage.upper()})".strip()
 
 
 # RFC 3463 X.1.Y codes about the recipient's address; 5.1.7 and 5.1.8 are about ours.

@@ -1,18 +1,23 @@
 """Direct delivery, without a relay: each recipient domain's mail hosts from DNS (RFC 5321
 §5.1, RFC 7505 null MX), then one SMTP transaction per domain over a DirectConnection.
 
-The only module that asks DNS. What it returns says, per recipient, whether the mail was
-accepted and, if not, what that means (deferred, bounced, failed); the daemon records it.
+The only module that asks DNS. It returns one Attempt for all the domains: the recipients
+whose mail host took the message, and every refusal. When DNS says a domain takes no mail,
+or none of its hosts can be reached, the robot words the refusal itself (`by_robot`), with
+the enhanced status code an MTA would use (5.4.4, 5.1.10, 4.4.3), so that robot.outcome
+judges it like any server's reply.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import ipaddress
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import dns.asyncresolver
 import dns.exception
@@ -21,91 +26,12 @@ import dns.resolver
 
 from robot.compose.message import Composed
 from robot.config import Account
-from robot.errors import (
-    DeliveryError,
-    PermanentDeliveryError,
-    TransientDeliveryError,
-    TransportFault,
-)
-from robot.outcome.replies import Outcome, Reply, Stage, classify, suppresses
-from robot.send.relay import DirectConnection, TlsUse
+from robot.errors import TransportFault
+from robot.send.attempt import Attempt, Refusal, Reply, SmtpCode, Stage
+from robot.send.relay import DirectConnection
 
 MAX_ADDRESSES = 5  # addresses tried per domain and attempt (Postfix: smtp_mx_address_limit)
-SERVICE_CLOSING = 421
 _SHUFFLE = random.Random()
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A recipient the message did not reach, and what that means for it."""
-
-    recipient: str
-    outcome: Outcome  # DEFERRED, BOUNCED or FAILED
-    reply: str  # the server's text, or why no server could be asked
-    code: int | None = None  # the SMTP code; None when no server said it (DNS, timeouts)
-    stage: Stage | None = None  # None when no server said it
-    suppress: bool = False  # the address is bad for good: add it to the suppression list
-
-    @property
-    def detail(self) -> str:
-        """'bob@example.org: 550 5.1.1 No such user', as the history records refusals."""
-        if self.code is None:
-            return f"{self.recipient}: {self.reply}"
-        return f"{self.recipient}: {self.code} {self.reply}"
-
-    @property
-    def reason(self) -> str:
-        """'bob@example.org: 550 5.1.1 No such user (at RCPT)', for last_error."""
-        if self.stage is None:
-            return self.detail
-        return f"{self.recipient}: {Reply(self.code, self.reply, self.stage).describe()}"
-
-
-@dataclass(frozen=True)
-class DomainResult:
-    """How the message went to one recipient domain."""
-
-    domain: str
-    recipients: tuple[str, ...]
-    accepted: tuple[str, ...] = ()
-    code: int | None = None  # the DATA reply, when some recipient was accepted
-    reply: str = ""
-    refusals: tuple[Refusal, ...] = ()
-    host: str | None = None  # the mail host that answered: 'mx.example.org[192.0.2.1]:25'
-    tls: TlsUse = TlsUse.NONE
-    skipped: tuple[str, ...] = ()  # mail hosts that could not take it, each with the reason
-
-
-@dataclass(frozen=True)
-class DirectResult:
-    """How the message went to all its recipient domains."""
-
-    domains: tuple[DomainResult, ...]
-
-    @property
-    def accepted(self) -> tuple[str, ...]:
-        """Every recipient whose mail host accepted the message."""
-        return tuple(r for d in self.domains for r in d.accepted)
-
-    @property
-    def refusals(self) -> tuple[Refusal, ...]:
-        """Every recipient the message did not reach."""
-        return tuple(r for d in self.domains for r in d.refusals)
-
-    @property
-    def first_accepted(self) -> DomainResult | None:
-        """The first domain that accepted the message: its DATA reply is the row's."""
-        return next((d for d in self.domains if d.accepted), None)
-
-    def decisive(self) -> Refusal:
-        """When no recipient was accepted, the refusal that decides the row, as for a relay:
-        any that may change defers it; else one at MAIL or DATA fails it; else it bounces."""
-        refusals = self.refusals
-        for outcome in (Outcome.DEFERRED, Outcome.FAILED, Outcome.BOUNCED):
-            for refusal in refusals:
-                if refusal.outcome is outcome:
-                    return refusal
-        raise ValueError("no refusal to decide on")
 
 
 @dataclass(frozen=True)
@@ -117,12 +43,13 @@ class MailHost:
 
 
 class _NoRoute(Exception):
-    """DNS says, for good, that the domain takes no mail (internal to this module)."""
+    """DNS says, for good, that the domain takes no mail (internal to this module). `text`
+    starts with its enhanced status code; `code` is 550, or 556 for a null MX."""
 
-    def __init__(self, text: str, *, suppress: bool = False) -> None:
+    def __init__(self, text: str, *, code: int = SmtpCode.UNROUTABLE) -> None:
         super().__init__(text)
         self.text = text
-        self.suppress = suppress
+        self.code = code
 
 
 # -- pure parts ---------------------------------------------------------------------------
@@ -210,27 +137,31 @@ async def mail_hosts(resolver: dns.asyncresolver.Resolver, domain: str) -> list[
     (timeout, SERVFAIL).
     """
     if not domain:
-        raise _NoRoute("the address has no domain")
+        raise _NoRoute("5.1.3 the address has no domain")
     literal = address_literal(domain)
     if literal is not None:
         return [MailHost(domain, (literal,))]
     try:
         name = dns.name.from_text(domain)
     except dns.exception.DNSException as exc:
-        raise _NoRoute(f"{domain!r} is not a valid domain name ({exc})") from None
+        raise _NoRoute(f"5.4.4 {domain!r} is not a valid domain name ({exc})") from None
     try:
         answer = await resolver.resolve(name, "MX", search=False)
     except dns.resolver.NXDOMAIN:
-        raise _NoRoute(f"domain {domain} does not exist (NXDOMAIN)") from None
+        raise _NoRoute(f"5.4.4 domain {domain} does not exist (NXDOMAIN)") from None
     except dns.resolver.NoAnswer:
         # RFC 5321 §5.1: no MX, so the domain itself is the mail host (its A/AAAA).
         addresses = await host_addresses(resolver, domain)
         if not addresses:
-            raise _NoRoute(f"domain {domain} has neither an MX nor an address record") from None
+            raise _NoRoute(
+                f"5.4.4 domain {domain} has neither an MX nor an address record"
+            ) from None
         return [MailHost(domain, tuple(addresses))]
     records = [(rdata.preference, rdata.exchange.to_text()) for rdata in answer]
     if is_null_mx(records):
-        raise _NoRoute(f"domain {domain} accepts no mail (null MX, RFC 7505)", suppress=True)
+        raise _NoRoute(
+            f"5.1.10 domain {domain} accepts no mail (null MX, RFC 7505)", code=SmtpCode.NULL_MX
+        )
     return [MailHost(host) for host in order_mx(records)]
 
 
@@ -266,7 +197,7 @@ def _dns_trouble(exc: BaseException) -> str:
 # -- delivery -----------------------------------------------------------------------------
 
 
-async def deliver(account: Account, message: Composed) -> DirectResult:
+async def deliver(account: Account, message: Composed, log: Any) -> Attempt:
     """Send `message` straight to each recipient domain's mail host, the domains at once.
 
     Never raises for a domain's trouble: every recipient ends accepted or refused.
@@ -276,19 +207,18 @@ async def deliver(account: Account, message: Composed) -> DirectResult:
     try:
         resolver = resolver_for(smtp.dns_servers, smtp.dns_port, smtp.timeout_seconds)
     except (dns.exception.DNSException, ValueError) as exc:
-        text = f"no DNS resolver: {exc}"
-        return DirectResult(
-            tuple(
-                _refused(domain, rcpts, Outcome.DEFERRED, text) for domain, rcpts in groups.items()
-            )
-        )
+        reply = _robot_reply(SmtpCode.TEMPORARY_LOCAL_ERROR, f"4.3.5 no DNS resolver: {exc}")
+        return _refused(message.recipients, reply)
     results = await asyncio.gather(
         *(
-            deliver_domain(account, message, domain, recipients, resolver)
+            deliver_domain(account, message, domain, recipients, resolver, log)
             for domain, recipients in groups.items()
         )
     )
-    return DirectResult(tuple(results))
+    attempt = Attempt()
+    for result in results:
+        attempt = attempt.merged(result)
+    return attempt
 
 
 async def deliver_domain(
@@ -297,7 +227,8 @@ async def deliver_domain(
     domain: str,
     recipients: tuple[str, ...],
     resolver: dns.asyncresolver.Resolver,
-) -> DomainResult:
+    log: Any,
+) -> Attempt:
     """One SMTP transaction for the `recipients` of `domain`, on the first of its mail hosts
     that takes it. A host that cannot be reached, or answers other than 2xx to the greeting
     or EHLO, or closes (421, a dropped connection) before DATA, is skipped for the next; when
@@ -305,11 +236,10 @@ async def deliver_domain(
     try:
         hosts = await mail_hosts(resolver, domain)
     except _NoRoute as exc:
-        return _refused(domain, recipients, Outcome.BOUNCED, exc.text, suppress=exc.suppress)
+        return _refused(recipients, _robot_reply(exc.code, exc.text))
     except dns.exception.DNSException as exc:
-        return _refused(
-            domain, recipients, Outcome.DEFERRED, f"{_dns_trouble(exc)} looking up MX of {domain}"
-        )
+        text = f"4.4.3 {_dns_trouble(exc)} looking up MX of {domain}"
+        return _refused(recipients, _robot_reply(SmtpCode.TEMPORARY_LOCAL_ERROR, text))
     envelope = Composed(message.envelope_from, recipients, message.data, message.message_id)
     skipped: list[str] = []
     tried = 0
@@ -331,92 +261,52 @@ async def deliver_domain(
             connection = DirectConnection(account, address, account.smtp.direct_port, host.name)
             try:
                 await connection.open()
-                result = await connection.send(envelope)
-            except TransportFault as exc:  # unreachable, 4xx/5xx greeting or EHLO, or 530
+            except TransportFault as exc:  # unreachable, 4xx/5xx greeting or EHLO
                 skipped.append(str(exc))
                 continue
-            except TransientDeliveryError as exc:
-                gone_early = exc.before_data or exc.stage != Stage.DATA
-                if gone_early and exc.code in (None, SERVICE_CLOSING):
-                    skipped.append(f"{connection.where}: {exc}")  # gone before DATA
-                    continue
-                return _failed(domain, recipients, exc, connection, skipped)
-            except PermanentDeliveryError as exc:
-                return _failed(domain, recipients, exc, connection, skipped)
+            try:
+                attempt, before_data = await connection.send(envelope)
             finally:
                 await connection.close()
-            refusals = tuple(
-                _refusal(address, code, text, Stage.RCPT)
-                for address, (code, text) in result.refused.items()
-            )
-            return DomainResult(
-                domain,
-                recipients,
-                accepted=tuple(r for r in recipients if r not in result.refused),
-                code=result.code,
-                reply=result.reply,
-                refusals=refusals,
+            if attempt.fault is not None:  # 530: this host wants what an MTA cannot give
+                skipped.append(attempt.fault)
+                continue
+            gone = _gone_before_data(attempt, before_data)
+            if gone is not None:
+                skipped.append(f"{connection.where}: {gone}")
+                continue
+            log.info(
+                "direct.domain",
+                domain=domain,
                 host=connection.where,
-                tls=connection.tls,
-                skipped=tuple(skipped),
+                tls=connection.tls.value,
+                accepted=len(attempt.accepted),
+                refused=len(attempt.refusals),
+                skipped=skipped,
             )
+            return dataclasses.replace(attempt, hosts=(connection.where,))
     why = "; ".join(skipped) if skipped else "no mail host to try"
-    return _refused(
-        domain,
-        recipients,
-        Outcome.DEFERRED,
-        f"no mail host of {domain} took the message: {why}",
-        skipped=tuple(skipped),
-    )
+    text = f"4.4.1 no mail host of {domain} took the message: {why}"
+    log.info("direct.domain", domain=domain, host=None, accepted=0, skipped=skipped)
+    return _refused(recipients, _robot_reply(SmtpCode.TEMPORARY_LOCAL_ERROR, text))
 
 
-def _refusal(recipient: str, code: int, text: str, stage: Stage) -> Refusal:
-    reply = Reply(code, text, stage)
-    return Refusal(recipient, classify(reply), text, code, stage, suppresses(reply))
+def _gone_before_data(attempt: Attempt, before_data: bool) -> str | None:
+    """Why the host went away before DATA (silence or 421), so that the next is tried."""
+    ending = next((r for r in attempt.refusals if r.ended), None)
+    if ending is None or attempt.accepted:
+        return None
+    early = before_data or ending.reply.stage is not Stage.DATA
+    if early and ending.reply.code in (None, SmtpCode.SERVICE_CLOSING):
+        return ending.reply.line()
+    return None
 
 
-def _refused(
-    domain: str,
-    recipients: tuple[str, ...],
-    outcome: Outcome,
-    text: str,
-    *,
-    suppress: bool = False,
-    skipped: tuple[str, ...] = (),
-) -> DomainResult:
-    """No server was asked, or none could be: the same verdict for every recipient."""
-    refusals = tuple(Refusal(r, outcome, text, suppress=suppress) for r in recipients)
-    return DomainResult(domain, recipients, refusals=refusals, skipped=skipped)
+def _robot_reply(code: int, text: str) -> Reply:
+    """A refusal the robot words itself, at RCPT, since no server could be asked."""
+    return Reply(code, text, Stage.RCPT, by_robot=True)
 
 
-def _failed(
-    domain: str,
-    recipients: tuple[str, ...],
-    exc: DeliveryError,
-    connection: DirectConnection,
-    skipped: list[str],
-) -> DomainResult:
-    """The mail host refused the transaction: every recipient refused (each with its own RCPT
-    reply), or one reply at MAIL, DATA or a timeout for all of them."""
-    if exc.refused:
-        refusals = tuple(
-            _refusal(address, code, text, Stage.RCPT)
-            for address, (code, text) in exc.refused.items()
-        )
-    else:
-        stage = Stage(exc.stage) if exc.stage else Stage.DATA
-        reply = Reply(exc.code, exc.reply or str(exc), stage)
-        outcome = classify(reply)
-        bad_address = outcome is Outcome.BOUNCED and suppresses(reply)
-        refusals = tuple(
-            Refusal(r, outcome, reply.text, exc.code, stage, bad_address and r == exc.recipient)
-            for r in recipients
-        )
-    return DomainResult(
-        domain,
-        recipients,
-        refusals=refusals,
-        host=connection.where,
-        tls=connection.tls,
-        skipped=tuple(skipped),
-    )
+def _refused(recipients: tuple[str, ...], reply: Reply) -> Attempt:
+    """Each recipient refused on its own by one reply of the robot's (DNS, no host)."""
+    return Attempt(refusals=tuple(Refusal((r,), reply, r, ended=True) for r in recipients))

@@ -9,12 +9,11 @@ from datetime import UTC, datetime
 from robot.compose.dkim import load_signer
 from robot.compose.message import compose
 from robot.config import Account, Settings
-from robot.errors import PermanentDeliveryError, TransientDeliveryError
+from robot.logs import get_logger
 from robot.outbox.rows import OutboxRow
-from robot.outcome.replies import Outcome, Stage
-from robot.send.direct import DirectResult
+from robot.send.attempt import Attempt
 from robot.send.direct import deliver as deliver_direct
-from robot.send.relay import SendResult, SmtpConnection
+from robot.send.relay import Relay, SmtpConnection
 
 
 async def check_account(account: Account) -> str:
@@ -28,11 +27,10 @@ async def check_account(account: Account) -> str:
     return greeting
 
 
-async def send_test(settings: Settings, account: Account, to: str) -> SendResult:
-    """Send one test message to `to` now; writes no outbox row.
-
-    Raises BadRowError for a bad address, TransportFault or DeliveryError when refused.
-    """
+async def send_test(settings: Settings, account: Account, to: str) -> Attempt:
+    """Send one test message to `to` now, through the account's relay or directly to the
+    recipient's mail host; writes no outbox row. Returns what the server said. Raises
+    BadRowError for a bad address."""
     now = datetime.now(UTC)
     domain = account.sender.address.rpartition("@")[2] or socket.getfqdn()
     row = OutboxRow(
@@ -75,29 +73,9 @@ async def send_test(settings: Settings, account: Account, to: str) -> SendResult
     if signer is not None:
         message = signer.sign_composed(message)
     if account.smtp.direct:
-        return _direct_reply(await deliver_direct(account, message))
-    connection = SmtpConnection(account)
-    await connection.open()
+        return await deliver_direct(account, message, get_logger("robot.test"))
+    relay = Relay()
     try:
-        return await connection.send(message)
+        return await relay.send(account, message)
     finally:
-        await connection.close()
-
-
-def _direct_reply(result: DirectResult) -> SendResult:
-    """A direct delivery as `test` reports it: the accepting host's reply, or the refusal."""
-    first = result.first_accepted
-    if first is not None:
-        refused = {r.recipient: (r.code or 0, r.reply) for r in result.refusals}
-        return SendResult(first.code or 250, f"{first.reply} ({first.host})", refused)
-    refusal = result.decisive()
-    error = (
-        TransientDeliveryError if refusal.outcome is Outcome.DEFERRED else (PermanentDeliveryError)
-    )
-    raise error(
-        refusal.detail,
-        code=refusal.code,
-        reply=refusal.reply,
-        recipient=refusal.recipient,
-        stage=refusal.stage or Stage.CONNECT,
-    )
+        await relay.close()

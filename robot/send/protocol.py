@@ -98,12 +98,12 @@ def _has_bare_ending(message: bytes) -> bool:
     return message.count(b"\r") != pairs or message.count(b"\n") != pairs
 
 
-def path(address: str, utf8: bool) -> bytes:
+def path(address: str) -> bytes:
     """`<address>` for MAIL FROM or RCPT TO. Raises ValueError for a control character (a
-    line break would smuggle a command) or, without SMTPUTF8, a non-ASCII address."""
-    if CONTROL.search(address) or "<" in address or ">" in address:
+    line break would smuggle a command) or a non-ASCII address (no SMTPUTF8)."""
+    if CONTROL.search(address) or "<" in address or ">" in address or not address.isascii():
         raise ValueError(f"address {address!r} cannot go on an SMTP command line")
-    return b"<" + address.encode("utf-8" if utf8 else "ascii") + b">"
+    return b"<" + address.encode("ascii") + b">"
 
 
 class ReplyReader(asyncio.Protocol):

@@ -1,7 +1,8 @@
-"""SMTP connections of one account, over aiosmtplib. The only module that sees its errors.
+"""SMTP connections of one account, over aiosmtplib: the only module that sees its errors.
 
-aiosmtplib's exceptions are re-raised as TransportFault (the account cannot send at all),
-TransientDeliveryError (try the message later) or PermanentDeliveryError (never).
+aiosmtplib opens a connection (a failure is a TransportFault: the account cannot send);
+the transactions go over robot.send.protocol and come back as an Attempt, whatever the
+server said. `Relay` keeps a worker's connections, one per account.
 """
 
 from __future__ import annotations
@@ -9,34 +10,14 @@ from __future__ import annotations
 import enum
 import socket
 import ssl
-from dataclasses import dataclass, field
 
 import aiosmtplib
 
 from robot.compose.message import Composed
 from robot.config import Account, is_loopback
-from robot.errors import (
-    ConfigError,
-    PermanentDeliveryError,
-    TransientDeliveryError,
-    TransportFault,
-)
-from robot.outcome.replies import Outcome, Reply, Stage, classify
+from robot.errors import ConfigError, TransportFault
+from robot.send.attempt import Attempt, Refusal, Reply, SmtpCode, Stage
 from robot.send.protocol import SessionBroken, SmtpReply, SmtpSession, path
-
-COMPLETED = 250
-START_INPUT = 354
-SERVICE_CLOSING = 421
-AUTH_REQUIRED = 530  # RFC 4954; also "530 Must issue a STARTTLS command first"
-
-
-@dataclass(frozen=True)
-class SendResult:
-    """The server accepted DATA for at least one recipient."""
-
-    code: int
-    reply: str
-    refused: dict[str, tuple[int, str]] = field(default_factory=dict)  # recipient -> reply
 
 
 def tls_context(account: Account) -> ssl.SSLContext:
@@ -143,20 +124,23 @@ class SmtpConnection:
         assert settings.username is not None
         await smtp.login(settings.username, password)
 
-    async def send(self, message: Composed) -> SendResult:
+    async def send(self, message: Composed) -> tuple[Attempt, bool]:
         """Send one message: MAIL, RCPT for each recipient, DATA (pipelined when offered),
-        then the body.
+        then the body. Returns the attempt, and whether the connection failed before DATA
+        (nothing was sent: a reused connection that went stale is worth a fresh one).
 
-        Raises TransientDeliveryError or PermanentDeliveryError, with the stage (and the
-        recipient, when the reply is about one), or TransportFault when the server wants a
-        login or TLS first (530 to MAIL): no message of this account can go through.
+        A server that wants a login or TLS first (530 to MAIL) is the account's fault, not
+        the message's: the attempt says so and the connection is closed.
         """
+        recipients = message.recipients
         session = self._session
         if session is None:
-            raise TransientDeliveryError("connection is not open", stage=Stage.CONNECT)
+            return _ended(recipients, Reply(None, "connection is not open", Stage.CONNECT)), True
         self.sent_on_connection += 1
-        recipients = message.recipients
-        mail, rcpts = self._paths(session, message)
+        try:
+            mail, rcpts = self._paths(session, message)
+        except ValueError as exc:  # compose lets no such address through: a last guard
+            return _ended(recipients, Reply(554, f"5.6.0 {exc}", Stage.MAIL, True)), False
         broken: SessionBroken | None = None
         try:
             replies = await session.envelope(mail, rcpts)
@@ -166,19 +150,22 @@ class SmtpConnection:
         data_reply = replies[len(rcpts) + 1] if len(replies) > len(rcpts) + 1 else None
         if mail_reply is not None and not mail_reply.ok:
             await self._abandon(mail_reply, data_reply)
-            if mail_reply.code == AUTH_REQUIRED:
-                raise TransportFault(
+            if mail_reply.code == SmtpCode.AUTH_REQUIRED:
+                await self.close()
+                return Attempt.faulted(
                     f"{self.where} answered {mail_reply.code} {mail_reply.text} (at MAIL): "
                     "check username and security"
-                )
-            raise _delivery_error(mail_reply.code, mail_reply.text, Stage.MAIL, None)
-        refused: dict[str, tuple[int, str]] = {}
+                ), False
+            return _ended(recipients, _reply(mail_reply, Stage.MAIL)), False
+        refused: list[Refusal] = []
         for recipient, reply in zip(recipients, replies[1 : len(rcpts) + 1], strict=False):
-            if reply.code == SERVICE_CLOSING:  # the server is closing: not a refusal
+            if reply.code == SmtpCode.SERVICE_CLOSING:  # the server is closing: not a refusal
                 await self.close()
-                raise _delivery_error(reply.code, reply.text, Stage.RCPT, recipient)
+                rest = _not_refused(recipients, refused)
+                closing = Refusal(rest, _reply(reply, Stage.RCPT), recipient, ended=True)
+                return Attempt(refusals=(*refused, closing)), False
             if not reply.ok:
-                refused[recipient] = (reply.code, reply.text)
+                refused.append(Refusal((recipient,), _reply(reply, Stage.RCPT), recipient))
         if broken is not None:
             await self.close()
             stage = (  # the command whose reply did not come
@@ -188,58 +175,40 @@ class SmtpConnection:
                 if len(replies) <= len(rcpts)
                 else Stage.DATA
             )
-            raise TransientDeliveryError(
-                str(broken), reply=str(broken), stage=stage, before_data=True
-            ) from broken
+            silence = Refusal(_not_refused(recipients, refused), Reply(None, str(broken), stage))
+            return Attempt(refusals=(*refused, _ending(silence))), True
         if len(refused) == len(recipients):
             await self._abandon(None, data_reply)
-            # Bounce only if every refusal is for good: one that may change defers the row.
-            first = next(
-                (
-                    r
-                    for r, (c, t) in refused.items()
-                    if classify(Reply(c, t, Stage.RCPT)) is Outcome.DEFERRED
-                ),
-                next(iter(refused)),
-            )
-            code, text = refused[first]
-            raise _delivery_error(code, text, Stage.RCPT, first, refused)
-        accepted = [r for r in recipients if r not in refused]
+            return Attempt(refusals=tuple(refused)), False
+        accepted = _not_refused(recipients, refused)
         only = accepted[0] if len(accepted) == 1 else None
         assert data_reply is not None
-        if data_reply.code != START_INPUT:
+        if data_reply.code != SmtpCode.START_INPUT:
             await self._abandon(data_reply, None)
-            raise _delivery_error(data_reply.code, data_reply.text, Stage.DATA, only)
+            ending = Refusal(accepted, _reply(data_reply, Stage.DATA), only, ended=True)
+            return Attempt(refusals=(*refused, ending)), False
         try:
             reply = await session.body(message.data)
         except SessionBroken as exc:
             await self.close()
-            raise TransientDeliveryError(
-                str(exc), reply=str(exc), stage=Stage.DATA, before_data=False
-            ) from exc
-        if reply.code != COMPLETED:
+            ending = Refusal(accepted, Reply(None, str(exc), Stage.DATA), only, ended=True)
+            return Attempt(refusals=(*refused, ending)), False
+        if reply.code != SmtpCode.COMPLETED:
             await self._abandon(reply, None)
-            raise _delivery_error(reply.code, reply.text, Stage.DATA, only)
-        return SendResult(code=reply.code, reply=reply.text, refused=refused)
+            ending = Refusal(accepted, _reply(reply, Stage.DATA), only, ended=True)
+            return Attempt(refusals=(*refused, ending)), False
+        return Attempt(
+            accepted=accepted,
+            accepted_reply=_reply(reply, Stage.DATA),
+            refusals=tuple(refused),
+            hosts=(self.where,),
+        ), False
 
     def _paths(self, session: SmtpSession, message: Composed) -> tuple[bytes, list[bytes]]:
-        """MAIL FROM's path with its parameters, and each RCPT TO's path."""
-        utf8 = not message.envelope_from.isascii() or not all(
-            a.isascii() for a in message.recipients
-        )
-        if utf8 and not session.supports("smtputf8"):
-            raise TransientDeliveryError(
-                f"{self.where} does not offer SMTPUTF8, which a non-ASCII address needs",
-                stage=Stage.MAIL,
-                before_data=True,
-            )
-        try:
-            mail = path(message.envelope_from, utf8)
-            rcpts = [path(r, utf8) for r in message.recipients]
-        except ValueError as exc:
-            raise PermanentDeliveryError(str(exc), stage=Stage.MAIL, before_data=True) from exc
-        if utf8:
-            mail += b" SMTPUTF8"
+        """MAIL FROM's path with its parameters, and each RCPT TO's path. Raises ValueError
+        for an address that cannot go on a command line (compose refuses those first)."""
+        mail = path(message.envelope_from)
+        rcpts = [path(r) for r in message.recipients]
         if session.supports("size"):
             mail += b" SIZE=%d" % len(message.data)
         return mail, rcpts
@@ -250,11 +219,11 @@ class SmtpConnection:
         session = self._session
         if session is None:
             return
-        if refusal is not None and refusal.code == SERVICE_CLOSING:
+        if refusal is not None and refusal.code == SmtpCode.SERVICE_CLOSING:
             await self.close()
             return
         try:
-            if data_reply is not None and data_reply.code == START_INPUT:
+            if data_reply is not None and data_reply.code == SmtpCode.START_INPUT:
                 await session.end_empty()
             if (await session.command(b"RSET")).ok:
                 return
@@ -382,24 +351,6 @@ async def _hello(smtp: aiosmtplib.SMTP) -> None:
         await smtp.helo()
 
 
-def _delivery_error(
-    code: int,
-    text: str,
-    stage: Stage,
-    recipient: str | None,
-    refused: dict[str, tuple[int, str]] | None = None,
-) -> TransientDeliveryError | PermanentDeliveryError:
-    kind = PermanentDeliveryError if 500 <= code < 600 else TransientDeliveryError
-    return kind(
-        f"{code} {text}",
-        code=code,
-        reply=text,
-        recipient=recipient,
-        stage=stage,
-        refused=refused,
-    )
-
-
 def _describe(exc: BaseException) -> str:
     """A short reason; aiosmtplib wraps the socket error, so look at the cause too."""
     cause = exc.__cause__ or exc.__context__
@@ -420,3 +371,75 @@ def _describe(exc: BaseException) -> str:
 async def _abort(smtp: aiosmtplib.SMTP) -> None:
     if smtp.is_connected:
         smtp.close()
+
+
+def _reply(reply: SmtpReply, stage: Stage) -> Reply:
+    return Reply(reply.code, reply.text, stage)
+
+
+def _not_refused(recipients: tuple[str, ...], refused: list[Refusal]) -> tuple[str, ...]:
+    gone = {r for refusal in refused for r in refusal.recipients}
+    return tuple(r for r in recipients if r not in gone)
+
+
+def _ending(refusal: Refusal) -> Refusal:
+    return Refusal(refusal.recipients, refusal.reply, refusal.about, ended=True)
+
+
+def _ended(recipients: tuple[str, ...], reply: Reply) -> Attempt:
+    """Every recipient refused by one reply that ended the transaction."""
+    return Attempt(refusals=(Refusal(recipients, reply, ended=True),))
+
+
+class Relay:
+    """The relay connections of one connection worker, one per account: reused for the
+    next message, reopened after max_per_connection messages or once the server closed it."""
+
+    def __init__(self) -> None:
+        self.connections: dict[str, SmtpConnection] = {}
+
+    async def send(self, account: Account, message: Composed) -> Attempt:
+        """Send `message` from `account`. A reused connection found dead before DATA (the
+        server timed it out while idle) costs one more try on a fresh connection; whatever
+        that try gives is the attempt."""
+        attempt, stale = await self._send_once(account, message)
+        if stale and attempt.fault is None:
+            await self._drop(account.name)
+            attempt, _ = await self._send_once(account, message)
+        connection = self.connections.get(account.name)
+        if connection is not None and connection.exhausted:
+            await self._drop(account.name)
+        return attempt
+
+    async def _send_once(self, account: Account, message: Composed) -> tuple[Attempt, bool]:
+        """One try: (attempt, True when a reused connection failed before DATA)."""
+        connection = self.connections.get(account.name)
+        if connection is not None and (
+            connection.account is not account or not connection.is_open or connection.exhausted
+        ):
+            await self._drop(account.name)
+            connection = None
+        if connection is None:
+            connection = SmtpConnection(account)
+            try:
+                await connection.open()
+            except TransportFault as exc:
+                return Attempt.faulted(str(exc)), False
+            self.connections[account.name] = connection
+        reused = connection.sent_on_connection > 0
+        attempt, before_data = await connection.send(message)
+        return attempt, before_data and reused
+
+    def open_connections(self) -> dict[str, int]:
+        """Open connections by account name, for the metrics."""
+        return {name: int(c.is_open) for name, c in self.connections.items()}
+
+    async def _drop(self, name: str) -> None:
+        connection = self.connections.pop(name, None)
+        if connection is not None:
+            await connection.close()
+
+    async def close(self) -> None:
+        """QUIT every connection."""
+        for name in list(self.connections):
+            await self._drop(name)

@@ -161,9 +161,9 @@ def robot_for(ini: Path) -> Robot:
 
 async def poll_once(robot: Robot) -> None:
     try:
-        await robot._poll_bounces()
+        await robot.jobs.poll_bounces()
     finally:
-        robot._executor.shutdown(wait=True)
+        robot.db.close()
         robot.outbox.engine.dispose()
 
 

@@ -41,9 +41,9 @@ async def test_metrics_endpoint_reports_outcomes_depth_and_latency(
     running = asyncio.create_task(robot.run())
     try:
         await smtp_server.wait_for(2, timeout=20)
-        while robot.counts.get("bounced", 0) < 1:
+        while robot.tally.counts.get("bounced", 0) < 1:
             await asyncio.sleep(0.05)
-        await robot._measure()  # the 15-second reading, now
+        await robot.jobs.measure()  # the 15-second reading, now
         assert robot.metrics_url is not None
         seen = await asyncio.to_thread(scrape, robot.metrics_url)
     finally:

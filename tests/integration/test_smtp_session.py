@@ -1,4 +1,4 @@
-"""robot.send.protocol through robot.transport.SmtpConnection, on real sockets.
+"""robot.send.protocol through robot.send.relay.SmtpConnection, on real sockets.
 
 Most servers here are written by hand (`RawSmtpServer`): each test scripts the bytes it
 answers and reads what the robot sent exactly as it came, so pipelining, split replies,
@@ -18,9 +18,10 @@ import pytest
 
 from robot.compose.message import Composed
 from robot.config import Account, load_settings
-from robot.errors import PermanentDeliveryError, TransientDeliveryError
+from robot.outcome.judge import deciding_refusal
+from robot.send.attempt import Attempt, Refusal, Reply, Stage
 from robot.send.protocol import BODY_CHUNK, data_payload
-from robot.send.relay import SendResult, SmtpConnection
+from robot.send.relay import SmtpConnection
 from tests.conftest import WriteIni
 from tests.support.smtpd import TestSMTPServer
 
@@ -216,6 +217,17 @@ async def raw_server(
         await server.stop()
 
 
+def ending(attempt: Attempt) -> Refusal:
+    """The refusal that decides a row none of whose recipients was reached."""
+    assert attempt.accepted_reply is None and attempt.fault is None, attempt
+    return deciding_refusal(attempt.refusals)
+
+
+def accepted_code(attempt: Attempt) -> int | None:
+    assert attempt.accepted_reply is not None, attempt
+    return attempt.accepted_reply.code
+
+
 @asynccontextmanager
 async def connected(account: Account) -> AsyncIterator[SmtpConnection]:
     """An open SmtpConnection of `account`, closed (QUIT) on exit."""
@@ -276,13 +288,14 @@ async def test_pipelined_replies_are_paired_however_they_are_split(
 
     async with raw_server(script) as server:
         async with connected(account_for(server.port)) as connection:
-            result = await connection.send(message("a@example.org", "b@example.org"))
-            assert result == SendResult(250, "2.0.0 Ok\n2.0.0 queued as 4F2A", {})
+            result, _ = await connection.send(message("a@example.org", "b@example.org"))
+            assert result.accepted_reply == Reply(250, "2.0.0 Ok\n2.0.0 queued as 4F2A")
+            assert result.refusals == ()
             assert connection.is_open
-            second = await connection.send(
+            second, _ = await connection.send(
                 message("c@example.org", data=b"Subject: 2\r\n\r\nx\r\n")
             )
-            assert second == SendResult(250, "2.0.0 Ok: queued", {})
+            assert second.accepted_reply == Reply(250, "2.0.0 Ok: queued")
         await server.finished()
     (wire,) = server.wires
     assert wire.bodies == [data_payload(BODY), b"Subject: 2\r\n\r\nx\r\n.\r\n"]
@@ -315,13 +328,11 @@ async def test_an_unsolicited_reply_is_not_taken_for_the_next_command(
             await connection.send(message())
             await stray_sent.wait()
             await asyncio.sleep(0.05)  # the stray reply reaches the robot's socket before MAIL
-            with pytest.raises(PermanentDeliveryError) as caught:
-                await connection.send(message())
+            refused, _ = await connection.send(message())
             assert connection.is_open
         await server.finished()
     # taken for the reply to MAIL, the stray 250 would shift every reply by one
-    assert (caught.value.code, caught.value.stage) == (550, "mail")
-    assert caught.value.reply == "5.7.1 Sender blocked"
+    assert ending(refused).reply == Reply(550, "5.7.1 Sender blocked", Stage.MAIL)
     assert server.wires[0].commands[-2:] == [b"RSET", b"QUIT"]
 
 
@@ -355,21 +366,20 @@ async def test_a_data_accepted_after_a_failed_envelope_is_ended_with_a_lone_dot(
     recipients = ("gone@example.org", "unknown@example.org")
     async with raw_server(script) as server:
         async with connected(account_for(server.port)) as connection:
-            with pytest.raises(PermanentDeliveryError) as caught:
-                await connection.send(message(*recipients))
+            refused, _ = await connection.send(message(*recipients))
             assert connection.is_open
-            result = await connection.send(message("next@example.org"))
+            result, _ = await connection.send(message("next@example.org"))
         await server.finished()
-    error = caught.value
+    error = ending(refused)
     # the result is the refusal of the envelope, not the 554 to the lone "."
-    assert (error.code, error.reply, error.stage) == (550, reply, stage)
+    assert (error.reply.code, error.reply.text, error.reply.stage) == (550, reply, stage)
     if stage == "rcpt":
-        assert error.recipient == "gone@example.org"
-        assert error.refused == {
-            "gone@example.org": (550, "5.1.1 No such user"),
-            "unknown@example.org": (550, "5.1.1 Unknown"),
-        }
-    assert result.code == 250
+        assert error.about == "gone@example.org"
+        assert [(r.about, r.reply.line()) for r in refused.refusals] == [
+            ("gone@example.org", "550 5.1.1 No such user"),
+            ("unknown@example.org", "550 5.1.1 Unknown"),
+        ]
+    assert accepted_code(result) == 250
     (wire,) = server.wires
     assert wire.commands[:8] == [
         EHLO,
@@ -402,13 +412,12 @@ async def test_a_garbage_reply_defers_and_closes_the_connection(
 
     async with raw_server(script, pipelining=pipelining) as server:
         async with connected(account_for(server.port)) as connection:
-            with pytest.raises(TransientDeliveryError) as caught:
-                await connection.send(message())
+            refused, before_data = await connection.send(message())
             assert not connection.is_open
         await server.finished()
-    error = caught.value
-    assert "malformed SMTP reply line: 'hello'" in str(error)
-    assert (error.code, error.stage, error.before_data) == (None, stage, True)
+    error = ending(refused).reply
+    assert "malformed SMTP reply line: 'hello'" in error.text
+    assert (error.code, error.stage, before_data) == (None, stage, True)
     (wire,) = server.wires
     assert wire.closed_by_client
     assert b"QUIT" not in b"".join(wire.reads)  # the connection is out of step: no QUIT
@@ -441,15 +450,14 @@ async def test_a_server_that_stops_answering_defers_after_timeout_seconds(
     async with raw_server(script, pipelining=pipelining) as server:
         async with connected(account_for(server.port, timeout=0.4)) as connection:
             started = time.monotonic()
-            with pytest.raises(TransientDeliveryError) as caught:
-                await connection.send(message())
+            refused, broke_before_data = await connection.send(message())
             waited = time.monotonic() - started
             assert not connection.is_open
         await server.finished()
-    error = caught.value
-    assert "timed out after 0.4 s" in str(error)
+    error = ending(refused).reply
+    assert "timed out after 0.4 s" in error.text
     assert error.code is None
-    assert error.before_data is before_data
+    assert broke_before_data is before_data
     assert 0.35 < waited < 1.2  # one timeout_seconds, not several
     assert len(server.wires[0].bodies) == (1 if answered == 3 else 0)
     assert error.stage == stage
@@ -473,9 +481,9 @@ async def test_without_pipelining_each_command_waits_for_the_reply_to_the_last(
 
     async with raw_server(script, pipelining=False) as server:
         async with connected(account_for(server.port)) as connection:
-            result = await connection.send(message("a@example.org", "b@example.org"))
+            result, _ = await connection.send(message("a@example.org", "b@example.org"))
         await server.finished()
-    assert result.code == 250
+    assert accepted_code(result) == 250
     assert alone == [True, True, True, True]
     assert server.wires[0].commands == [
         EHLO,
@@ -511,11 +519,10 @@ async def test_without_pipelining_a_failed_envelope_stops_at_once(
 
     async with raw_server(script, pipelining=False) as server:
         async with connected(account_for(server.port)) as connection:
-            with pytest.raises(PermanentDeliveryError) as caught:
-                await connection.send(message("a@example.org", "b@example.org"))
+            refused, _ = await connection.send(message("a@example.org", "b@example.org"))
             assert connection.is_open
         await server.finished()
-    assert (caught.value.code, caught.value.stage) == (550, stage)
+    assert (ending(refused).reply.code, ending(refused).reply.stage) == (550, stage)
     assert server.wires[0].commands == [EHLO, *sent, b"RSET", b"QUIT"]
 
 
@@ -535,9 +542,9 @@ async def test_with_pipelining_the_envelope_comes_in_one_write_before_any_reply(
 
     async with raw_server(script, extensions=["SIZE 10000000"]) as server:
         async with connected(account_for(server.port)) as connection:
-            result = await connection.send(message("a@example.org", "b@example.org"))
+            result, _ = await connection.send(message("a@example.org", "b@example.org"))
         await server.finished()
-    assert result.code == 250
+    assert accepted_code(result) == 250
     assert envelope == [
         b"MAIL FROM:<robot@example.org> SIZE=%d" % len(BODY),
         b"RCPT TO:<a@example.org>",
@@ -568,9 +575,9 @@ async def test_a_large_body_with_leading_dots_arrives_intact(
     await server.start()
     try:
         async with connected(account_for(server.port)) as connection:
-            result = await connection.send(message(data=data))
+            result, _ = await connection.send(message(data=data))
             assert connection.is_open
-        assert result.code == 250
+        assert accepted_code(result) == 250
         (received,) = server.received
         assert received.data == data
     finally:
@@ -599,10 +606,10 @@ async def test_a_large_body_to_a_slow_reader_is_not_timed_out_as_a_whole(
     async with raw_server(script) as server:
         async with connected(account_for(server.port, timeout=1)) as connection:
             started = time.monotonic()
-            result = await connection.send(message(data=data))
+            result, _ = await connection.send(message(data=data))
             waited = time.monotonic() - started
         await server.finished()
-    assert result.code == 250
+    assert accepted_code(result) == 250
     assert waited > 1  # longer than timeout_seconds in all, never that long per chunk
     assert server.wires[0].bodies == [data_payload(data)]
 
@@ -621,15 +628,14 @@ async def test_a_large_body_to_a_server_that_stops_reading_times_out(
     async with raw_server(script) as server:
         async with connected(account_for(server.port, timeout=0.4)) as connection:
             started = time.monotonic()
-            with pytest.raises(TransientDeliveryError) as caught:
-                await connection.send(message(data=large_body(8_000_000)))
+            refused, before_data = await connection.send(message(data=large_body(8_000_000)))
             waited = time.monotonic() - started
             gave_up.set()
             assert not connection.is_open
         await server.finished()
-    error = caught.value
-    assert "timed out after 0.4 s writing the message" in str(error)
-    assert (error.code, error.stage, error.before_data) == (None, "data", False)
+    error = ending(refused).reply
+    assert "timed out after 0.4 s writing the message" in error.text
+    assert (error.code, error.stage, before_data) == (None, "data", False)
     assert 0.35 < waited < 1.2  # one timeout_seconds, not several
     assert server.wires[0].closed_by_client
 
@@ -647,12 +653,15 @@ async def test_one_refused_recipient_of_several_is_reported_and_the_rest_get_the
         server.fault("RCPT", "550 5.1.1 No such user", address="gone@example.org")
         recipients = ("a@example.org", "gone@example.org", "c@example.org")
         async with connected(account_for(server.port)) as connection:
-            result = await connection.send(message(*recipients))
+            result, _ = await connection.send(message(*recipients))
             assert connection.is_open
         (received,) = server.received
     finally:
         await server.stop()
-    assert result.code == 250
-    assert result.refused == {"gone@example.org": (550, "5.1.1 No such user")}
+    assert accepted_code(result) == 250
+    assert result.accepted == ("a@example.org", "c@example.org")
+    assert [(r.about, r.reply.line()) for r in result.refusals] == [
+        ("gone@example.org", "550 5.1.1 No such user")
+    ]
     assert received.rcpt_tos == ["a@example.org", "c@example.org"]
     assert received.data == BODY

@@ -1,5 +1,5 @@
-"""The pure parts of direct delivery: grouping by domain, MX order, null MX, the verdict of a
-row none of whose recipients was reached, and the robot.ini keys."""
+"""The pure parts of direct delivery: grouping by domain, MX order, null MX, and the robot.ini
+keys. What its refusals mean for the row is robot.outcome's: tests/unit/test_judge.py."""
 
 from __future__ import annotations
 
@@ -10,11 +10,7 @@ import pytest
 
 from robot.config import load_settings
 from robot.errors import ConfigError
-from robot.outcome.replies import Outcome, Stage
 from robot.send.direct import (
-    DirectResult,
-    DomainResult,
-    Refusal,
     address_literal,
     group_by_domain,
     is_null_mx,
@@ -67,37 +63,6 @@ def test_address_literals() -> None:
     assert address_literal("[IPv6:2001:db8::1]") == "2001:db8::1"
     assert address_literal("[not-an-ip]") is None
     assert address_literal("example.test") is None
-
-
-def refusal(recipient: str, outcome: Outcome, code: int | None = None) -> Refusal:
-    stage = Stage.RCPT if code else None
-    return Refusal(recipient, outcome, f"reply for {recipient}", code, stage)
-
-
-def result_of(*refusals: Refusal) -> DirectResult:
-    return DirectResult(
-        tuple(
-            DomainResult(r.recipient.split("@")[1], (r.recipient,), refusals=(r,)) for r in refusals
-        )
-    )
-
-
-def test_a_refusal_that_may_change_decides_then_a_failure_then_a_bounce() -> None:
-    bounced = refusal("a@one.test", Outcome.BOUNCED, 550)
-    failed = refusal("b@two.test", Outcome.FAILED, 554)
-    deferred = refusal("c@three.test", Outcome.DEFERRED)
-    assert result_of(bounced, failed, deferred).decisive() is deferred
-    assert result_of(bounced, failed).decisive() is failed
-    assert result_of(bounced).decisive() is bounced
-    assert result_of(bounced).accepted == () and result_of(bounced).first_accepted is None
-
-
-def test_refusal_texts() -> None:
-    smtp = Refusal("a@x.test", Outcome.BOUNCED, "5.1.1 No such user", 550, Stage.RCPT)
-    assert smtp.detail == "a@x.test: 550 5.1.1 No such user"  # as the history records refusals
-    assert smtp.reason == "a@x.test: 550 5.1.1 No such user (at RCPT)"
-    dns = Refusal("a@gone.test", Outcome.BOUNCED, "domain gone.test does not exist (NXDOMAIN)")
-    assert dns.detail == dns.reason == "a@gone.test: domain gone.test does not exist (NXDOMAIN)"
 
 
 INI = "[database]\nurl = sqlite:///x.db\n[sender]\naddress = robot@example.org\n[smtp]\n"

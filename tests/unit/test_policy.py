@@ -7,8 +7,9 @@ from datetime import timedelta
 import pytest
 
 from robot.outbox.schema import Status
-from robot.outcome.replies import Outcome, Reply, Stage, classify, suppresses
+from robot.outcome.replies import Outcome, classify, suppresses
 from robot.outcome.retry import RetryPolicy
+from robot.send.attempt import Reply, Stage
 
 SENT, DEFERRED, BOUNCED, FAILED = Outcome.SENT, Outcome.DEFERRED, Outcome.BOUNCED, Outcome.FAILED
 CONNECT, MAIL, RCPT, DATA = Stage.CONNECT, Stage.MAIL, Stage.RCPT, Stage.DATA

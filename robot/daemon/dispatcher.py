@@ -1,0 +1,218 @@
+"""The dispatcher: claims due rows while the workers' queue has room, and hands them out.
+
+It sleeps until woken: by the poll timer, a NOTIFY, a timer set for a row known to become
+due, the end of an account's pause, or a worker that finished the last row of a drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from robot.backoff import database_backoff
+from robot.compose.message import addresses_in
+from robot.daemon.database import DatabaseCalls
+from robot.daemon.pauses import AccountPauses
+from robot.daemon.setup import Setup
+from robot.logs import first_line
+from robot.outbox.gateway import Outbox
+from robot.outbox.rows import OutboxRow
+
+WAKE_SLACK = 0.05  # seconds after a known due time, so that the database clock agrees
+
+
+class Dispatcher:
+    """Claims rows for `worker_id` and queues them for the connection workers."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        worker_id: str,
+        current: Callable[[], Setup],
+        db: DatabaseCalls,
+        pauses: AccountPauses,
+        stopping: asyncio.Event,
+        log: Any,
+        *,
+        drain: bool,
+    ) -> None:
+        self.outbox = outbox
+        self.worker_id = worker_id
+        self.current = current
+        self.db = db
+        self.pauses = pauses
+        self.stopping = stopping
+        self.log = log
+        self.drain = drain
+        self.wake = asyncio.Event()
+        self.room = asyncio.Event()
+        self.queue: asyncio.Queue[OutboxRow | None] = asyncio.Queue()
+        self.in_flight = 0
+        self.leased: set[int] = set()  # claimed rows queued or on a wire: their leases renewed
+        self.unsent: list[int] = []  # taken from the queue after stop: released, not sent
+        self.wake_times: set[float] = set()  # wake-up timers set (monotonic, rounded)
+
+    # -- the claim loop ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Claim while not stopping; in a drain, stop the robot once nothing is left."""
+        outage = database_backoff()
+        while not self.stopping.is_set():
+            high_water = self.current().settings.robot.batch_size
+            if self.queue.qsize() > high_water // 2:
+                self.room.clear()
+                await self.room.wait()
+                continue
+            self.wake.clear()
+            try:
+                rows = await self._claim(high_water - self.queue.qsize())
+                outage.reset()
+            except SQLAlchemyError as exc:
+                self.log.error(
+                    "database.unavailable",
+                    doing="claim",
+                    error=first_line(exc),
+                    retry_in=outage.delay,
+                )
+                await self._sleep(outage.next() or 0.0)
+                continue
+            if self.stopping.is_set():
+                await self.release([r.id for r in rows], "robot stopping")
+                return
+            for row in rows:
+                self.leased.add(row.id)
+                self.queue.put_nowait(row)
+            if rows:
+                self.log.debug("claimed", rows=len(rows))
+                continue
+            if self.drain and self.queue.empty() and self.in_flight == 0:
+                self.log.info("drain.done")
+                return
+            await self._wait_for_wake()
+
+    async def _claim(self, limit: int) -> list[OutboxRow]:
+        """Lease up to `limit` due rows of unpaused accounts, each with the addresses of it
+        that are on the suppression list. Raises SQLAlchemyError (nothing stays leased)."""
+        setup = self.current()
+        rows = await self.db.call(
+            self.outbox.claim, self.worker_id, limit, setup.message_ids, self.pauses.paused()
+        )
+        if not rows:
+            return rows
+        try:
+            return await self._with_suppressed(rows)
+        except SQLAlchemyError:  # claimed but not queued: give them back, or renew keeps them
+            await self.release([r.id for r in rows], "suppression look-up failed")
+            raise
+
+    async def _with_suppressed(self, rows: list[OutboxRow]) -> list[OutboxRow]:
+        """The rows, each with its addresses found in the suppression list (one query)."""
+        wanted = {r.id: _addresses(r) for r in rows if not r.transactional}
+        everyone = set().union(*wanted.values()) if wanted else set()
+        if not everyone:
+            return rows
+        hits = set(await self.db.call(self.outbox.is_suppressed, everyone))
+        if not hits:
+            return rows
+        return [
+            dataclasses.replace(r, suppressed=frozenset(wanted[r.id] & hits))
+            if wanted.get(r.id, set()) & hits
+            else r
+            for r in rows
+        ]
+
+    # -- the workers' side ---------------------------------------------------------------
+
+    async def take(self) -> OutboxRow | None:
+        """The next row to send, or None when the worker is to stop."""
+        while True:
+            row = await self.queue.get()
+            if row is None:
+                return None
+            if self.queue.qsize() <= self.current().settings.robot.batch_size // 2:
+                self.room.set()
+            if self.stopping.is_set():
+                self.unsent.append(row.id)
+                continue
+            self.in_flight += 1
+            return row
+
+    def done(self, row: OutboxRow) -> None:
+        """A worker is through with `row` (recorded, released or given up)."""
+        self.leased.discard(row.id)
+        self.in_flight -= 1
+        if self.drain and self.in_flight == 0 and self.queue.empty():
+            self.wake.set()
+
+    async def release(self, ids: list[int], reason: str) -> int:
+        """Give back claimed rows untried: their attempt is not counted."""
+        if not ids:
+            return 0
+        released = await self.db.until_done(
+            "release", self.outbox.release, ids, self.worker_id, reason
+        )
+        for row_id in ids:
+            self.leased.discard(row_id)
+        return released or 0
+
+    # -- stopping and waking -------------------------------------------------------------
+
+    def stop(self, workers: int) -> None:
+        """Claim nothing more; each of the `workers` gets an end-of-queue mark."""
+        for _ in range(workers):
+            self.queue.put_nowait(None)
+        self.wake.set()
+        self.room.set()
+
+    async def release_unsent(self) -> None:
+        """After the workers ended: give back every row claimed and not sent."""
+        while not self.queue.empty():
+            row = self.queue.get_nowait()
+            if row is not None:
+                self.unsent.append(row.id)
+        unsent, self.unsent = self.unsent, []
+        if unsent:
+            released = await self.release(unsent, "robot stopping or account paused")
+            self.log.info("claim.released", rows=released)
+
+    def wake_later(self, seconds: float) -> None:
+        """Wake the dispatcher in `seconds` (a row known to become due then). Timers are
+        rounded to a tenth of a second so that a burst of deferrals costs one timer."""
+        at = round(time.monotonic() + max(0.0, seconds) + WAKE_SLACK, 1)
+        if at in self.wake_times:
+            return
+        self.wake_times.add(at)
+
+        def wake() -> None:
+            self.wake_times.discard(at)
+            self.wake.set()
+
+        asyncio.get_running_loop().call_later(max(0.0, at - time.monotonic()), wake)
+
+    def on_new_rows(self) -> None:
+        """A host inserted rows: claim what is due now, and look again when their grace
+        delay is over."""
+        self.wake.set()
+        if self.outbox.grace_seconds > 0:
+            self.wake_later(self.outbox.grace_seconds)
+
+    async def _wait_for_wake(self) -> None:
+        try:
+            await asyncio.wait_for(self.wake.wait(), self.pauses.seconds_to_next_end())
+        except TimeoutError:
+            pass  # a paused account may send again
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+
+def _addresses(row: OutboxRow) -> set[str]:
+    return addresses_in([row.recipient, row.cc or "", row.bcc or ""])
