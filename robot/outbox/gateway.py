@@ -18,21 +18,19 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
-    LargeBinary,
+    Select,
     case,
-    cast,
     delete,
     func,
     insert,
     select,
     text,
-    type_coerce,
     update,
 )
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from robot.config import Settings
-from robot.outbox.engine import lenient_text
+from robot.outbox.dialects import statements_for
 from robot.outbox.message_ids import MessageIds
 from robot.outbox.rows import (
     NOT_RETURNED_BY_CLAIM,
@@ -58,16 +56,8 @@ from robot.outbox.schema import (
     utcnow,
 )
 
-SQLITE_TIME = "%Y-%m-%d %H:%M:%f"
 MIB = 1024 * 1024
-NOTIFY_CHANNEL = "email_robot_outbox"  # migration 0002's trigger notifies it on INSERT
 PURGE_CHUNK = 500  # rows deleted per transaction by the retention job
-FINISH_CHUNK = 100  # outcomes recorded by one UPDATE (10 parameters each)
-# The status of rows looked up by id, written so that no planner reads the status index
-# instead: its statistics may say "no row is sending" while hundreds are, and both SQLite
-# and PostgreSQL then scanned every sending row at every commit (bench/: 2.5x slower).
-NOT_BY_STATUS = "status || ''"
-FINISH_COLUMNS = "id, status, last_error, with_reply, code, reply, retry, event, detail"
 LEASE_CHUNK = 500  # claimed rows given Message-IDs, or history lines, by one statement
 LEASE_GIVE_UP = (
     "the robot sending it stopped answering on every attempt (lease expired); "
@@ -148,45 +138,14 @@ class Outbox:
         self.lease_seconds = lease_seconds
         self.max_body_bytes = max_body_bytes
         self.max_attachment_bytes = max_attachment_bytes
-        self.sqlite = engine.dialect.name == "sqlite"
-        self._finish_sql_cache: dict[int, str] = {}
+        self.statements = statements_for(engine)
         self._lease_sql_cache: dict[int, str] = {}
 
-    # -- clock and due rule ------------------------------------------------------------
-
-    def now_plus(self, seconds: float) -> ColumnElement[datetime]:
-        """The database clock plus `seconds`."""
-        expr: ColumnElement[Any]
-        if self.sqlite:
-            expr = func.strftime(SQLITE_TIME, "now", f"{seconds:+.3f} seconds")
-        else:
-            expr = func.now() + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
-        return type_coerce(expr, UTCDateTime())
+    # -- due rule ----------------------------------------------------------------------
 
     def due_at(self) -> ColumnElement[datetime]:
-        """coalesce(next_attempt_at, max(created_at + grace, coalesce(send_after, created_at)))."""
-        expr: ColumnElement[Any]
-        graced: ColumnElement[Any]
-        scheduled: ColumnElement[Any]
-        if self.sqlite:
-            # Host applications write what datetime() writes, or ISO text: normalise it so
-            # that the text comparison is a time comparison.
-            created = func.strftime(SQLITE_TIME, outbox.c.created_at)
-            graced = func.strftime(
-                SQLITE_TIME, outbox.c.created_at, f"{self.grace_seconds:+.3f} seconds"
-            )
-            # NULL send_after: not scheduled; unreadable send_after: never due (housekeeping
-            # fails the row) rather than sent at once.
-            scheduled = case(
-                (outbox.c.send_after.is_(None), created),
-                else_=func.strftime(SQLITE_TIME, outbox.c.send_after),
-            )
-            expr = func.coalesce(outbox.c.next_attempt_at, func.max(graced, scheduled))
-        else:
-            graced = outbox.c.created_at + func.make_interval(0, 0, 0, 0, 0, 0, self.grace_seconds)
-            scheduled = func.coalesce(outbox.c.send_after, outbox.c.created_at)
-            expr = func.coalesce(outbox.c.next_attempt_at, func.greatest(graced, scheduled))
-        return type_coerce(expr, UTCDateTime())
+        """When a row is or was due, with this outbox's grace (Statements.due_at)."""
+        return self.statements.due_at(self.grace_seconds)
 
     # -- the robot's side --------------------------------------------------------------
 
@@ -210,26 +169,13 @@ class Outbox:
         )
         if exclude_accounts:
             pick = pick.where(func.coalesce(outbox.c.account, "default").not_in(exclude_accounts))
-        if self.sqlite:
-            # Without statistics SQLite prefers the status index and sorts every waiting row;
-            # the partial queue index yields them in claim order and stops at the limit.
-            # BEGIN IMMEDIATE holds the write lock: nobody changes them before the UPDATE.
-            pick = pick.with_hint(outbox, "INDEXED BY ix_outbox_queue", "sqlite")
-        else:
-            pick = pick.with_for_update(skip_locked=True)
+        pick = self.statements.lock_for_claim(pick)
         # Two transactions, so that SQLite's write lock is held only for the first: lease
         # the rows and fix their Message-IDs (pick, then one UPDATE: one new version of
         # each row), then read what sending needs (a read, which WAL runs beside writers).
-        try:
-            with self.engine.begin() as conn:
-                leased = self._lease(conn, pick, worker, message_ids)
-        except OperationalError as exc:
-            if not (self.sqlite and "decode" in str(exc)):
-                raise
-            # A host wrote bytes that are not UTF-8 into a text column (SQLite allows it).
-            # Claim again reading them leniently: compose then fails just those rows.
-            with self.engine.begin() as conn, lenient_text(conn):
-                leased = self._lease(conn, pick, worker, message_ids)
+        leased = self.statements.with_lenient_retry(
+            self.engine.begin, lambda conn: self._lease(conn, pick, worker, message_ids)
+        )
         if not leased:
             return []
         try:
@@ -243,7 +189,7 @@ class Outbox:
     def _lease(
         self,
         conn: Connection,
-        pick: Any,
+        pick: Select[Any],
         worker: str,
         message_ids: MessageIds,
     ) -> list[int]:
@@ -254,7 +200,6 @@ class Outbox:
             return []
         # One statement each for all rows (not executemany): this runs while the claim holds
         # its locks, and SQLite gives up the GIL, and waits to get it back, at every row.
-        event = "(?, 'claimed', ?)" if self.sqlite else "(%s, 'claimed', %s)"
         for start in range(0, len(refs), LEASE_CHUNK):
             chunk = refs[start : start + LEASE_CHUNK]
             conn.exec_driver_sql(
@@ -272,43 +217,30 @@ class Outbox:
                 ),
             )
             conn.exec_driver_sql(
-                "INSERT INTO outbox_event (outbox_id, kind, detail) "
-                f"VALUES {', '.join([event] * len(chunk))}",
+                self.statements.claimed_events_sql(len(chunk)),
                 tuple(value for r in chunk for value in (r.id, worker)),
             )
         return [r.id for r in refs]
 
     def _lease_sql(self, rows: int) -> str:
-        """The UPDATE that leases `rows` picked rows: parameters (id, message_id) per row,
-        then the worker."""
+        """The UPDATE that leases `rows` picked rows (Statements.lease_sql), kept per size."""
         cached = self._lease_sql_cache.get(rows)
         if cached is not None:
             return cached
-        pair, mark = ("(?, ?)", "?") if self.sqlite else ("(%s::bigint, %s::text)", "%s")
-        until = _sql_later(self.sqlite, f"{float(self.lease_seconds):.3f}")
-        sql = (
-            f"WITH v (id, message_id) AS (VALUES {', '.join([pair] * rows)}) "
-            f"UPDATE outbox SET status = 'sending', claimed_by = {mark}, "
-            f"claimed_until = {until}, attempts = outbox.attempts + 1, "
-            f"updated_at = {_sql_now(self.sqlite)}, "
-            "message_id = v.message_id FROM v WHERE outbox.id = v.id"
-        )
+        sql = self.statements.lease_sql(rows, self.lease_seconds)
         self._lease_sql_cache[rows] = sql
         return sql
 
     def _read_leased(self, ids: list[int]) -> list[OutboxRow]:
         """The leased rows with what sending needs, and their files."""
         query = select(*self._sized_columns()).where(outbox.c.id.in_(ids))
-        try:
-            with self._reading() as conn:
-                return self._rows_with_files(conn, query, ids)
-        except OperationalError as exc:
-            if not (self.sqlite and "decode" in str(exc)):
-                raise
-            with self._reading() as conn, lenient_text(conn):
-                return self._rows_with_files(conn, query, ids)
+        return self.statements.with_lenient_retry(
+            self._reading, lambda conn: self._rows_with_files(conn, query, ids)
+        )
 
-    def _rows_with_files(self, conn: Connection, query: Any, ids: list[int]) -> list[OutboxRow]:
+    def _rows_with_files(
+        self, conn: Connection, query: Select[Any], ids: list[int]
+    ) -> list[OutboxRow]:
         result = conn.execute(query)
         names = list(result.keys())
         # Plain dicts: a RowMapping looks up a column it lacks through an exception, and a
@@ -327,16 +259,11 @@ class Outbox:
             with conn.begin():
                 yield conn
 
-    def _octets(self, column: ColumnElement[Any]) -> ColumnElement[int]:
-        """The stored size of a text or binary value in bytes, without reading it whole."""
-        if self.sqlite:
-            return func.coalesce(func.length(cast(column, LargeBinary())), 0)
-        return func.coalesce(func.octet_length(column), 0)
-
     def _sized_columns(self) -> list[ColumnElement[Any]]:
         """The columns a claim returns: what sending needs (the robot's bookkeeping columns
         stay out, None in the row), bodies left out (NULL) when together over the limit."""
-        size = self._octets(outbox.c.body_text) + self._octets(outbox.c.body_html)
+        octets = self.statements.octets
+        size = octets(outbox.c.body_text) + octets(outbox.c.body_html)
         fits = size <= self.max_body_bytes
         return [
             *(c for c in outbox.c if c.name not in NOT_RETURNED_BY_CLAIM),
@@ -355,7 +282,7 @@ class Outbox:
             for row_id, size in conn.execute(
                 select(
                     outbox_attachment.c.outbox_id,
-                    func.sum(self._octets(outbox_attachment.c.content)),
+                    func.sum(self.statements.octets(outbox_attachment.c.content)),
                 )
                 .where(outbox_attachment.c.outbox_id.in_(ids))
                 .group_by(outbox_attachment.c.outbox_id)
@@ -405,49 +332,16 @@ class Outbox:
         """
         if not outcomes:
             return []
-        held: set[int] = set()
-        if not self.sqlite:
-            statement = self._pg_finish(worker, outcomes)
+        alone = self.statements.finish_statement(worker, outcomes)
+        if alone is not None:  # atomic on its own: no transaction
             with self.engine.connect() as conn:
-                if not any(o.suppress or o.history for o in outcomes):  # atomic alone
-                    alone = conn.execution_options(isolation_level="AUTOCOMMIT")
-                    held = {row[0] for row in alone.exec_driver_sql(*statement)}
-                    return [o.row_id in held for o in outcomes]
-                with conn.begin():
-                    leased = self._still_leased(conn, worker, [o.row_id for o in outcomes])
-                    self._history(conn, [o for o in outcomes if o.row_id in leased])
-                    held = {row[0] for row in conn.exec_driver_sql(*statement)}
-                    self._suppress_bounced(conn, outcomes, held)
+                autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
+                held = {row[0] for row in autocommit.exec_driver_sql(*alone)}
             return [o.row_id in held for o in outcomes]
         with self.engine.begin() as conn:
-            for start in range(0, len(outcomes), FINISH_CHUNK):
-                held |= self._finish_chunk(conn, worker, outcomes[start : start + FINISH_CHUNK])
+            held = self.statements.record_finishes(conn, worker, outcomes)
             self._suppress_bounced(conn, outcomes, held)
         return [o.row_id in held for o in outcomes]
-
-    def _still_leased(self, conn: Connection, worker: str, ids: list[int]) -> set[int]:
-        """PostgreSQL: lock and return the rows of `ids` still leased to `worker`."""
-        found = conn.execute(
-            select(outbox.c.id)
-            .where(
-                outbox.c.id.in_(ids),
-                outbox.c.claimed_by == worker,
-                outbox.c.status == Status.SENDING.value,
-            )
-            .with_for_update()
-        ).scalars()
-        return set(found)
-
-    @staticmethod
-    def _history(conn: Connection, outcomes: Sequence[Finish]) -> None:
-        """The history lines that outcomes carry (refused recipients, say)."""
-        lines = [
-            {"outbox_id": o.row_id, "kind": h.kind, "smtp_code": h.smtp_code, "detail": h.detail}
-            for o in outcomes
-            for h in o.history
-        ]
-        if lines:
-            conn.execute(insert(outbox_event), lines)
 
     def _suppress_bounced(
         self, conn: Connection, outcomes: Sequence[Finish], recorded: set[int]
@@ -464,56 +358,7 @@ class Outbox:
         returns the ids it recorded, for a driver connection in autocommit mode. None when
         finish_many must do it: on SQLite, or with history lines or suppressions to add in
         a transaction."""
-        if self.sqlite or any(o.suppress or o.history for o in outcomes):
-            return None
-        return self._pg_finish(worker, outcomes)
-
-    def _pg_finish(self, worker: str, outcomes: Sequence[Finish]) -> tuple[str, tuple[Any, ...]]:
-        """The PostgreSQL statement: one text whatever the batch (the rows go in as arrays),
-        so that it is parsed once and prepared, and its parameters are ten."""
-        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [])
-        for o in outcomes:
-            for column, value in zip(columns, _finish_row(o), strict=True):
-                column.append(value)
-        return PG_FINISH_SQL, (*columns, worker)
-
-    def _finish_chunk(self, conn: Connection, worker: str, chunk: Sequence[Finish]) -> set[int]:
-        """SQLite: update the rows of `chunk` still leased to `worker` and add their history
-        lines (those the outcome carries, then the closing one); return their ids."""
-        ids = [o.row_id for o in chunk]
-        found = conn.exec_driver_sql(  # BEGIN IMMEDIATE holds the write lock already
-            f"SELECT group_concat(id) FROM outbox WHERE id IN ({', '.join('?' * len(ids))}) "
-            f"AND claimed_by = ? AND {NOT_BY_STATUS} = 'sending'",
-            (*ids, worker),
-        ).scalar()
-        held = {int(i) for i in found.split(",")} if found else set()
-        done = [o for o in chunk if o.row_id in held]
-        if done:
-            values = tuple(value for o in done for value in _finish_row(o))
-            conn.exec_driver_sql(self._finish_sql(len(done)), (*values, worker))
-            lines = [(o.row_id, h.kind, h.smtp_code, h.detail) for o in done for h in o.history] + [
-                (o.row_id, o.decision.event, o.smtp_code, _event_detail(o)) for o in done
-            ]
-            if any(o.history for o in done):  # in order: a row's lines, then its closing one
-                lines.sort(key=lambda line: ids.index(line[0]))
-            conn.exec_driver_sql(
-                "INSERT INTO outbox_event (outbox_id, kind, smtp_code, detail) VALUES "
-                + ", ".join(["(?, ?, ?, ?)"] * len(lines)),
-                tuple(v for line in lines for v in line),
-            )
-        return held
-
-    def _finish_sql(self, rows: int) -> str:
-        """SQLite: the UPDATE that records `rows` outcomes, a VALUES row of `_finish_row`
-        each, then the worker."""
-        cached = self._finish_sql_cache.get(rows)
-        if cached is None:
-            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
-            cached = f"WITH v ({FINISH_COLUMNS}) AS (VALUES {values}) " + _finish_update(
-                sqlite=True, mark="?"
-            )
-            self._finish_sql_cache[rows] = cached
-        return cached
+        return self.statements.finish_statement(worker, outcomes)
 
     def add_event(self, row_id: int, kind: str, detail: str, smtp_code: int | None = None) -> None:
         """Append a line to a row's history without changing the row."""
@@ -565,7 +410,7 @@ class Outbox:
                     outbox.c.claimed_by == worker,
                     outbox.c.status == Status.SENDING.value,
                 )
-                .values(claimed_until=self.now_plus(self.lease_seconds))
+                .values(claimed_until=self.statements.now_plus(self.lease_seconds))
             ).rowcount
 
     def reap_expired(self, max_errors: int | None = None) -> tuple[list[int], list[int]]:
@@ -759,8 +604,8 @@ class Outbox:
                 ).scalars()
             )
             self._events(conn, changed, move.event, reason)
-            if changed and move.values["status"] == Status.PENDING.value and not self.sqlite:
-                conn.execute(text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"))  # wake robots
+            if changed and move.values["status"] == Status.PENDING.value:
+                self.statements.wake_robots(conn)
             chosen_rows = conn.execute(
                 select(outbox.c.id, outbox.c.status).where(*chosen).order_by(outbox.c.id)
             )
@@ -794,7 +639,7 @@ class Outbox:
                 select(func.count()).where(
                     *of_batch,
                     outbox.c.status == Status.SENT.value,
-                    outbox.c.sent_at >= self.now_plus(-RECENT_SECONDS),
+                    outbox.c.sent_at >= self.statements.now_plus(-RECENT_SECONDS),
                 )
             ).scalar_one()
         return QueueStatus(
@@ -842,7 +687,7 @@ class Outbox:
             select(outbox.c.id)
             .where(
                 outbox.c.status.in_(FINISHED),
-                outbox.c.updated_at < self.now_plus(-retention_days * 86400),
+                outbox.c.updated_at < self.statements.now_plus(-retention_days * 86400),
             )
             .limit(chunk)
         )
@@ -864,7 +709,7 @@ class Outbox:
         """Fail waiting rows whose times cannot be read (a host wrote text that is not a
         time into created_at or send_after on SQLite): they would never become due.
         PostgreSQL's timestamptz columns cannot hold such text: nothing to look for."""
-        if not self.sqlite:
+        if not self.statements.times_can_be_unreadable:
             return []
         with self.engine.begin() as conn:
             failed = list(
@@ -964,56 +809,6 @@ class Outbox:
         return int(found.id), changed
 
 
-def _finish_row(o: Finish) -> tuple[Any, ...]:
-    """One outcome as a row of FINISH_COLUMNS."""
-    retry = o.decision.retry_after
-    return (
-        o.row_id,
-        o.decision.status.value,
-        o.decision.last_error,
-        int(o.smtp_code is not None or o.smtp_reply is not None),
-        o.smtp_code,
-        o.smtp_reply,
-        retry.total_seconds() if retry is not None else None,
-        o.decision.event,
-        _event_detail(o),
-    )
-
-
-def _sql_now(sqlite: bool) -> str:
-    """The database clock in plain SQL, as the columns store it."""
-    return f"strftime('{SQLITE_TIME}', 'now')" if sqlite else "now()"
-
-
-def _sql_later(sqlite: bool, seconds: str) -> str:
-    """The database clock plus `seconds` (an SQL expression) in plain SQL."""
-    if sqlite:
-        return f"strftime('{SQLITE_TIME}', 'now', '+' || ({seconds}) || ' seconds')"
-    return f"now() + make_interval(secs => {seconds})"
-
-
-def _finish_update(sqlite: bool, mark: str) -> str:
-    """The UPDATE of a finish from the rows of `v` (FINISH_COLUMNS); `mark` is the
-    placeholder of the worker."""
-    now, later = _sql_now(sqlite), _sql_later(sqlite, "v.retry")
-    return (
-        "UPDATE outbox SET status = v.status, claimed_by = NULL, claimed_until = NULL, "
-        f"updated_at = {now}, last_error = v.last_error, "
-        "smtp_code = CASE WHEN v.with_reply = 1 THEN v.code ELSE outbox.smtp_code END, "
-        "smtp_reply = CASE WHEN v.with_reply = 1 THEN v.reply ELSE outbox.smtp_reply END, "
-        f"sent_at = CASE WHEN v.status = 'sent' THEN {now} ELSE outbox.sent_at END, "
-        "next_attempt_at = CASE WHEN v.retry IS NULL THEN outbox.next_attempt_at "
-        f"ELSE {later} END "
-        f"FROM v WHERE outbox.id = v.id AND outbox.claimed_by = {mark} "
-        f"AND outbox.{NOT_BY_STATUS} = 'sending'"
-    )
-
-
-def _event_detail(outcome: Finish) -> str | None:
-    """The detail of the history line an outcome adds."""
-    return outcome.detail or outcome.decision.last_error or outcome.smtp_reply
-
-
 def outbox_for(settings: Settings, engine: Engine) -> Outbox:
     """The gateway with the grace, lease and size limits of `settings`."""
     return Outbox(
@@ -1030,14 +825,3 @@ def _as_time(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     return UTCDateTime().process_result_value(value, None)  # type: ignore[arg-type]
-
-
-PG_FINISH_SQL = (
-    "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::int[], "
-    f"%s::int[], %s::text[], %s::float8[], %s::text[], %s::text[]) AS v ({FINISH_COLUMNS})), "
-    "done AS ("
-    + _finish_update(sqlite=False, mark="%s")
-    + " RETURNING outbox.id, v.event, v.code, v.detail) "
-    "INSERT INTO outbox_event (outbox_id, kind, smtp_code, detail) "
-    "SELECT id, event, code, detail FROM done RETURNING outbox_id"
-)  # PostgreSQL's finish: rows as arrays, history lines in the same statement

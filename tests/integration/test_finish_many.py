@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from robot.outbox.gateway import FINISH_CHUNK, Outbox
+from robot.outbox.dialects import FINISH_CHUNK
+from robot.outbox.gateway import Outbox
 from robot.outbox.message_ids import AccountDomain, MessageIds
 from robot.outbox.rows import Decision, Event, Finish
 from robot.outbox.schema import Status, utcnow
