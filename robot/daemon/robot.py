@@ -40,12 +40,13 @@ from robot.errors import (
     TransportFault,
 )
 from robot.logs import first_line, get_logger
+from robot.outbox.both_sides import outbox_for
 from robot.outbox.engine import libpq_dsn
-from robot.outbox.gateway import MIB, outbox_for
 from robot.outbox.group_commit import AsyncGroupCommit, GroupCommit
 from robot.outbox.message_ids import AccountDomain, MessageIds
 from robot.outbox.rows import Decision, Finish, OutboxRow
 from robot.outbox.schema import Status
+from robot.outbox.shared import MIB
 from robot.outbox.wakeup import listen
 from robot.outcome.replies import Outcome, Reply, Stage, classify, suppresses
 from robot.outcome.retry import RetryPolicy
