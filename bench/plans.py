@@ -20,19 +20,18 @@ from typing import Any
 from sqlalchemy import select
 
 from bench.outbox import RowMaker, pg_fill, sqlite_fill
+from robot.outbox.claims import CLAIM_ORDER, Claims
 from robot.outbox.engine import make_engine, upgrade
-from robot.outbox.gateway import CLAIM_ORDER, WAITING, Outbox, outbox
-from robot.outbox.schema import utcnow
+from robot.outbox.schema import outbox, utcnow
+from robot.outbox.shared import WAITING
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def claim_query(box: Outbox, limit: int) -> Any:
+def claim_query(box: Claims, limit: int) -> Any:
     due = select(outbox.c.id).where(WAITING, box.due_at() <= utcnow()).order_by(*CLAIM_ORDER)
     due = due.limit(limit)
-    if box.sqlite:
-        return due.with_hint(outbox, "INDEXED BY ix_outbox_queue", "sqlite")
-    return due.with_for_update(skip_locked=True)
+    return box.statements.lock_for_claim(due)
 
 
 def measure(url: str, rows: int, fill: Any) -> dict[str, Any]:
@@ -45,10 +44,14 @@ def measure(url: str, rows: int, fill: Any) -> dict[str, Any]:
         conn.exec_driver_sql(f"UPDATE outbox SET status = 'sent' WHERE id <= {rows // 2}")
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("ANALYZE outbox")
-    box = Outbox(engine, grace_seconds=0, lease_seconds=300)
+    box = Claims(engine, grace_seconds=0, lease_seconds=300)
     query = claim_query(box, 500)
     compiled = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
-    explain = "EXPLAIN QUERY PLAN " if box.sqlite else "EXPLAIN (ANALYZE, COSTS OFF) "
+    explain = (
+        "EXPLAIN QUERY PLAN "
+        if engine.dialect.name == "sqlite"
+        else "EXPLAIN (ANALYZE, COSTS OFF) "
+    )
     with engine.begin() as conn:
         plan = [" ".join(str(c) for c in r) for r in conn.exec_driver_sql(explain + compiled)]
     times = []

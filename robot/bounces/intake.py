@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from robot.bounces.dsn import parse as parse_report
-from robot.outbox.gateway import Outbox
+from robot.outbox.operations import Operations
 
 
-def apply_report(raw: bytes, outbox: Outbox, log: Any) -> bool:
+def apply_report(raw: bytes, outbox: Operations, log: Any) -> bool:
     """Record the failures `raw` reports; True when it was about one of our rows (the
     mailbox then moves it away). Raises SQLAlchemyError when the database is down."""
     try:

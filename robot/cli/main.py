@@ -41,7 +41,7 @@ from robot.daemon.supervisor import child_position, child_settings, supervise
 from robot.errors import ConfigError, RobotError
 from robot.logs import configure_logging
 from robot.outbox.engine import make_engine, schema_is_current, upgrade
-from robot.outbox.gateway import Outbox, outbox_for
+from robot.outbox.operations import Operations, operations_for
 from robot.outbox.rows import Attachment
 from robot.outcome.judge import deciding_refusal
 from robot.send.probe import check_account, send_test
@@ -480,9 +480,9 @@ class Wiring:
                 )
         return self._engine
 
-    def outbox(self) -> Outbox:
-        """The outbox gateway on a current schema."""
-        return outbox_for(self.settings(), self.engine(migrate_sqlite=True))
+    def outbox(self) -> Operations:
+        """The host's and operator's side of the outbox, on a current schema."""
+        return operations_for(self.settings(), self.engine(migrate_sqlite=True))
 
     def close(self) -> None:
         """Close every database connection the command opened."""

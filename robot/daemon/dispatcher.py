@@ -20,7 +20,7 @@ from robot.daemon.database import DatabaseCalls
 from robot.daemon.pauses import AccountPauses
 from robot.daemon.setup import Setup
 from robot.logs import first_line
-from robot.outbox.gateway import Outbox
+from robot.outbox.both_sides import Outbox
 from robot.outbox.rows import OutboxRow
 
 WAKE_SLACK = 0.05  # seconds after a known due time, so that the database clock agrees

@@ -20,7 +20,7 @@ from robot.daemon.setup import Setup
 from robot.daemon.systemd import notify, watchdog_interval
 from robot.errors import ConfigError, MailboxError
 from robot.logs import first_line
-from robot.outbox.gateway import Outbox
+from robot.outbox.both_sides import Outbox
 from robot.outbox.schema import Status
 
 HOUSEKEEPING_SECONDS = 3600.0  # retention and sanity sweeps

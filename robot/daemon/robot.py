@@ -26,9 +26,10 @@ from robot.daemon.systemd import notify
 from robot.daemon.worker import Tally, Worker
 from robot.errors import ConfigError
 from robot.logs import get_logger
+from robot.outbox.both_sides import outbox_for
 from robot.outbox.engine import libpq_dsn
-from robot.outbox.gateway import MIB, outbox_for
 from robot.outbox.group_commit import AsyncGroupCommit, GroupCommit
+from robot.outbox.shared import MIB
 from robot.outbox.wakeup import listen
 
 GIL_SWITCH_SECONDS = 0.0005  # sys.setswitchinterval (default 0.005): bench/ measured +5%

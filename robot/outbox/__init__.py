@@ -1,2 +1,3 @@
 """The outbox tables and everything that reads or writes them: schema, engines, the robot's
-side (claim, lease, finish), the host's and operator's side, the group commit, wake-ups."""
+side (claims.py), the host's and operator's side (operations.py), what differs by database
+(dialects.py), the group commit, wake-ups."""

@@ -4,7 +4,7 @@ A connection hands over the outcome of a message and waits until it is committed
 sends the next one ("sent" is recorded as soon as DATA is accepted). Every outcome waiting
 when a commit starts goes into it, so many connections cost one commit.
 
-`GroupCommit` (SQLite, and any database through Outbox.finish_many): the loop that takes
+`GroupCommit` (SQLite, and any database through Claims.finish_many): the loop that takes
 outcomes and commits them runs on the thread itself, so the next transaction starts as soon
 as the previous one ends, and the event loop hears of a batch once, when it is committed.
 
@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from robot.backoff import Backoff, database_backoff
 from robot.logs import first_line
-from robot.outbox.gateway import Outbox
+from robot.outbox.claims import Claims
 from robot.outbox.rows import Finish
 
 BATCH = 500  # outcomes committed in one transaction at most
@@ -42,7 +42,7 @@ class GroupCommit:
     was no longer ours (or the database stayed away past backoff.STOP_PATIENCE while stopping).
 
     `commit` writes a batch in one transaction and says, per outcome, whether it applied
-    (Outbox.finish_many). A database outage is logged and retried, never dropped.
+    (Claims.finish_many). A database outage is logged and retried, never dropped.
     """
 
     def __init__(
@@ -149,9 +149,9 @@ def _resolve(batch: list[Waiting], results: list[bool]) -> None:
 class AsyncGroupCommit:
     """The group commit of a PostgreSQL outbox, as a task of the event loop; `record`,
     `stopping` and `close` as GroupCommit's. Batches that also add a suppression go
-    through Outbox.finish_many on a thread (one transaction for both)."""
+    through Claims.finish_many on a thread (one transaction for both)."""
 
-    def __init__(self, outbox: Outbox, worker: str, dsn: str, log: Any) -> None:
+    def __init__(self, outbox: Claims, worker: str, dsn: str, log: Any) -> None:
         self._outbox = outbox
         self._worker = worker
         self._dsn = dsn

@@ -16,8 +16,8 @@ from sqlalchemy.engine import URL
 
 from robot.backoff import LISTEN_FIRST, LISTEN_LONGEST, Backoff
 from robot.logs import first_line
+from robot.outbox.dialects import NOTIFY_CHANNEL
 from robot.outbox.engine import libpq_dsn
-from robot.outbox.gateway import NOTIFY_CHANNEL
 
 CHANNEL = NOTIFY_CHANNEL
 LISTEN_SLICE = 1.0  # seconds between looks at the stop flag while waiting

@@ -1,5 +1,5 @@
 """AsyncGroupCommit, the PostgreSQL group commit on the event loop: one statement per batch
-over its own psycopg connection, the transactional Outbox.finish_many for batches that need
+over its own psycopg connection, the transactional Claims.finish_many for batches that need
 it, a lost connection retried, and a bug reaching the waiters instead of a silent False."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from structlog.testing import capture_logs
 from robot import backoff
 from robot.logs import get_logger
 from robot.outbox import group_commit as recorder
+from robot.outbox.both_sides import Outbox
 from robot.outbox.engine import libpq_dsn, make_engine
-from robot.outbox.gateway import Outbox
 from robot.outbox.group_commit import AsyncGroupCommit
 from robot.outbox.message_ids import AccountDomain, MessageIds
 from robot.outbox.rows import Decision, Finish

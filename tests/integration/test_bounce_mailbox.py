@@ -23,7 +23,7 @@ from robot.config import load_settings, parse_mailbox_url
 from robot.daemon.robot import Robot
 from robot.logs import configure_logging
 from robot.outbox.engine import make_engine, upgrade
-from robot.outbox.gateway import Outbox
+from robot.outbox.operations import Operations
 from tests.conftest import WriteIni
 from tests.integration.host import host_sql, now_plus_sql
 from tests.support.dovecot import DovecotServer
@@ -142,7 +142,7 @@ def suppressed(url: str) -> list[tuple[Any, ...]]:
 
 
 def events(engine: Engine, row_id: int) -> list[tuple[str, int | None, str | None]]:
-    history = Outbox(engine, grace_seconds=0, lease_seconds=60).history(row_id)
+    history = Operations(engine, grace_seconds=0).history(row_id)
     return [(e.kind, e.smtp_code, e.detail) for e in history]
 
 

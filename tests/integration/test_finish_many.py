@@ -1,4 +1,4 @@
-"""Outbox.finish_many on real SQLite and PostgreSQL: a batch of outcomes in one call.
+"""Claims.finish_many on real SQLite and PostgreSQL: a batch of outcomes in one call.
 
 Per outcome: status, last_error, the reply (kept when the outcome has none), sent_at,
 next_attempt_at, the lease cleared and one history line; False for a row that is no longer
@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from robot.outbox.gateway import FINISH_CHUNK, Outbox
+from robot.outbox.both_sides import Outbox
+from robot.outbox.dialects import FINISH_CHUNK
 from robot.outbox.message_ids import AccountDomain, MessageIds
 from robot.outbox.rows import Decision, Event, Finish
 from robot.outbox.schema import Status, utcnow

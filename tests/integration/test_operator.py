@@ -7,7 +7,7 @@ import threading
 
 from sqlalchemy import Engine
 
-from robot.outbox.gateway import Outbox
+from robot.outbox.both_sides import Outbox
 from robot.outbox.message_ids import AccountDomain, MessageIds
 from robot.outbox.rows import Decision
 from robot.outbox.schema import Status

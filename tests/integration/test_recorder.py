@@ -1,7 +1,7 @@
 """GroupCommit against a real Outbox: many outcomes per transaction, database outages retried,
 giving up only while stopping, and a clean end of its thread.
 
-The commit callable is GroupCommit's own argument: the tests wrap Outbox.finish_many to count
+The commit callable is GroupCommit's own argument: the tests wrap Claims.finish_many to count
 transactions or to fail the way a lost database does.
 """
 
@@ -24,8 +24,8 @@ from structlog.testing import capture_logs
 
 from robot import backoff
 from robot.logs import get_logger
+from robot.outbox.both_sides import Outbox
 from robot.outbox.engine import make_engine, upgrade
-from robot.outbox.gateway import Outbox
 from robot.outbox.group_commit import GroupCommit
 from robot.outbox.message_ids import AccountDomain, MessageIds
 from robot.outbox.rows import Decision, Finish

@@ -7,7 +7,7 @@ from pathlib import Path
 import trustme
 from sqlalchemy import Engine
 
-from robot.outbox.gateway import Outbox
+from robot.outbox.operations import Operations
 from tests.conftest import WriteIni
 from tests.integration.host import host_sql, now_plus_sql
 from tests.integration.robot_run import drain
@@ -61,7 +61,7 @@ async def test_host_rows_are_sent_with_their_message_id(
     assert html_only.get_content_type() == "multipart/alternative"
     text = html_only.get_body(("plain",)).get_content()
     assert "here (https://example.org/x)" in text
-    kinds = [e.kind for e in Outbox(engine, grace_seconds=0, lease_seconds=60).history(table[0][0])]
+    kinds = [e.kind for e in Operations(engine, grace_seconds=0).history(table[0][0])]
     assert kinds == ["claimed", "sent"]
 
 

@@ -1,0 +1,358 @@
+"""The robot's side of the outbox: claim due rows under a lease, renew, release or reap
+leases, and record how each attempt ended. Claiming is atomic: PostgreSQL
+`FOR UPDATE SKIP LOCKED`, SQLite one `BEGIN IMMEDIATE` write transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    case,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import SQLAlchemyError
+
+from robot.outbox.message_ids import MessageIds
+from robot.outbox.rows import NOT_RETURNED_BY_CLAIM, Decision, Finish, HistoryLine, OutboxRow
+from robot.outbox.schema import Status, outbox, outbox_event, utcnow
+from robot.outbox.shared import (
+    MIB,
+    WAITING,
+    OutboxTables,
+    insert_events,
+    insert_suppression,
+)
+
+LEASE_CHUNK = 500  # claimed rows given Message-IDs, or history lines, by one statement
+LEASE_GIVE_UP = (
+    "the robot sending it stopped answering on every attempt (lease expired); "
+    "it may have been delivered before that: check before `email-robot retry`"
+)
+CLAIM_ORDER = (outbox.c.priority.desc(), outbox.c.created_at, outbox.c.id)
+
+
+class ClaimRef(NamedTuple):
+    """A row just leased, before it is read whole."""
+
+    id: int
+    account: str | None
+    sender: str | None
+    message_id: str | None
+
+
+class Claims(OutboxTables):
+    """The robot's side of the outbox tables: leases, and the outcomes of attempts."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        grace_seconds: float,
+        lease_seconds: float,
+        max_body_bytes: int = 10 * MIB,
+        max_attachment_bytes: int = 10 * MIB,
+    ) -> None:
+        super().__init__(
+            engine, grace_seconds=grace_seconds, max_attachment_bytes=max_attachment_bytes
+        )
+        self.lease_seconds = lease_seconds
+        self.max_body_bytes = max_body_bytes
+        self._lease_sql_cache: dict[int, str] = {}
+
+    # -- claiming ----------------------------------------------------------------------
+
+    def claim(
+        self,
+        worker: str,
+        limit: int,
+        message_ids: MessageIds,
+        exclude_accounts: Sequence[str] = (),
+    ) -> list[OutboxRow]:
+        """Lease up to `limit` due rows to `worker`, best first; fix their Message-IDs.
+
+        Rows of `exclude_accounts` ("default" for NULL) are left alone: those accounts are
+        paused after a transport fault.
+        """
+        pick = (
+            select(outbox.c.id, outbox.c.account, outbox.c.sender, outbox.c.message_id)
+            .where(WAITING, self.due_at() <= utcnow())
+            .order_by(*CLAIM_ORDER)
+            .limit(limit)
+        )
+        if exclude_accounts:
+            pick = pick.where(func.coalesce(outbox.c.account, "default").not_in(exclude_accounts))
+        pick = self.statements.lock_for_claim(pick)
+        # Two transactions, so that SQLite's write lock is held only for the first: lease
+        # the rows and fix their Message-IDs (pick, then one UPDATE: one new version of
+        # each row), then read what sending needs (a read, which WAL runs beside writers).
+        leased = self.statements.with_lenient_retry(
+            self.engine.begin, lambda conn: self._lease(conn, pick, worker, message_ids)
+        )
+        if not leased:
+            return []
+        try:
+            rows = self._read_leased(leased)
+        except SQLAlchemyError:
+            self.release(leased, worker, "reading the claimed rows failed")
+            raise
+        rows.sort(key=lambda r: (-r.priority, r.created_at, r.id))
+        return rows
+
+    def _lease(
+        self,
+        conn: Connection,
+        pick: Select[Any],
+        worker: str,
+        message_ids: MessageIds,
+    ) -> list[int]:
+        """Pick rows with `pick` (locked), lease them to `worker` with their Message-IDs in
+        one UPDATE, and write their claimed events; the leased ids."""
+        refs = [ClaimRef(*r) for r in conn.execute(pick)]
+        if not refs:
+            return []
+        # One statement each for all rows (not executemany): this runs while the claim holds
+        # its locks, and SQLite gives up the GIL, and waits to get it back, at every row.
+        for start in range(0, len(refs), LEASE_CHUNK):
+            chunk = refs[start : start + LEASE_CHUNK]
+            conn.exec_driver_sql(
+                self._lease_sql(len(chunk)),
+                (
+                    *(
+                        v
+                        for r in chunk
+                        for v in (
+                            r.id,
+                            r.message_id or message_ids.for_row(r.id, r.account, r.sender),
+                        )
+                    ),
+                    worker,
+                ),
+            )
+            conn.exec_driver_sql(
+                self.statements.claimed_events_sql(len(chunk)),
+                tuple(value for r in chunk for value in (r.id, worker)),
+            )
+        return [r.id for r in refs]
+
+    def _lease_sql(self, rows: int) -> str:
+        """The UPDATE that leases `rows` picked rows (Statements.lease_sql), kept per size."""
+        cached = self._lease_sql_cache.get(rows)
+        if cached is not None:
+            return cached
+        sql = self.statements.lease_sql(rows, self.lease_seconds)
+        self._lease_sql_cache[rows] = sql
+        return sql
+
+    def _read_leased(self, ids: list[int]) -> list[OutboxRow]:
+        """The leased rows with what sending needs, and their files."""
+        query = select(*self._sized_columns()).where(outbox.c.id.in_(ids))
+        return self.statements.with_lenient_retry(
+            self._reading, lambda conn: self._rows_with_files(conn, query, ids)
+        )
+
+    def _rows_with_files(
+        self, conn: Connection, query: Select[Any], ids: list[int]
+    ) -> list[OutboxRow]:
+        result = conn.execute(query)
+        names = list(result.keys())
+        # Plain dicts: a RowMapping looks up a column it lacks through an exception, and a
+        # claim leaves out several (NOT_RETURNED_BY_CLAIM) of every row.
+        found = [dict(zip(names, values, strict=True)) for values in result]
+        files, sizes = self._attachments(conn, ids)
+        return [
+            OutboxRow.from_mapping(r, files.get(r["id"], ()), sizes.get(r["id"], 0)) for r in found
+        ]
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A read-only transaction: on SQLite a deferred BEGIN, which takes no write lock."""
+        with self.engine.connect() as conn:
+            conn.execution_options(sqlite_read_only=True)
+            with conn.begin():
+                yield conn
+
+    def _sized_columns(self) -> list[ColumnElement[Any]]:
+        """The columns a claim returns: what sending needs (the robot's bookkeeping columns
+        stay out, None in the row), bodies left out (NULL) when together over the limit."""
+        octets = self.statements.octets
+        size = octets(outbox.c.body_text) + octets(outbox.c.body_html)
+        fits = size <= self.max_body_bytes
+        return [
+            *(c for c in outbox.c if c.name not in NOT_RETURNED_BY_CLAIM),
+            case((fits, outbox.c.body_text), else_=None).label("body_text"),
+            case((fits, outbox.c.body_html), else_=None).label("body_html"),
+            size.label("body_bytes"),
+        ]
+
+    # -- outcomes ----------------------------------------------------------------------
+
+    def finish(
+        self,
+        row_id: int,
+        worker: str,
+        decision: Decision,
+        *,
+        smtp_code: int | None = None,
+        smtp_reply: str | None = None,
+        detail: str | None = None,
+        suppress: tuple[tuple[str, str], ...] = (),
+        history: tuple[HistoryLine, ...] = (),
+    ) -> bool:
+        """Record the end of an attempt; False if the row was no longer leased to `worker`."""
+        outcome = Finish(row_id, decision, smtp_code, smtp_reply, detail, suppress, history)
+        return self.finish_many(worker, [outcome])[0]
+
+    def finish_many(self, worker: str, outcomes: Sequence[Finish]) -> list[bool]:
+        """Record many attempts at once (the group commit of the robot's connections); for
+        each, False if the row was no longer leased to `worker`. An outcome's history lines
+        and suppressions are written in the same transaction, before its closing line.
+
+        The hot path of the robot, written for few statements rather than few characters.
+        On PostgreSQL one statement updates the rows and adds their history lines (a
+        data-modifying WITH over the rows as arrays), on its own: one round trip. On SQLite,
+        where the database thread gives up the GIL around every statement and every row it
+        steps through and gets it back only when the event loop lets go, three single-step
+        statements in a transaction (the rows as one VALUES list).
+        """
+        if not outcomes:
+            return []
+        alone = self.statements.finish_statement(worker, outcomes)
+        if alone is not None:  # atomic on its own: no transaction
+            with self.engine.connect() as conn:
+                autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
+                held = {row[0] for row in autocommit.exec_driver_sql(*alone)}
+            return [o.row_id in held for o in outcomes]
+        with self.engine.begin() as conn:
+            held = self.statements.record_finishes(conn, worker, outcomes)
+            self._suppress_bounced(conn, outcomes, held)
+        return [o.row_id in held for o in outcomes]
+
+    def finish_statement(
+        self, worker: str, outcomes: Sequence[Finish]
+    ) -> tuple[str, tuple[Any, ...]] | None:
+        """PostgreSQL: the one statement (SQL, parameters) that records `outcomes` and
+        returns the ids it recorded, for a driver connection in autocommit mode. None when
+        finish_many must do it: on SQLite, or with history lines or suppressions to add in
+        a transaction."""
+        return self.statements.finish_statement(worker, outcomes)
+
+    @staticmethod
+    def _suppress_bounced(conn: Connection, outcomes: Sequence[Finish], recorded: set[int]) -> None:
+        for o in outcomes:
+            if o.row_id in recorded:
+                for address, reason in o.suppress:
+                    insert_suppression(conn, address, reason, o.row_id)
+
+    def add_event(self, row_id: int, kind: str, detail: str, smtp_code: int | None = None) -> None:
+        """Append a line to a row's history without changing the row."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(outbox_event).values(
+                    outbox_id=row_id, kind=kind, smtp_code=smtp_code, detail=detail
+                )
+            )
+
+    # -- leases ------------------------------------------------------------------------
+
+    def release(self, ids: Sequence[int], worker: str, reason: str) -> int:
+        """Give back claimed rows that were never tried; their attempt is not counted."""
+        if not ids:
+            return 0
+        with self.engine.begin() as conn:
+            released = (
+                conn.execute(
+                    update(outbox)
+                    .where(
+                        outbox.c.id.in_(list(ids)),
+                        outbox.c.claimed_by == worker,
+                        outbox.c.status == Status.SENDING.value,
+                    )
+                    .values(
+                        status=self._waiting_status(),
+                        attempts=outbox.c.attempts - 1,
+                        claimed_by=None,
+                        claimed_until=None,
+                        updated_at=utcnow(),
+                    )
+                    .returning(outbox.c.id)
+                )
+                .scalars()
+                .all()
+            )
+            insert_events(conn, released, "unclaimed", reason)
+        return len(released)
+
+    def renew(self, worker: str, ids: Sequence[int]) -> int:
+        """Extend the lease of rows `ids` that `worker` still holds. Only the rows the robot
+        really has in hand: a claim whose reply was lost must expire and be taken back."""
+        if not ids:
+            return 0
+        with self.engine.begin() as conn:
+            return conn.execute(
+                update(outbox)
+                .where(
+                    outbox.c.id.in_(list(ids)),
+                    outbox.c.claimed_by == worker,
+                    outbox.c.status == Status.SENDING.value,
+                )
+                .values(claimed_until=self.statements.now_plus(self.lease_seconds))
+            ).rowcount
+
+    def reap_expired(self, max_errors: int | None = None) -> tuple[list[int], list[int]]:
+        """Take back rows whose lease ran out (their robot died): they become due again, or
+        `failed` once they have used `max_errors` attempts (a row that keeps killing robots
+        must not kill them for ever). Returns (taken back, failed)."""
+        expired: list[ColumnElement[bool]] = [
+            text("status = 'sending'"),  # type: ignore[list-item]
+            outbox.c.claimed_until < utcnow(),
+        ]
+        with self.engine.begin() as conn:
+            failed: list[int] = []
+            if max_errors is not None:
+                failed = list(
+                    conn.execute(
+                        update(outbox)
+                        .where(*expired, outbox.c.attempts >= max_errors)
+                        .values(
+                            status=Status.FAILED.value,
+                            claimed_by=None,
+                            claimed_until=None,
+                            updated_at=utcnow(),
+                            last_error=LEASE_GIVE_UP,
+                        )
+                        .returning(outbox.c.id)
+                    ).scalars()
+                )
+                insert_events(conn, failed, "failed", LEASE_GIVE_UP)
+            reaped = list(
+                conn.execute(
+                    update(outbox)
+                    .where(*expired)
+                    .values(
+                        status=self._waiting_status(),
+                        claimed_by=None,
+                        claimed_until=None,
+                        updated_at=utcnow(),
+                    )
+                    .returning(outbox.c.id)
+                ).scalars()
+            )
+            insert_events(conn, reaped, "lease-expired", "the robot holding it stopped answering")
+        return reaped, failed
+
+    @staticmethod
+    def _waiting_status() -> ColumnElement[str]:
+        return case(
+            (outbox.c.next_attempt_at.is_(None), Status.PENDING.value),
+            else_=Status.DEFERRED.value,
+        )

@@ -1,0 +1,380 @@
+"""Everything in the outbox's SQL that differs between SQLite and PostgreSQL: one statements
+object per database (clock, due rule, sizes, the claim's lock, lease and finish SQL, wake-ups),
+so that claims.py and operations.py never ask which database they are on.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any, ClassVar, TypeVar
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    LargeBinary,
+    Select,
+    case,
+    cast,
+    func,
+    insert,
+    select,
+    text,
+    type_coerce,
+)
+from sqlalchemy.exc import OperationalError
+
+from robot.outbox.engine import lenient_text
+from robot.outbox.rows import Finish
+from robot.outbox.schema import Status, UTCDateTime, outbox, outbox_event
+
+SQLITE_TIME = "%Y-%m-%d %H:%M:%f"
+NOTIFY_CHANNEL = "email_robot_outbox"  # migration 0002's trigger notifies it on INSERT
+FINISH_CHUNK = 100  # SQLite: outcomes recorded by one UPDATE (10 parameters each)
+# The status of rows looked up by id, written so that no planner reads the status index
+# instead: its statistics may say "no row is sending" while hundreds are, and both SQLite
+# and PostgreSQL then scanned every sending row at every commit (bench/: 2.5x slower).
+NOT_BY_STATUS = "status || ''"
+FINISH_COLUMNS = "id, status, last_error, with_reply, code, reply, retry, event, detail"
+
+T = TypeVar("T")
+SelectT = TypeVar("SelectT", bound="Select[Any]")
+OpenConnection = Callable[[], AbstractContextManager[Connection]]
+
+
+class Statements(ABC):
+    """The statements of one database: the parts of the outbox's SQL that differ by dialect.
+    The plain-SQL texts (lease, finish) are written once here from each dialect's clock and
+    placeholder."""
+
+    mark: ClassVar[str]  # the driver's placeholder
+    lease_row: ClassVar[str]  # one (id, message_id) row of the lease's VALUES
+    sql_now: ClassVar[str]  # the database clock in plain SQL, as the columns store it
+    # Whether a waiting row can hold a time the database cannot read (fail_unschedulable).
+    times_can_be_unreadable: ClassVar[bool]
+
+    @staticmethod
+    @abstractmethod
+    def sql_later(seconds: str) -> str:
+        """The database clock plus `seconds` (an SQL expression) in plain SQL."""
+
+    @abstractmethod
+    def now_plus(self, seconds: float) -> ColumnElement[datetime]:
+        """The database clock plus `seconds`."""
+
+    @abstractmethod
+    def due_at(self, grace_seconds: float) -> ColumnElement[datetime]:
+        """coalesce(next_attempt_at, max(created_at + grace, coalesce(send_after, created_at)))."""
+
+    @abstractmethod
+    def octets(self, column: ColumnElement[Any]) -> ColumnElement[int]:
+        """The stored size of a text or binary value in bytes, without reading it whole."""
+
+    @abstractmethod
+    def lock_for_claim(self, pick: SelectT) -> SelectT:
+        """The claim's pick of due rows, made safe against another robot claiming them."""
+
+    @abstractmethod
+    def with_lenient_retry(
+        self, open_connection: OpenConnection, work: Callable[[Connection], T]
+    ) -> T:
+        """`work` on a connection of `open_connection`, again reading text leniently when
+        the database holds text it cannot decode."""
+
+    @abstractmethod
+    def finish_statement(
+        self, worker: str, outcomes: Sequence[Finish]
+    ) -> tuple[str, tuple[Any, ...]] | None:
+        """The one statement (SQL, parameters) that records `outcomes` on its own, in
+        autocommit mode, returning the ids it recorded; None when they must go through
+        record_finishes in a transaction."""
+
+    @abstractmethod
+    def record_finishes(
+        self, conn: Connection, worker: str, outcomes: Sequence[Finish]
+    ) -> set[int]:
+        """In the transaction of `conn`, record `outcomes` whose rows are still leased to
+        `worker`, with their history lines (those they carry, then the closing one); their
+        ids."""
+
+    @abstractmethod
+    def wake_robots(self, conn: Connection) -> None:
+        """Tell listening robots that rows became due (after an operator's release or retry)."""
+
+    def lease_sql(self, rows: int, lease_seconds: float) -> str:
+        """The UPDATE that leases `rows` picked rows: parameters (id, message_id) per row,
+        then the worker."""
+        until = self.sql_later(f"{float(lease_seconds):.3f}")
+        return (
+            f"WITH v (id, message_id) AS (VALUES {', '.join([self.lease_row] * rows)}) "
+            f"UPDATE outbox SET status = 'sending', claimed_by = {self.mark}, "
+            f"claimed_until = {until}, attempts = outbox.attempts + 1, "
+            f"updated_at = {self.sql_now}, "
+            "message_id = v.message_id FROM v WHERE outbox.id = v.id"
+        )
+
+    def claimed_events_sql(self, rows: int) -> str:
+        """The INSERT of the 'claimed' history lines of `rows` rows: (id, worker) each."""
+        event = f"({self.mark}, 'claimed', {self.mark})"
+        return (
+            f"INSERT INTO outbox_event (outbox_id, kind, detail) VALUES {', '.join([event] * rows)}"
+        )
+
+    @classmethod
+    def finish_update(cls) -> str:
+        """The UPDATE of a finish from the rows of `v` (FINISH_COLUMNS), then the worker."""
+        now, later = cls.sql_now, cls.sql_later("v.retry")
+        return (
+            "UPDATE outbox SET status = v.status, claimed_by = NULL, claimed_until = NULL, "
+            f"updated_at = {now}, last_error = v.last_error, "
+            "smtp_code = CASE WHEN v.with_reply = 1 THEN v.code ELSE outbox.smtp_code END, "
+            "smtp_reply = CASE WHEN v.with_reply = 1 THEN v.reply ELSE outbox.smtp_reply END, "
+            f"sent_at = CASE WHEN v.status = 'sent' THEN {now} ELSE outbox.sent_at END, "
+            "next_attempt_at = CASE WHEN v.retry IS NULL THEN outbox.next_attempt_at "
+            f"ELSE {later} END "
+            f"FROM v WHERE outbox.id = v.id AND outbox.claimed_by = {cls.mark} "
+            f"AND outbox.{NOT_BY_STATUS} = 'sending'"
+        )
+
+
+class SqliteStatements(Statements):
+    """SQLite: times are text, one `BEGIN IMMEDIATE` write transaction makes a claim atomic,
+    and a finish is three single-step statements per chunk of outcomes."""
+
+    mark = "?"
+    lease_row = "(?, ?)"
+    sql_now = f"strftime('{SQLITE_TIME}', 'now')"
+    # A host may write any text into created_at or send_after: it is then never due.
+    times_can_be_unreadable = True
+
+    def __init__(self) -> None:
+        self._finish_sql_cache: dict[int, str] = {}
+
+    @staticmethod
+    def sql_later(seconds: str) -> str:
+        return f"strftime('{SQLITE_TIME}', 'now', '+' || ({seconds}) || ' seconds')"
+
+    def now_plus(self, seconds: float) -> ColumnElement[datetime]:
+        expr = func.strftime(SQLITE_TIME, "now", f"{seconds:+.3f} seconds")
+        return type_coerce(expr, UTCDateTime())
+
+    def due_at(self, grace_seconds: float) -> ColumnElement[datetime]:
+        # Host applications write what datetime() writes, or ISO text: normalise it so
+        # that the text comparison is a time comparison.
+        created = func.strftime(SQLITE_TIME, outbox.c.created_at)
+        graced = func.strftime(SQLITE_TIME, outbox.c.created_at, f"{grace_seconds:+.3f} seconds")
+        # NULL send_after: not scheduled; unreadable send_after: never due (housekeeping
+        # fails the row) rather than sent at once.
+        scheduled = case(
+            (outbox.c.send_after.is_(None), created),
+            else_=func.strftime(SQLITE_TIME, outbox.c.send_after),
+        )
+        expr = func.coalesce(outbox.c.next_attempt_at, func.max(graced, scheduled))
+        return type_coerce(expr, UTCDateTime())
+
+    def octets(self, column: ColumnElement[Any]) -> ColumnElement[int]:
+        return func.coalesce(func.length(cast(column, LargeBinary())), 0)
+
+    def lock_for_claim(self, pick: SelectT) -> SelectT:
+        # Without statistics SQLite prefers the status index and sorts every waiting row;
+        # the partial queue index yields them in claim order and stops at the limit.
+        # BEGIN IMMEDIATE holds the write lock: nobody changes them before the UPDATE.
+        return pick.with_hint(outbox, "INDEXED BY ix_outbox_queue", "sqlite")
+
+    def with_lenient_retry(
+        self, open_connection: OpenConnection, work: Callable[[Connection], T]
+    ) -> T:
+        try:
+            with open_connection() as conn:
+                return work(conn)
+        except OperationalError as exc:
+            if "decode" not in str(exc):
+                raise
+            # A host wrote bytes that are not UTF-8 into a text column (SQLite allows it).
+            # Do it again reading them leniently: compose then fails just those rows.
+            with open_connection() as conn, lenient_text(conn):
+                return work(conn)
+
+    def finish_statement(
+        self, worker: str, outcomes: Sequence[Finish]
+    ) -> tuple[str, tuple[Any, ...]] | None:
+        return None  # the database thread's transaction does it (record_finishes)
+
+    def record_finishes(
+        self, conn: Connection, worker: str, outcomes: Sequence[Finish]
+    ) -> set[int]:
+        held: set[int] = set()
+        for start in range(0, len(outcomes), FINISH_CHUNK):
+            held |= self._finish_chunk(conn, worker, outcomes[start : start + FINISH_CHUNK])
+        return held
+
+    def _finish_chunk(self, conn: Connection, worker: str, chunk: Sequence[Finish]) -> set[int]:
+        """Update the rows of `chunk` still leased to `worker` and add their history lines
+        (those the outcome carries, then the closing one); return their ids."""
+        ids = [o.row_id for o in chunk]
+        found = conn.exec_driver_sql(  # BEGIN IMMEDIATE holds the write lock already
+            f"SELECT group_concat(id) FROM outbox WHERE id IN ({', '.join('?' * len(ids))}) "
+            f"AND claimed_by = ? AND {NOT_BY_STATUS} = 'sending'",
+            (*ids, worker),
+        ).scalar()
+        held = {int(i) for i in found.split(",")} if found else set()
+        done = [o for o in chunk if o.row_id in held]
+        if done:
+            values = tuple(value for o in done for value in _finish_row(o))
+            conn.exec_driver_sql(self._finish_sql(len(done)), (*values, worker))
+            lines = [(o.row_id, h.kind, h.smtp_code, h.detail) for o in done for h in o.history] + [
+                (o.row_id, o.decision.event, o.smtp_code, _event_detail(o)) for o in done
+            ]
+            if any(o.history for o in done):  # in order: a row's lines, then its closing one
+                lines.sort(key=lambda line: ids.index(line[0]))
+            conn.exec_driver_sql(
+                "INSERT INTO outbox_event (outbox_id, kind, smtp_code, detail) VALUES "
+                + ", ".join(["(?, ?, ?, ?)"] * len(lines)),
+                tuple(v for line in lines for v in line),
+            )
+        return held
+
+    def _finish_sql(self, rows: int) -> str:
+        """The UPDATE that records `rows` outcomes, a VALUES row of `_finish_row` each, then
+        the worker."""
+        cached = self._finish_sql_cache.get(rows)
+        if cached is None:
+            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+            cached = f"WITH v ({FINISH_COLUMNS}) AS (VALUES {values}) " + self.finish_update()
+            self._finish_sql_cache[rows] = cached
+        return cached
+
+    def wake_robots(self, conn: Connection) -> None:
+        pass  # no LISTEN on SQLite: robots poll
+
+
+class PostgresStatements(Statements):
+    """PostgreSQL: timestamptz columns, `FOR UPDATE SKIP LOCKED` claims, a finish in one
+    statement over the outcomes as arrays, NOTIFY to wake listening robots."""
+
+    mark = "%s"
+    lease_row = "(%s::bigint, %s::text)"
+    sql_now = "now()"
+    times_can_be_unreadable = False  # timestamptz columns cannot hold text that is not a time
+
+    @staticmethod
+    def sql_later(seconds: str) -> str:
+        return f"now() + make_interval(secs => {seconds})"
+
+    def now_plus(self, seconds: float) -> ColumnElement[datetime]:
+        expr = func.now() + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+        return type_coerce(expr, UTCDateTime())
+
+    def due_at(self, grace_seconds: float) -> ColumnElement[datetime]:
+        graced = outbox.c.created_at + func.make_interval(0, 0, 0, 0, 0, 0, grace_seconds)
+        scheduled = func.coalesce(outbox.c.send_after, outbox.c.created_at)
+        expr = func.coalesce(outbox.c.next_attempt_at, func.greatest(graced, scheduled))
+        return type_coerce(expr, UTCDateTime())
+
+    def octets(self, column: ColumnElement[Any]) -> ColumnElement[int]:
+        return func.coalesce(func.octet_length(column), 0)
+
+    def lock_for_claim(self, pick: SelectT) -> SelectT:
+        return pick.with_for_update(skip_locked=True)
+
+    def with_lenient_retry(
+        self, open_connection: OpenConnection, work: Callable[[Connection], T]
+    ) -> T:
+        with open_connection() as conn:  # PostgreSQL refuses text it cannot decode on write
+            return work(conn)
+
+    def finish_statement(
+        self, worker: str, outcomes: Sequence[Finish]
+    ) -> tuple[str, tuple[Any, ...]] | None:
+        """The one statement, unless history lines or suppressions must go in the same
+        transaction (then None: record_finishes)."""
+        if any(o.suppress or o.history for o in outcomes):
+            return None
+        return self._one_statement(worker, outcomes)
+
+    def record_finishes(
+        self, conn: Connection, worker: str, outcomes: Sequence[Finish]
+    ) -> set[int]:
+        leased = self._still_leased(conn, worker, [o.row_id for o in outcomes])
+        self._history(conn, [o for o in outcomes if o.row_id in leased])
+        return {row[0] for row in conn.exec_driver_sql(*self._one_statement(worker, outcomes))}
+
+    @staticmethod
+    def _one_statement(worker: str, outcomes: Sequence[Finish]) -> tuple[str, tuple[Any, ...]]:
+        """PG_FINISH_SQL and its parameters: one text whatever the batch (the rows go in as
+        arrays), so that it is parsed once and prepared, and its parameters are ten."""
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [])
+        for o in outcomes:
+            for column, value in zip(columns, _finish_row(o), strict=True):
+                column.append(value)
+        return PG_FINISH_SQL, (*columns, worker)
+
+    @staticmethod
+    def _still_leased(conn: Connection, worker: str, ids: list[int]) -> set[int]:
+        """Lock and return the rows of `ids` still leased to `worker`."""
+        found = conn.execute(
+            select(outbox.c.id)
+            .where(
+                outbox.c.id.in_(ids),
+                outbox.c.claimed_by == worker,
+                outbox.c.status == Status.SENDING.value,
+            )
+            .with_for_update()
+        ).scalars()
+        return set(found)
+
+    @staticmethod
+    def _history(conn: Connection, outcomes: Sequence[Finish]) -> None:
+        """The history lines that outcomes carry (refused recipients, say)."""
+        lines = [
+            {"outbox_id": o.row_id, "kind": h.kind, "smtp_code": h.smtp_code, "detail": h.detail}
+            for o in outcomes
+            for h in o.history
+        ]
+        if lines:
+            conn.execute(insert(outbox_event), lines)
+
+    def wake_robots(self, conn: Connection) -> None:
+        conn.execute(text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"))
+
+
+PG_FINISH_SQL = (
+    "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::int[], "
+    f"%s::int[], %s::text[], %s::float8[], %s::text[], %s::text[]) AS v ({FINISH_COLUMNS})), "
+    "done AS ("
+    + PostgresStatements.finish_update()
+    + " RETURNING outbox.id, v.event, v.code, v.detail) "
+    "INSERT INTO outbox_event (outbox_id, kind, smtp_code, detail) "
+    "SELECT id, event, code, detail FROM done RETURNING outbox_id"
+)  # PostgreSQL's finish: rows as arrays, history lines in the same statement
+
+
+def statements_for(engine: Engine) -> Statements:
+    """The statements of `engine`'s database."""
+    if engine.dialect.name == "sqlite":
+        return SqliteStatements()
+    return PostgresStatements()
+
+
+def _finish_row(o: Finish) -> tuple[Any, ...]:
+    """One outcome as a row of FINISH_COLUMNS."""
+    retry = o.decision.retry_after
+    return (
+        o.row_id,
+        o.decision.status.value,
+        o.decision.last_error,
+        int(o.smtp_code is not None or o.smtp_reply is not None),
+        o.smtp_code,
+        o.smtp_reply,
+        retry.total_seconds() if retry is not None else None,
+        o.decision.event,
+        _event_detail(o),
+    )
+
+
+def _event_detail(outcome: Finish) -> str | None:
+    """The detail of the history line an outcome adds."""
+    return outcome.detail or outcome.decision.last_error or outcome.smtp_reply

@@ -1,0 +1,429 @@
+"""The host's and operator's side of the outbox: enqueue, look at rows and the queue, change
+rows' states, the suppression list, retention, and delivery status notifications. The due
+rule and every timestamp use the database clock."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import getaddresses
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Engine, delete, func, insert, select, update
+
+from robot.config import Settings
+from robot.outbox.rows import RECENT_SECONDS, Attachment, Change, Event, OutboxRow, QueueStatus
+from robot.outbox.schema import (
+    FINISHED,
+    Status,
+    UTCDateTime,
+    outbox,
+    outbox_attachment,
+    outbox_event,
+    suppression,
+    utcnow,
+)
+from robot.outbox.shared import (
+    MIB,
+    WAITING,
+    OutboxTables,
+    insert_events,
+    insert_suppression,
+)
+
+PURGE_CHUNK = 500  # rows deleted per transaction by the retention job
+UNSCHEDULABLE = "created_at or send_after is not a time the database can read"
+
+
+@dataclass(frozen=True)
+class Transition:
+    """An operator's state change: from which statuses, to which, and its history event."""
+
+    verb: str
+    event: str
+    sources: tuple[str, ...]  # statuses it applies to
+    already: tuple[str, ...]  # statuses that mean "nothing to do" (not too late)
+    values: dict[str, Any]
+
+
+TRANSITIONS = {
+    "retract": Transition(
+        "retract",
+        "retracted",
+        (Status.PENDING.value, Status.DEFERRED.value, Status.HELD.value),
+        (Status.RETRACTED.value,),
+        {"status": Status.RETRACTED.value},
+    ),
+    "hold": Transition(
+        "hold",
+        "held",
+        (Status.PENDING.value, Status.DEFERRED.value),
+        (Status.HELD.value,),
+        {"status": Status.HELD.value},
+    ),
+    "release": Transition(
+        "release",
+        "released",
+        (Status.HELD.value,),
+        (Status.PENDING.value, Status.DEFERRED.value),
+        {"status": Status.PENDING.value},
+    ),
+    # A new start: attempts count from zero again and the row is due now (Message-ID kept).
+    "retry": Transition(
+        "retry",
+        "retried",
+        (Status.FAILED.value, Status.BOUNCED.value, Status.DEFERRED.value),
+        (Status.PENDING.value,),
+        {"status": Status.PENDING.value, "attempts": 0, "next_attempt_at": None},
+    ),
+}
+
+
+class Operations(OutboxTables):
+    """The host's and operator's side of the outbox tables (and the robot's housekeeping)."""
+
+    # -- rows in, rows out ---------------------------------------------------------------
+
+    def enqueue(self, fields: dict[str, Any], attachments: Sequence[Attachment] = ()) -> int:
+        """Insert one row (and its attachments), as a host application would; returns its id."""
+        with self.engine.begin() as conn:
+            row_id: int = conn.execute(
+                insert(outbox).values(**fields).returning(outbox.c.id)
+            ).scalar_one()
+            if attachments:
+                conn.execute(
+                    insert(outbox_attachment),
+                    [
+                        {
+                            "outbox_id": row_id,
+                            "filename": a.filename,
+                            "content_type": a.content_type,
+                            "content": a.content,
+                        }
+                        for a in attachments
+                    ],
+                )
+        return row_id
+
+    def get(self, row_id: int) -> OutboxRow | None:
+        """One row with its attachments, or None."""
+        with self.engine.connect() as conn:
+            found = conn.execute(select(outbox).where(outbox.c.id == row_id)).mappings().first()
+            if found is None:
+                return None
+            files, sizes = self._attachments(conn, [row_id])
+            return OutboxRow.from_mapping(found, files.get(row_id, ()), sizes.get(row_id, 0))
+
+    def history(self, row_id: int) -> list[Event]:
+        """A row's events, oldest first."""
+        query = (
+            select(outbox_event)
+            .where(outbox_event.c.outbox_id == row_id)
+            .order_by(outbox_event.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [
+                Event(r["at"], r["kind"], r["smtp_code"], r["detail"])
+                for r in conn.execute(query).mappings()
+            ]
+
+    def rows(
+        self, *, status: str | None = None, batch: str | None = None, limit: int = 50
+    ) -> tuple[datetime, list[tuple[OutboxRow, datetime]]]:
+        """The database's now and rows (newest first) with the time each is or was due."""
+        query = select(outbox, self.due_at().label("due_at")).order_by(outbox.c.id.desc())
+        if status:
+            query = query.where(outbox.c.status == status)
+        if batch:
+            query = query.where(outbox.c.batch == batch)
+        with self.engine.connect() as conn:
+            now = conn.execute(select(utcnow())).scalar_one()
+            found = conn.execute(query.limit(limit)).mappings().all()
+        return now, [(OutboxRow.from_mapping(r), r["due_at"]) for r in found]
+
+    # -- the queue in numbers ------------------------------------------------------------
+
+    def depth(self) -> tuple[dict[str, int], int]:
+        """Rows per status and the number of waiting rows that are due: for the metrics."""
+        with self.engine.connect() as conn:
+            due = conn.execute(
+                select(func.count()).where(WAITING, self.due_at() <= utcnow())
+            ).scalar_one()
+            return self._counts(conn), int(due)
+
+    def counts(self) -> dict[str, int]:
+        """Number of rows in each status."""
+        with self.engine.connect() as conn:
+            return self._counts(conn)
+
+    @staticmethod
+    def _counts(conn: Connection, *where: ColumnElement[bool]) -> dict[str, int]:
+        query = select(outbox.c.status, func.count()).where(*where).group_by(outbox.c.status)
+        return {status: count for status, count in conn.execute(query)}
+
+    def status(self, batch: str | None = None) -> QueueStatus:
+        """Counts per status, the due backlog and its spread, and the recent sending rate,
+        of the whole outbox or of one batch."""
+        of_batch = [outbox.c.batch == batch] if batch is not None else []
+        waiting = select(self.due_at().label("due_at")).where(WAITING, *of_batch).subquery()
+        with self.engine.connect() as conn:
+            now = conn.execute(select(utcnow())).scalar_one()
+            counts = self._counts(conn, *of_batch)
+            due, later, next_due, last_due = conn.execute(
+                select(
+                    func.count().filter(waiting.c.due_at <= now),
+                    func.count().filter(waiting.c.due_at > now),
+                    func.min(waiting.c.due_at).filter(waiting.c.due_at > now),
+                    func.max(waiting.c.due_at),
+                )
+            ).one()
+            recent = conn.execute(
+                select(func.count()).where(
+                    *of_batch,
+                    outbox.c.status == Status.SENT.value,
+                    outbox.c.sent_at >= self.statements.now_plus(-RECENT_SECONDS),
+                )
+            ).scalar_one()
+        return QueueStatus(
+            now=now,
+            counts=counts,
+            due=due,
+            later=later,
+            next_due=_as_time(next_due),
+            last_due=_as_time(last_due),
+            sent_recently=recent,
+            sending=counts.get(Status.SENDING.value, 0),
+        )
+
+    # -- operator control ----------------------------------------------------------------
+
+    def transition(
+        self,
+        verb: str,
+        *,
+        ids: Sequence[int] = (),
+        batch: str | None = None,
+        statuses: Sequence[str] = (),
+        reason: str = "by the operator",
+    ) -> Change:
+        """Apply an operator `verb` (retract, hold, release, retry) to rows `ids`, to every
+        row of `batch`, or to every row in `statuses`: one conditional UPDATE, so that a row
+        a robot claims at the same moment is either changed or claimed, never both."""
+        move = TRANSITIONS[verb]
+        chosen: list[ColumnElement[bool]] = []
+        if ids:
+            chosen.append(outbox.c.id.in_(list(ids)))
+        if batch is not None:
+            chosen.append(outbox.c.batch == batch)
+        if statuses:
+            chosen.append(outbox.c.status.in_(list(statuses)))
+        if not chosen:
+            raise ValueError("transition needs ids, a batch or statuses")
+        with self.engine.begin() as conn:
+            changed = list(
+                conn.execute(
+                    update(outbox)
+                    .where(*chosen, outbox.c.status.in_(move.sources))
+                    .values(**move.values, updated_at=utcnow())
+                    .returning(outbox.c.id)
+                ).scalars()
+            )
+            insert_events(conn, changed, move.event, reason)
+            if changed and move.values["status"] == Status.PENDING.value:
+                self.statements.wake_robots(conn)
+            chosen_rows = conn.execute(
+                select(outbox.c.id, outbox.c.status).where(*chosen).order_by(outbox.c.id)
+            )
+            done = set(changed)
+            unchanged: list[tuple[int, str]] = []
+            too_late: list[tuple[int, str]] = []
+            for row_id, status in chosen_rows:
+                if row_id not in done:
+                    (unchanged if status in move.already else too_late).append((row_id, status))
+        missing = sorted(set(ids) - set(changed) - {i for i, _ in unchanged + too_late})
+        too_late += [(row_id, "missing") for row_id in missing]
+        return Change(sorted(changed), unchanged, too_late)
+
+    # -- suppression list ------------------------------------------------------------------
+
+    def suppress(self, address: str, reason: str) -> bool:
+        """Add `address` (lower-cased); False if it was already there."""
+        with self.engine.begin() as conn:
+            return insert_suppression(conn, address, reason, None)
+
+    def unsuppress(self, address: str) -> bool:
+        """Remove `address`; False if it was not there."""
+        with self.engine.begin() as conn:
+            gone = conn.execute(
+                delete(suppression).where(suppression.c.address == address.lower())
+            ).rowcount
+        return bool(gone)
+
+    def suppressed(self, limit: int | None = None) -> list[tuple[str, str | None, datetime]]:
+        """The suppression list, newest first: (address, reason, since)."""
+        query = select(
+            suppression.c.address, suppression.c.reason, suppression.c.created_at
+        ).order_by(suppression.c.created_at.desc(), suppression.c.address)
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(query.limit(limit))]
+
+    def is_suppressed(self, addresses: Iterable[str]) -> list[str]:
+        """The addresses among `addresses` that are in the suppression list."""
+        wanted = {a.lower() for a in addresses}
+        if not wanted:
+            return []
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(suppression.c.address).where(suppression.c.address.in_(wanted))
+            ).scalars()
+            return sorted(found)
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def purge_finished(self, retention_days: float, chunk: int = PURGE_CHUNK) -> int:
+        """Delete finished rows last changed more than `retention_days` ago, `chunk` rows per
+        transaction so that no lock is held for long. Their events and files go with them."""
+        if retention_days <= 0:
+            return 0
+        old = (
+            select(outbox.c.id)
+            .where(
+                outbox.c.status.in_(FINISHED),
+                outbox.c.updated_at < self.statements.now_plus(-retention_days * 86400),
+            )
+            .limit(chunk)
+        )
+        purged = 0
+        while True:
+            with self.engine.begin() as conn:
+                ids = list(conn.execute(old).scalars())
+                if ids:
+                    conn.execute(delete(outbox_event).where(outbox_event.c.outbox_id.in_(ids)))
+                    conn.execute(
+                        delete(outbox_attachment).where(outbox_attachment.c.outbox_id.in_(ids))
+                    )
+                    conn.execute(delete(outbox).where(outbox.c.id.in_(ids)))
+            purged += len(ids)
+            if len(ids) < chunk:
+                return purged
+
+    def fail_unschedulable(self) -> list[int]:
+        """Fail waiting rows whose times cannot be read (a host wrote text that is not a
+        time into created_at or send_after on SQLite): they would never become due.
+        PostgreSQL's timestamptz columns cannot hold such text: nothing to look for."""
+        if not self.statements.times_can_be_unreadable:
+            return []
+        with self.engine.begin() as conn:
+            failed = list(
+                conn.execute(
+                    update(outbox)
+                    .where(WAITING, self.due_at().is_(None))
+                    .values(
+                        status=Status.FAILED.value,
+                        updated_at=utcnow(),
+                        last_error=UNSCHEDULABLE,
+                    )
+                    .returning(outbox.c.id)
+                ).scalars()
+            )
+            insert_events(conn, failed, "failed", UNSCHEDULABLE)
+        return failed
+
+    # -- delivery status notifications ------------------------------------------------------
+
+    def record_dsn(
+        self,
+        failures: Sequence[tuple[str, str, str | None, int | None, bool]],
+        *,
+        row_id: int | None = None,
+        message_id: str | None = None,
+        reporter: str | None = None,
+    ) -> tuple[int, bool] | None:
+        """Apply the permanent failures of a delivery status notification to the row it is
+        about. Each failure is (address, status, diagnostic, smtp_code, suppress).
+
+        The row is `row_id` (from a VERP address) unless its Message-ID contradicts
+        `message_id`, else the row whose Message-ID is `message_id`. A `sent` row becomes
+        `bounced` when a failure is about its own recipient (a cc or bcc alone only goes into
+        the history); a row in any other state only gets the history lines. An address whose
+        failure says to suppress it (5.1.x) is suppressed. Returns (row id, whether the row
+        became bounced), or None when no row matches.
+        """
+        if not failures or (row_id is None and not message_id):
+            return None
+        columns = (
+            outbox.c.id,
+            outbox.c.status,
+            outbox.c.recipient,
+            outbox.c.cc,
+            outbox.c.bcc,
+            outbox.c.message_id,
+        )
+        with self.engine.begin() as conn:
+            found = None
+            if row_id is not None:
+                found = conn.execute(select(*columns).where(outbox.c.id == row_id)).first()
+                if found is not None and message_id and found.message_id not in (None, message_id):
+                    found = None  # the VERP id names another message: go by the Message-ID
+            if found is None and message_id:
+                by_id = select(*columns).where(outbox.c.message_id == message_id).limit(1)
+                # The robot's own Message-IDs start with the row id: a primary-key look-up.
+                own_form = re.match(r"<(\d{1,18})\.", message_id)
+                if own_form:
+                    found = conn.execute(by_id.where(outbox.c.id == int(own_form[1]))).first()
+                if found is None:
+                    found = conn.execute(by_id).first()
+            if found is None:
+                return None
+            to = {a.lower() for _, a in getaddresses([found.recipient or ""]) if a}
+            copies = {a.lower() for _, a in getaddresses([found.cc or "", found.bcc or ""]) if a}
+            about_row = [f for f in failures if f[0].lower() in to or f[0].lower() not in copies]
+            source = "delivery status notification" + (f" from {reporter}" if reporter else "")
+            changed = False
+            if about_row:
+                address, status, diagnostic, code, _ = about_row[0]
+                reply = f"{status} {diagnostic}" if diagnostic else status
+                changed = bool(
+                    conn.execute(
+                        update(outbox)
+                        .where(outbox.c.id == found.id, outbox.c.status == Status.SENT.value)
+                        .values(
+                            status=Status.BOUNCED.value,
+                            smtp_code=code,
+                            smtp_reply=reply,
+                            last_error=f"{address}: {reply} ({source})",
+                            updated_at=utcnow(),
+                        )
+                    ).rowcount
+                )
+            for address, status, diagnostic, code, suppress in failures:
+                reply = f"{status} {diagnostic}" if diagnostic else status
+                conn.execute(
+                    insert(outbox_event).values(
+                        outbox_id=found.id,
+                        kind="bounced" if changed else "dsn",
+                        smtp_code=code,
+                        detail=f"{address}: {reply} ({source})",
+                    )
+                )
+                if suppress:
+                    insert_suppression(conn, address, f"bounced ({source}): {reply}", found.id)
+        return int(found.id), changed
+
+
+def operations_for(settings: Settings, engine: Engine) -> Operations:
+    """The host's and operator's side with the grace and attachment limit of `settings`."""
+    return Operations(
+        engine,
+        grace_seconds=settings.robot.grace_minutes * 60,
+        max_attachment_bytes=int(settings.attachments.max_mb * MIB),
+    )
+
+
+def _as_time(value: Any) -> datetime | None:
+    """A time from an aggregate: SQLite hands back its text form."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return UTCDateTime().process_result_value(value, None)  # type: ignore[arg-type]

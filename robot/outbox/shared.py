@@ -1,0 +1,95 @@
+"""What the robot's side (claims.py) and the host's and operator's side (operations.py) share:
+the engine with its database's statements, the due rule, reading attachments, and the history
+lines and suppressions both write."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, Connection, Engine, func, insert, select, text
+
+from robot.outbox.dialects import Statements, statements_for
+from robot.outbox.rows import Attachment
+from robot.outbox.schema import (
+    WAITING_SQL,
+    outbox_attachment,
+    outbox_event,
+    suppression,
+)
+
+MIB = 1024 * 1024
+WAITING = text(WAITING_SQL)  # literal, so that the planners match the partial index
+
+
+class OutboxTables:
+    """The outbox tables through one engine: its database's statements, the grace before a
+    new row is due, and the size over which a row's attachments are not read."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        grace_seconds: float,
+        max_attachment_bytes: int = 10 * MIB,
+    ) -> None:
+        self.engine = engine
+        self.statements: Statements = statements_for(engine)
+        self.grace_seconds = grace_seconds
+        self.max_attachment_bytes = max_attachment_bytes
+
+    def due_at(self) -> ColumnElement[datetime]:
+        """When a row is or was due, with this outbox's grace (Statements.due_at)."""
+        return self.statements.due_at(self.grace_seconds)
+
+    def _attachments(
+        self, conn: Connection, ids: list[int]
+    ) -> tuple[dict[int, tuple[Attachment, ...]], dict[int, int]]:
+        """The files of rows `ids` and each row's total; files of rows over the limit are
+        not read."""
+        sizes: dict[int, int] = {
+            row_id: int(size)
+            for row_id, size in conn.execute(
+                select(
+                    outbox_attachment.c.outbox_id,
+                    func.sum(self.statements.octets(outbox_attachment.c.content)),
+                )
+                .where(outbox_attachment.c.outbox_id.in_(ids))
+                .group_by(outbox_attachment.c.outbox_id)
+            )
+        }
+        wanted = [i for i, size in sizes.items() if size <= self.max_attachment_bytes]
+        found: dict[int, list[Attachment]] = {}
+        if wanted:
+            query = (
+                select(outbox_attachment)
+                .where(outbox_attachment.c.outbox_id.in_(wanted))
+                .order_by(outbox_attachment.c.id)
+            )
+            for r in conn.execute(query).mappings():
+                found.setdefault(r["outbox_id"], []).append(
+                    Attachment(r["filename"], r["content_type"], bytes(r["content"]))
+                )
+        return {key: tuple(value) for key, value in found.items()}, sizes
+
+
+def insert_events(conn: Connection, ids: Sequence[int], kind: str, detail: str) -> None:
+    """The same history line for each row of `ids`."""
+    if ids:
+        conn.execute(
+            insert(outbox_event),
+            [{"outbox_id": i, "kind": kind, "detail": detail} for i in ids],
+        )
+
+
+def insert_suppression(conn: Connection, address: str, reason: str, row_id: int | None) -> bool:
+    """Add `address` (lower-cased) to the list; False if it was there already."""
+    exists = conn.execute(
+        select(suppression.c.address).where(suppression.c.address == address.lower())
+    ).first()
+    if exists is not None:
+        return False
+    conn.execute(
+        insert(suppression).values(address=address.lower(), reason=reason, outbox_id=row_id)
+    )
+    return True
