@@ -14,6 +14,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,13 @@ from sqlalchemy import select
 
 from bench.outbox import RowMaker, pg_fill, sqlite_fill
 from robot.outbox.engine import make_engine, upgrade
-from robot.outbox.gateway import CLAIM_ORDER, WAITING, Outbox, outbox
-from robot.outbox.schema import utcnow
+from robot.outbox.gateway import CLAIM_ORDER, WAITING, Outbox
+from robot.outbox.message_ids import AccountDomain, MessageIds
+from robot.outbox.schema import outbox, utcnow
 
 RESULTS = Path(__file__).parent / "results"
+# Rows with no sender and no account: their Message-IDs take the fallback's HELO name.
+MESSAGE_IDS = MessageIds(fallback=AccountDomain("", "example.org"))
 
 
 def claim_query(box: Outbox, limit: int) -> Any:
@@ -35,7 +39,7 @@ def claim_query(box: Outbox, limit: int) -> Any:
     return due.with_for_update(skip_locked=True)
 
 
-def measure(url: str, rows: int, fill: Any) -> dict[str, Any]:
+def measure(url: str, rows: int, fill: Callable[[int], float]) -> dict[str, Any]:
     engine = make_engine(url)
     upgrade(engine)
     started = time.perf_counter()
@@ -54,7 +58,7 @@ def measure(url: str, rows: int, fill: Any) -> dict[str, Any]:
     times = []
     for _ in range(10):
         started = time.perf_counter()
-        claimed = box.claim("plans", 500, lambda r: f"<{r.id}.plan@example.org>")
+        claimed = box.claim("plans", 500, MESSAGE_IDS)
         times.append((time.perf_counter() - started) * 1000)
         assert len(claimed) == 500
     engine.dispose()
