@@ -4,7 +4,7 @@
 run:
 	./scripts/try-it.sh
 
-# Set up everything and run ruff, mypy and every test (SQLite and PostgreSQL).
+# Set up everything and run ruff, mypy, lint-imports and every test (SQLite and PostgreSQL).
 test:
 	./scripts/test.sh
 
@@ -22,6 +22,7 @@ lint:
 	.venv/bin/ruff check robot tests migrations
 	.venv/bin/ruff format --check robot tests migrations
 	.venv/bin/mypy
+	.venv/bin/lint-imports
 
 clean:
-	rm -rf .venv robot.db robot.db-wal robot.db-shm sink-mail .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .venv robot.db robot.db-wal robot.db-shm sink-mail .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

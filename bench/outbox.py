@@ -65,7 +65,7 @@ class Row:
 
 
 def _paragraphs(rng: random.Random) -> str:
-    sentences = []
+    sentences: list[str] = []
     while sum(len(s) + 1 for s in sentences) < BODY_CHARS * 2:
         words = [rng.choice(WORDS) for _ in range(rng.randint(8, 18))]
         sentences.append(" ".join(words).capitalize() + ".")
@@ -209,7 +209,7 @@ def _query(url: str, query: str) -> list[tuple[Any, ...]]:
         finally:
             conn.close()
     with psycopg.connect(pg_dsn(url)) as pg:
-        return list(pg.execute(query).fetchall())  # type: ignore[arg-type]
+        return list(pg.execute(query).fetchall())
 
 
 def summary(url: str) -> dict[str, Any]:

@@ -441,7 +441,7 @@ def render(res: dict[str, Any], png_name: str) -> list[str]:
     phases = {k: v.get("phase_seconds") for k, v in res.items() if v and k != "environment"}
     out += ["### Time each phase took", ""]
     out += _table(["phase", "seconds"], [[k, _n(v)] for k, v in phases.items() if v])
-    fills = {}
+    fills: dict[str, float] = {}
     for v in res.values():
         if v and isinstance(v.get("fill_seconds"), dict):
             fills |= v["fill_seconds"]

@@ -90,7 +90,7 @@ def measure(
 ) -> dict[str, Any]:
     """One robot, then two at once, each on a fresh copy of a filled PostgreSQL outbox
     (`fresh_outbox(name)` returns its URL) and a fresh dumping sink."""
-    results = {}
+    runs: dict[str, dict[str, Any]] = {}
     for count in (1, 2):
         url = fresh_outbox(f"bench_two_{count}")
         with SmtpSink(sink_binary, dump=work / f"dump-{count}" / "messages") as sink:
@@ -99,11 +99,10 @@ def measure(
                 dataclasses.replace(base, name=f"robot-{chr(ord('a') + n)}") for n in range(count)
             ]
             time.sleep(0.2)
-            results[f"{count}_robot" + ("s" if count > 1 else "")] = _run(
+            runs[f"{count}_robot" + ("s" if count > 1 else "")] = _run(
                 robots, work, rows, f"two-{count}", sink
             )
         for dump in (work / f"dump-{count}").glob("*"):
             dump.unlink()
-    one, two = results["1_robot"]["msgs_per_s"], results["2_robots"]["msgs_per_s"]
-    results["ratio_two_to_one"] = round(two / one, 3) if one else 0.0
-    return results
+    one, two = runs["1_robot"]["msgs_per_s"], runs["2_robots"]["msgs_per_s"]
+    return {**runs, "ratio_two_to_one": round(two / one, 3) if one else 0.0}

@@ -3,6 +3,9 @@
 from alembic import context
 from sqlalchemy import Connection
 
+# The current models, on purpose (unlike the revisions, which are frozen and import nothing
+# from robot): autogenerate compares the database with them, and Alembic gives new revisions
+# their naming convention for names not fixed with op.f().
 from robot.outbox.schema import metadata
 
 config = context.config

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up and run every check: ruff, mypy, and the whole test suite on SQLite, on a
+# Set up and run every check: ruff, mypy, lint-imports, and the whole test suite on SQLite, on a
 # throwaway PostgreSQL cluster and against a Dovecot IMAP server (both started by the tests
 # themselves from Debian's packages, installed here when missing; never skipped).
 set -euo pipefail
@@ -11,4 +11,5 @@ bin=.venv/bin
 "$bin/ruff" check robot tests migrations
 "$bin/ruff" format --check robot tests migrations
 "$bin/mypy"
+"$bin/lint-imports"
 "$bin/python" -m pytest "$@"

@@ -6,16 +6,23 @@ Create Date: 2026-11-22
 """
 
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
-
-from robot.outbox.schema import UTCDateTime, utcnow
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import FunctionElement
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+# Everything below is frozen as it was when this revision was written: it imports nothing
+# from robot, so later changes to the models never change what this migration creates.
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 STATUSES = (
@@ -23,6 +30,39 @@ STATUSES = (
     "'suppressed'"
 )
 WAITING = sa.text("status IN ('pending', 'deferred')")
+# The name databases got from this revision: Alembic passed "ck_outbox_status" through the
+# models' naming convention ("ck_%(table_name)s_%(constraint_name)s"). op.f() keeps it as is,
+# whatever naming convention migrations/env.py hands to Alembic now or later.
+STATUS_CHECK = "ck_outbox_ck_outbox_status"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """UTC times: timestamptz on PostgreSQL, `YYYY-MM-DD HH:MM:SS.fff` text on SQLite."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.Text())
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+
+class utcnow(FunctionElement[datetime]):
+    """The database clock in UTC with milliseconds, as a server default."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(utcnow, "sqlite")
+def _utcnow_sqlite(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
+    return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+
+@compiles(utcnow)
+def _utcnow_default(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
+    return "now()"
 
 
 def upgrade() -> None:
@@ -58,7 +98,7 @@ def upgrade() -> None:
         sa.Column("sent_at", UTCDateTime()),
         sa.Column("updated_at", UTCDateTime()),
         sa.PrimaryKeyConstraint("id", name="pk_outbox"),
-        sa.CheckConstraint(f"status IN ({STATUSES})", name="ck_outbox_status"),
+        sa.CheckConstraint(f"status IN ({STATUSES})", name=op.f(STATUS_CHECK)),
         sqlite_autoincrement=True,
     )
     op.create_index(

@@ -21,10 +21,10 @@ def host_sql(url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, 
             cursor = conn.execute(sql, tuple(params))
             return cursor.fetchall()
     dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(dsn) as conn:
-        cursor = conn.execute(sql.replace("?", "%s"), tuple(params))  # type: ignore[arg-type]
-        rows = cursor.fetchall() if cursor.description else []
-        conn.commit()
+    with psycopg.connect(dsn) as pg:
+        pg_cursor = pg.execute(sql.replace("?", "%s"), tuple(params))
+        rows = pg_cursor.fetchall() if pg_cursor.description else []
+        pg.commit()
         return rows
 
 

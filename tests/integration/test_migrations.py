@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
 from robot.cli.main import main
-from robot.outbox.engine import make_engine, schema_is_current, upgrade
+from robot.outbox.engine import make_engine, migrations_dir, schema_is_current, upgrade
 from robot.outbox.schema import metadata
 from tests.conftest import WriteIni
 from tests.integration.host import host_sql
@@ -68,6 +69,17 @@ def test_migrated_schema_equals_the_models(engine: Engine) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
     assert schema_is_current(engine)
+
+
+def test_revisions_import_nothing_from_robot() -> None:
+    """A revision is frozen: were it to import the models, it would change when they do."""
+    scripts = sorted((migrations_dir() / "versions").glob("*.py"))
+    assert scripts
+    for script in scripts:
+        tree = ast.parse(script.read_text(), str(script))
+        modules = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        modules += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert [m for m in modules if m.split(".")[0] == "robot"] == [], script.name
 
 
 def test_upgrade_twice_is_harmless_and_creates_the_queue_index(engine: Engine) -> None:

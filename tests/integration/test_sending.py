@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import trustme
 from sqlalchemy import Engine
@@ -14,7 +15,7 @@ from tests.integration.robot_run import drain
 from tests.support.smtpd import TestSMTPServer
 
 
-def rows(url: str, where: str = "1=1") -> list[tuple]:
+def rows(url: str, where: str = "1=1") -> list[tuple[Any, ...]]:
     return host_sql(
         url,
         "SELECT id, status, attempts, smtp_code, message_id, last_error, next_attempt_at "
@@ -59,7 +60,9 @@ async def test_host_rows_are_sent_with_their_message_id(
     assert first.message()["From"] == "Test Robot <robot@example.org>"
     html_only = next(r for r in smtp_server.received if r.message()["Subject"] == "Grüße").message()
     assert html_only.get_content_type() == "multipart/alternative"
-    text = html_only.get_body(("plain",)).get_content()
+    plain = html_only.get_body(("plain",))
+    assert plain is not None
+    text = plain.get_content()
     assert "here (https://example.org/x)" in text
     kinds = [e.kind for e in Operations(engine, grace_seconds=0).history(table[0][0])]
     assert kinds == ["claimed", "sent"]

@@ -162,9 +162,9 @@ class DovecotServer:
             self._terminate()
             taken = "address already in use" in self._log_tail().lower()
             if not taken or attempt == 2:
-                stderr = (self.base / "stderr.log").read_text(errors="replace")
+                output = (self.base / "stderr.log").read_text(errors="replace")
                 raise RuntimeError(
-                    f"Dovecot did not start (config {conf}):\n{stderr}\n{self._log_tail()}"
+                    f"Dovecot did not start (config {conf}):\n{output}\n{self._log_tail()}"
                 )
 
     def _wait_ready(self, timeout: float = 20.0) -> bool:

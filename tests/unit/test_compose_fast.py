@@ -42,15 +42,15 @@ def both(row: Any) -> tuple[EmailMessage, EmailMessage]:
     captured: dict[str, Any] = {}
     real_fast = composer._write_fast
 
-    def spy(headers: Any, text_part: str, html_part: str | None) -> bytes:
+    def spy(headers: list[tuple[str, Any]], text_part: str, html_part: str | None) -> bytes:
         captured["args"] = (headers, text_part, html_part)
         return real_fast(headers, text_part, html_part)
 
-    composer._write_fast = spy  # type: ignore[assignment]
+    composer._write_fast = spy
     try:
         composed = composer.compose(row, ACCOUNT, now=NOW)
     finally:
-        composer._write_fast = real_fast  # type: ignore[assignment]
+        composer._write_fast = real_fast
     headers, text_part, html_part = captured["args"]
     slow = composer._write_email_message(headers, text_part, html_part, row)
     return parse(composed.data), parse(slow)
