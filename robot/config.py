@@ -348,7 +348,7 @@ def _build(raw: RawConfig, path: str) -> Settings:
         if section.startswith("account:"):
             accounts[section[8:]] = _account(section, values, raw, path)
     _check_ranges(parts, path)
-    _check_bounces(parts["bounces"], path)
+    parts["bounces"] = _checked_bounces(parts["bounces"], path)
     for account in accounts.values():
         _check_list_unsubscribe(account, path)
     return Settings(
@@ -510,13 +510,29 @@ def _check_ranges(parts: dict[str, typing.Any], path: str) -> None:
             raise ConfigError(f"{path}: [{section}] {key}: {problem}", key=key, path=path)
 
 
-def _check_bounces(bounces: BounceSettings, path: str) -> None:
+def _checked_bounces(bounces: BounceSettings, path: str) -> BounceSettings:
+    """The [bounces] settings, checked; verp_domain in its ASCII (IDNA) form, as the
+    envelope sender must be written without SMTPUTF8."""
     if bounces.poll_seconds <= 0:
         raise ConfigError(
             f"{path}: [bounces] poll_seconds: must be positive", key="poll_seconds", path=path
         )
     if bounces.mailbox:
         parse_mailbox_url(bounces.mailbox, path)
+    if not bounces.verp_domain:
+        return bounces
+    domain = bounces.verp_domain.strip()
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_domain = ""
+    if not VERP_DOMAIN.fullmatch(ascii_domain):
+        raise ConfigError(
+            f"{path}: [bounces] verp_domain: not a domain name: {domain!r}",
+            key="verp_domain",
+            path=path,
+        )
+    return dataclasses.replace(bounces, verp_domain=ascii_domain.lower())
 
 
 def _check_url(url: str, path: str) -> None:
@@ -529,6 +545,7 @@ def _check_url(url: str, path: str) -> None:
 
 
 T = typing.TypeVar("T")
+VERP_DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 
 def _section(cls: type[T], values: Mapping[str, str], section: str, path: str) -> T:

@@ -1,12 +1,54 @@
-"""structlog set up once: JSON lines for machines or coloured console lines for people."""
+"""structlog set up once: JSON lines for machines or coloured console lines for people.
+
+Logging never changes control flow: a log stream whose reader went away (a pipe to a killed
+`tee`, a restarted log shipper) loses lines, never raises into the code that logs. Each line
+is one write, so the lines of several processes sharing a pipe never interleave.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import TextIO
+import threading
+from typing import Any, TextIO
 
 import structlog
+
+
+class LineWriter:
+    """A structlog logger that writes each rendered line with one write call (a write of up
+    to PIPE_BUF bytes to a pipe is atomic) and drops it when the stream is gone."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        try:
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # a StringIO in tests
+            self._fd = None
+
+    def msg(self, message: str) -> None:
+        """Write `message` and a newline; never raises."""
+        line = message + "\n"
+        try:
+            with self._lock:
+                if self._fd is None:
+                    self._stream.write(line)
+                    self._stream.flush()
+                    return
+                self._stream.flush()  # whatever went through the stream object first
+                data = line.encode("utf-8", "backslashreplace")
+                while data:
+                    data = data[os.write(self._fd, data) :]
+        except (OSError, ValueError):  # broken pipe, closed stream: the line is lost
+            pass
+
+    log = debug = info = warning = warn = error = err = critical = exception = fatal = msg
+
+    def __call__(self, *args: Any) -> LineWriter:
+        """structlog's logger factory: the same writer for every logger."""
+        return self
 
 
 def configure_logging(
@@ -29,7 +71,7 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=LineWriter(stream),
         cache_logger_on_first_use=False,
     )
     # Libraries log through stdlib logging: keep their warnings, drop their chatter.

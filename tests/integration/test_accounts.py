@@ -138,3 +138,32 @@ async def test_an_accounts_rate_limits_that_account_only(
         else sent[:2]
     )
     assert (last - first).total_seconds() >= 1.4  # database clock, millisecond precision
+
+
+async def test_verp_to_an_internationalised_domain_sends_every_row_over_one_connection(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    """The envelope sender goes out in its ASCII form (the test server offers no SMTPUTF8).
+    Before, the first row was deferred as "the server does not offer SMTPUTF8" and the
+    second, on the reused connection, was tried twice as "stale" and then left with no
+    outcome at all (the `for _ in range(2)` fall-through): it stayed `sending` until its
+    lease expired."""
+    ini = write_ini(
+        db_url,
+        smtp_server.port,
+        "[robot]\nconnections = 1\n[bounces]\nverp = true\nverp_domain = Bücher.example\n",
+    )
+    for n in range(3):
+        host_sql(
+            db_url,
+            "INSERT INTO outbox (recipient, subject, body_text) "
+            f"VALUES ('r{n}@example.org', 'Hello', 'Hi')",
+        )
+    code, _ = await drain(ini)
+    assert code == 0
+    assert host_sql(db_url, "SELECT DISTINCT status FROM outbox") == [("sent",)]
+    ids = [i for (i,) in host_sql(db_url, "SELECT id FROM outbox ORDER BY id")]
+    assert sorted(m.mail_from for m in smtp_server.received) == sorted(
+        f"bounces+{i}@xn--bcher-kva.example" for i in ids
+    )
+    assert smtp_server.connections == 1

@@ -246,4 +246,4 @@ async def test_two_sending_processes_send_each_row_once_and_stop_on_sigterm(
     workers = host_sql(db_url, "SELECT DISTINCT detail FROM outbox_event WHERE kind = 'claimed'")
     assert len({w[0].rsplit(":", 1)[1] for w in workers}) == 2  # two processes claimed
     assert host_sql(db_url, "SELECT count(*) FROM outbox WHERE status <> 'sent'") == [(0,)]
-    assert len(robot.named("robot.stopped")) == 2
+    assert len(robot.named("robot.stopped")) == 2, robot.tail()

@@ -1,0 +1,52 @@
+"""robot.logs on real pipes: lines of several processes never interleave, and a stream whose
+reader went away never raises into the code that logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from robot.logs import configure_logging, get_logger
+
+WRITER = """
+import sys
+from robot.logs import configure_logging, get_logger
+configure_logging("json", "info")
+log = get_logger("test")
+for n in range(3000):
+    log.info("line", n=n, who=sys.argv[1], padding="x" * 200)
+"""
+
+
+def test_two_processes_on_one_pipe_write_whole_lines() -> None:
+    """Each line is one write: two processes sharing a pipe (as the sending processes of a
+    supervisor share its stderr) produce only whole JSON lines."""
+    read_end, write_end = os.pipe()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, who], stderr=write_end)
+        for who in ("a", "b")
+    ]
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        lines = pipe.read().splitlines()
+    assert [p.wait(30) for p in procs] == [0, 0]
+    events = [json.loads(line) for line in lines]  # a glued '}{' line would not parse
+    assert sorted((e["who"], e["n"]) for e in events) == sorted(
+        (who, n) for who in ("a", "b") for n in range(3000)
+    )
+
+
+def test_a_closed_log_pipe_loses_lines_and_raises_nothing() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader went away: every write is EPIPE
+    with os.fdopen(write_end, "w") as stream:
+        configure_logging("json", "info", stream=stream)
+        try:
+            log = get_logger("test")
+            for _ in range(3):
+                log.info("nobody.reads", n=1)
+                log.error("still.nobody")
+        finally:
+            configure_logging("json", "info")
