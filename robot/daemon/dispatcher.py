@@ -54,7 +54,7 @@ class Dispatcher:
         self.queue: asyncio.Queue[OutboxRow | None] = asyncio.Queue()
         self.in_flight = 0
         self.leased: set[int] = set()  # claimed rows queued or on a wire: their leases renewed
-        self.unsent: list[int] = []  # taken from the queue after stop: released, not sent
+        self.to_release: list[int] = []  # taken from the queue after stop: released, not sent
         self.wake_times: set[float] = set()  # wake-up timers set (monotonic, rounded)
 
     # -- the claim loop ------------------------------------------------------------------
@@ -137,7 +137,7 @@ class Dispatcher:
             if self.queue.qsize() <= self.current().settings.robot.batch_size // 2:
                 self.room.set()
             if self.stopping.is_set():
-                self.unsent.append(row.id)
+                self.to_release.append(row.id)
                 continue
             self.in_flight += 1
             return row
@@ -150,7 +150,7 @@ class Dispatcher:
             self.wake.set()
 
     async def release(self, ids: list[int], reason: str) -> int:
-        """Give back claimed rows untried: their attempt is not counted."""
+        """Release claimed rows untried: their attempt is not counted."""
         if not ids:
             return 0
         released = await self.db.until_done(
@@ -169,15 +169,15 @@ class Dispatcher:
         self.wake.set()
         self.room.set()
 
-    async def release_unsent(self) -> None:
-        """After the workers ended: give back every row claimed and not sent."""
+    async def release_the_rest(self) -> None:
+        """After the workers ended: release every row claimed and not sent."""
         while not self.queue.empty():
             row = self.queue.get_nowait()
             if row is not None:
-                self.unsent.append(row.id)
-        unsent, self.unsent = self.unsent, []
-        if unsent:
-            released = await self.release(unsent, "robot stopping or account paused")
+                self.to_release.append(row.id)
+        to_release, self.to_release = self.to_release, []
+        if to_release:
+            released = await self.release(to_release, "robot stopping or account paused")
             self.log.info("claim.released", rows=released)
 
     def wake_later(self, seconds: float) -> None:

@@ -168,7 +168,7 @@ class Robot:
                 task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
             await self.group_commit.close()  # outcomes still being committed
-            await self.dispatcher.release_unsent()
+            await self.dispatcher.release_the_rest()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             self.db.close()

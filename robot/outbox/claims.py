@@ -230,12 +230,12 @@ class Claims(OutboxTables):
         if alone is not None:  # atomic on its own: no transaction
             with self.engine.connect() as conn:
                 autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
-                held = {row[0] for row in autocommit.exec_driver_sql(*alone)}
-            return [o.row_id in held for o in outcomes]
+                recorded = {row[0] for row in autocommit.exec_driver_sql(*alone)}
+            return [o.row_id in recorded for o in outcomes]
         with self.engine.begin() as conn:
-            held = self.statements.record_finishes(conn, worker, outcomes)
-            self._suppress_bounced(conn, outcomes, held)
-        return [o.row_id in held for o in outcomes]
+            recorded = self.statements.record_finishes(conn, worker, outcomes)
+            self._suppress_bounced(conn, outcomes, recorded)
+        return [o.row_id in recorded for o in outcomes]
 
     def finish_statement(
         self, worker: str, outcomes: Sequence[Finish]

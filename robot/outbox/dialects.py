@@ -206,10 +206,10 @@ class SqliteStatements(Statements):
     def record_finishes(
         self, conn: Connection, worker: str, outcomes: Sequence[Finish]
     ) -> set[int]:
-        held: set[int] = set()
+        recorded: set[int] = set()
         for start in range(0, len(outcomes), FINISH_CHUNK):
-            held |= self._finish_chunk(conn, worker, outcomes[start : start + FINISH_CHUNK])
-        return held
+            recorded |= self._finish_chunk(conn, worker, outcomes[start : start + FINISH_CHUNK])
+        return recorded
 
     def _finish_chunk(self, conn: Connection, worker: str, chunk: Sequence[Finish]) -> set[int]:
         """Update the rows of `chunk` still leased to `worker` and add their history lines
@@ -220,8 +220,8 @@ class SqliteStatements(Statements):
             f"AND claimed_by = ? AND {NOT_BY_STATUS} = 'sending'",
             (*ids, worker),
         ).scalar()
-        held = {int(i) for i in found.split(",")} if found else set()
-        done = [o for o in chunk if o.row_id in held]
+        recorded = {int(i) for i in found.split(",")} if found else set()
+        done = [o for o in chunk if o.row_id in recorded]
         if done:
             values = tuple(value for o in done for value in _finish_row(o))
             conn.exec_driver_sql(self._finish_sql(len(done)), (*values, worker))
@@ -235,7 +235,7 @@ class SqliteStatements(Statements):
                 + ", ".join(["(?, ?, ?, ?)"] * len(lines)),
                 tuple(v for line in lines for v in line),
             )
-        return held
+        return recorded
 
     def _finish_sql(self, rows: int) -> str:
         """The UPDATE that records `rows` outcomes, a VALUES row of `_finish_row` each, then

@@ -29,7 +29,7 @@ from tests.integration.host import host_sql, now_plus_sql
 from tests.support.dovecot import DovecotServer
 from tests.support.smtpd import TestSMTPServer
 
-DATA = Path(__file__).parent.parent / "data" / "dsn"
+DATA = Path(__file__).parents[2] / "data" / "dsn"
 SAMPLE_ID = "<42.1f2e3d4c5b6a7980@example.org>"  # the Message-ID in the Postfix samples
 SAMPLE_VERP = "bounces+42@example.org"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.conftest import WriteIni
 from tests.integration.host import host_sql
-from tests.integration.test_cli import acli, cli, one_line_error
+from tests.integration.whole_robot.test_cli import acli, cli, one_line_error
 from tests.support.robot_proc import RobotProcess
 from tests.support.smtpd import TestSMTPServer
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.conftest import WriteIni
 from tests.integration.host import host_sql
 from tests.integration.robot_run import drain
+from tests.integration.whole_robot.test_cli import cli, one_line_error
 from tests.support.smtpd import TestSMTPServer
 
 
@@ -29,8 +31,6 @@ def dkim_key(tmp_path: Path) -> tuple[Path, bytes]:
     public = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    import base64
-
     return path, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
 
 
@@ -97,8 +97,6 @@ async def test_two_accounts_on_two_servers_with_dkim_and_unsubscribe(
 
 
 def test_a_bad_dkim_key_is_a_config_error(tmp_path: Path, write_ini: WriteIni) -> None:
-    from tests.integration.test_cli import cli, one_line_error
-
     bad = tmp_path / "bad.pem"
     bad.write_text("not a key")
     ini = write_ini(
