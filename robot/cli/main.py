@@ -68,17 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args, wiring)
         return code
     except ConfigError as exc:
-        print(f"email-robot: {exc}", file=sys.stderr)
+        _complain(str(exc))
         return EXIT_USAGE
     except UsageError as exc:
-        print(f"email-robot: {exc}", file=sys.stderr)
+        _complain(str(exc))
         return EXIT_USAGE
     except RobotError as exc:
-        print(f"email-robot: {exc}", file=sys.stderr)
+        _complain(str(exc))
         return EXIT_PARTIAL
     except SQLAlchemyError as exc:
         first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or ["error"])[0]
-        print(f"email-robot: database: {first}", file=sys.stderr)
+        _complain(f"database: {first}")
         return EXIT_PARTIAL
     except KeyboardInterrupt:
         return 130
@@ -86,10 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("ROBOT_DEBUG"):
             raise
         where = _where(exc)
-        print(
-            f"email-robot: internal error: {type(exc).__name__}: {exc} ({where}; "
-            "ROBOT_DEBUG=1 shows the traceback)",
-            file=sys.stderr,
+        _complain(
+            f"internal error: {type(exc).__name__}: {exc} ({where}; "
+            "ROBOT_DEBUG=1 shows the traceback)"
         )
         return EXIT_PARTIAL
     finally:
@@ -516,6 +515,14 @@ def _operator() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "an operator"
+
+
+def _complain(message: str) -> None:
+    """One line on stderr; lost, not raised, when nobody reads stderr any more."""
+    try:
+        print(f"email-robot: {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def _usage(message: str) -> int:

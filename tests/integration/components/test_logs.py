@@ -50,3 +50,33 @@ def test_a_closed_log_pipe_loses_lines_and_raises_nothing() -> None:
                 log.error("still.nobody")
         finally:
             configure_logging("json", "info")
+
+
+LIBRARY_LOGGER = """
+import logging, sys, warnings
+from robot.logs import configure_logging, get_logger
+configure_logging("json", "info")
+get_logger("test").info("ours")
+logging.getLogger("aiosmtplib").warning("a library's warning")
+logging.getLogger("asyncio").error("Task exception was never retrieved", exc_info=True)
+warnings.warn("a library's deprecation")
+get_logger("test").error("ours again")
+print("survived")
+"""
+
+
+def test_a_closed_log_pipe_stops_neither_library_logging_nor_warnings() -> None:
+    """Libraries log through stdlib logging (configured on the same stream) and `warnings`:
+    neither raises into the code that logs when nobody reads the stream, and the process
+    exits 0 (a failed flush of stderr at exit must not change its exit code)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    proc = subprocess.run(
+        [sys.executable, "-c", LIBRARY_LOGGER],
+        stderr=write_end,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    os.close(write_end)
+    assert (proc.returncode, proc.stdout) == (0, "survived\n")

@@ -1,0 +1,180 @@
+"""Starting and stopping real robot processes when something around them goes away: the
+reader of their log, their supervising process, the database at start."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import WriteIni
+from tests.integration.host import host_sql, insert_many
+from tests.support.robot_proc import wait_until
+from tests.support.smtpd import TestSMTPServer
+
+
+class PipedRobot:
+    """`python -m robot -c INI run` whose stderr is a pipe that this test reads, and can
+    close, as `head` or a killed `tee` does: its next write then fails with EPIPE."""
+
+    def __init__(self, ini: Path) -> None:
+        self.ini = ini
+        self.events: list[dict[str, Any]] = []
+        self.lines: list[str] = []
+        self.proc: asyncio.subprocess.Process | None = None
+        self._read_fd: int | None = None
+        self._partial = b""
+
+    async def start(self) -> PipedRobot:
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "robot", "-c", str(self.ini), "run",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=write_fd,
+        )  # fmt: skip
+        os.close(write_fd)  # the robot (and its children) hold the only write ends
+        self._read_fd = read_fd
+        asyncio.get_running_loop().add_reader(read_fd, self._read)
+        return self
+
+    def _read(self) -> None:
+        assert self._read_fd is not None
+        try:
+            data = os.read(self._read_fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            asyncio.get_running_loop().remove_reader(self._read_fd)
+            return
+        *complete, self._partial = (self._partial + data).split(b"\n")
+        for raw in complete:
+            line = raw.decode("utf-8", "replace")
+            self.lines.append(line)
+            if line.startswith("{"):
+                self.events.append(json.loads(line))
+
+    def hang_up(self) -> None:
+        """Close the reading end: nobody reads the robot's stderr any more."""
+        if self._read_fd is not None:
+            asyncio.get_running_loop().remove_reader(self._read_fd)
+            os.close(self._read_fd)
+            self._read_fd = None
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == name]
+
+    def tail(self) -> str:
+        return "\n".join(self.lines[-20:])
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    async def wait(self, timeout: float) -> int | None:
+        """The exit code, or None if the robot still runs after `timeout` seconds."""
+        assert self.proc is not None
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            return None
+
+    async def close(self, children: list[int]) -> None:
+        """Make sure the robot and its `children` are gone; never raises."""
+        self.hang_up()
+        for pid in children:
+            kill_quietly(pid)
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+def kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def runs(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for a parent that may never reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def robot_pids(events: list[dict[str, Any]]) -> list[int]:
+    """The process ids of the sending processes that logged robot.started."""
+    return [int(e["robot"].rsplit(":", 1)[1]) for e in events if e.get("event") == "robot.started"]
+
+
+# -- a log reader that went away -------------------------------------------------------
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_sigterm_stops_the_robot_after_its_log_reader_went_away(
+    processes: int, db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    """`email-robot run 2>&1 | head`: once the reader is gone every log line fails with
+    EPIPE. SIGTERM must still stop the robot at once, exit 0, and claim nothing more."""
+    ini = write_ini(
+        db_url,
+        smtp_server.port,
+        f"[robot]\nprocesses = {processes}\nconnections = 2\n[log]\nlevel = info\n",
+    )
+    robot = await PipedRobot(ini).start()
+    children: list[int] = []
+    try:
+        await wait_until(
+            lambda: len(robot.named("robot.started")) == processes,
+            60,
+            "robot.started",
+            describe=robot.tail,
+        )
+        children = robot_pids(robot.events)
+        insert_many(db_url, 3)
+        await smtp_server.wait_for(3, timeout=30)
+        await wait_until(
+            lambda: len(robot.named("message.sent")) == 3, 30, "3 sent", describe=robot.tail
+        )
+        robot.hang_up()
+        await asyncio.sleep(0.3)
+        robot.signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)  # the robot has stopped claiming by now
+        late = insert_many(db_url, 5)
+        code = await robot.wait(15)
+        still = [pid for pid in children if runs(pid)]
+        late_rows = host_sql(
+            db_url,
+            f"SELECT status, attempts FROM outbox WHERE id IN ({', '.join(map(str, late))})",
+        )
+    finally:
+        await robot.close(children)
+    assert code == 0, f"exit code {code} (None: still running 15 s after SIGTERM): {late_rows}"
+    assert still == []
+    assert sorted(late_rows) == [("pending", 0)] * 5, "rows claimed after the SIGTERM"
+    assert len(smtp_server.received) == 3
+    assert host_sql(db_url, "SELECT count(*) FROM outbox WHERE status = 'sending'") == [(0,)]
+
+
+def test_a_start_up_error_with_nobody_reading_stderr_still_exits_2(tmp_path: Path) -> None:
+    """The one-line error of the command line is lost, not raised, on a closed stderr: the
+    exit code still says what happened."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    proc = subprocess.run(
+        [sys.executable, "-m", "robot", "-c", str(tmp_path / "missing.ini"), "run"],
+        stderr=write_end,
+        stdout=subprocess.DEVNULL,
+        timeout=60,
+    )
+    os.close(write_end)
+    assert proc.returncode == 2
