@@ -37,7 +37,13 @@ from robot.cli.output import (
 from robot.cli.sink import serve_sink
 from robot.config import Settings, find_config, load_settings
 from robot.daemon.robot import Robot
-from robot.daemon.supervisor import child_position, child_settings, supervise
+from robot.daemon.supervisor import (
+    child_position,
+    child_settings,
+    stop_with_supervisor,
+    supervise,
+    supervisor_pid,
+)
 from robot.errors import ConfigError, RobotError
 from robot.logs import configure_logging
 from robot.outbox.engine import make_engine, schema_is_current, upgrade
@@ -205,10 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace, wiring: Wiring) -> int:
+    position = child_position()
+    supervisor = supervisor_pid() if position is not None else None
+    if supervisor is not None and not stop_with_supervisor(supervisor):
+        return EXIT_OK  # the supervisor died while this process started: nothing to do
     settings = wiring.settings()
     configure_logging(settings.log.format, settings.log.level)
     engine = wiring.engine(migrate_sqlite=True, lenient_text=False)
-    position = child_position()
     if position is None and settings.robot.processes > 1:
         engine.dispose()
         return supervise(settings, settings.path, args.drain)
@@ -220,7 +229,7 @@ def cmd_run(args: argparse.Namespace, wiring: Wiring) -> int:
 
     if position is not None:
         settings = child_settings(settings, *position)
-    robot = Robot(settings, engine, drain=args.drain, reload=load)
+    robot = Robot(settings, engine, drain=args.drain, reload=load, supervisor=supervisor)
     return _event_loop_runner(settings.robot.uvloop)(robot.run())
 
 

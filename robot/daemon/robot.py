@@ -33,6 +33,7 @@ from robot.outbox.shared import MIB
 from robot.outbox.wakeup import listen
 
 GIL_SWITCH_SECONDS = 0.0005  # sys.setswitchinterval (default 0.005): bench/ measured +5%
+SUPERVISOR_LOOK_SECONDS = 1.0  # how often a sending process checks that its supervisor lives
 
 
 class Robot:
@@ -45,12 +46,14 @@ class Robot:
         *,
         drain: bool = False,
         reload: Callable[[], Settings] | None = None,
+        supervisor: int | None = None,
     ) -> None:
         self.setup = Setup.of(settings)  # raises ConfigError for a bad DKIM key
         self.outbox = outbox_for(settings, engine)
         self.worker_id = f"{settings.robot_name}:{os.getpid()}"
         self.drain = drain
         self.reload = reload
+        self.supervisor = supervisor  # the parent process of a sending process, its pid
         self.log = get_logger("robot.daemon").bind(robot=self.worker_id)
         self.stopping = asyncio.Event()
         self.metrics = Metrics()
@@ -138,6 +141,9 @@ class Robot:
                 ),
                 name="listener",
             )
+        watch = None
+        if self.supervisor is not None:
+            watch = asyncio.create_task(self._watch_supervisor(), name="supervisor-watch")
         scheduler.start()
         notify("READY=1")
         self.log.info(
@@ -163,7 +169,7 @@ class Robot:
             scheduler.shutdown(wait=False)
             self.metrics.close()
             self.stop()
-            side = [dispatcher, *workers, *([listener] if listener else [])]
+            side = [dispatcher, *workers, *(task for task in (listener, watch) if task)]
             for task in side:
                 task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
@@ -179,6 +185,19 @@ class Robot:
         """The dispatcher; once it returns (stopping, or a drain is done) the robot stops."""
         await self.dispatcher.run()
         self.stop()
+
+    async def _watch_supervisor(self) -> None:
+        """Stop once the supervisor is gone (its children are then adopted by another
+        process): the fallback of the SIGTERM Linux sends, and the only way elsewhere."""
+        while not self.stopping.is_set():
+            if os.getppid() != self.supervisor:
+                self.log.error("supervisor.gone", supervisor=self.supervisor)
+                self.stop()
+                return
+            try:
+                await asyncio.wait_for(self.stopping.wait(), SUPERVISOR_LOOK_SECONDS)
+            except TimeoutError:
+                pass
 
     def stop(self) -> None:
         """Claim nothing more; workers finish the message on their wire and exit."""

@@ -4,11 +4,13 @@ Python runs one thread of Python code at a time; a second process sends on the s
 Each child is a whole robot (claims, leases, timed jobs) with its share of `connections`,
 `batch_size` and `rate`, like several robots on one outbox, which the queue is built for.
 The supervisor is what systemd sees: it forwards SIGTERM, SIGINT and SIGHUP, sends READY=1,
-STOPPING=1 and the watchdog pings, and exits when the children have.
+STOPPING=1 and the watchdog pings, and exits when the children have. A child whose supervisor
+died (kill -9) stops as on SIGTERM: Linux sends it one, and each robot also looks every second.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import signal
@@ -21,6 +23,8 @@ from robot.config import Settings
 from robot.daemon.systemd import notify, watchdog_interval
 
 CHILD_VARIABLE = "ROBOT_CHILD"  # "index/count", set in each child's environment
+SUPERVISOR_VARIABLE = "ROBOT_SUPERVISOR"  # the supervisor's process id, in each child's
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent ends
 
 
 def share(total: int, index: int, count: int) -> int:
@@ -66,10 +70,29 @@ def child_position() -> tuple[int, int] | None:
     return int(index), int(count)
 
 
+def supervisor_pid() -> int | None:
+    """The process id of this child's supervisor; None when this is no child."""
+    value = os.environ.get(SUPERVISOR_VARIABLE)
+    return int(value) if value else None
+
+
+def stop_with_supervisor(supervisor: int) -> bool:
+    """Ask Linux to send this process SIGTERM when its parent ends; False when the parent
+    `supervisor` is already gone (it may have died before the request was made)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the robot's own look every second still notices
+    return os.getppid() == supervisor
+
+
 def supervise(settings: Settings, config_path: str, drain: bool) -> int:
     """Start `processes` children running `run`, wait for them; the exit code of `run`."""
     count = settings.robot.processes
     env = {key: value for key, value in os.environ.items() if key not in ("NOTIFY_SOCKET",)}
+    env[SUPERVISOR_VARIABLE] = str(os.getpid())
     command = [sys.executable, "-m", "robot", "-c", config_path, "run"]
     if drain:
         command.append("--drain")

@@ -4,6 +4,7 @@ reader of their log, their supervising process, the database at start."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -14,9 +15,13 @@ from typing import Any
 
 import pytest
 
+from robot.config import load_settings
+from robot.daemon.robot import Robot
+from robot.logs import configure_logging
+from robot.outbox.engine import make_engine
 from tests.conftest import WriteIni
 from tests.integration.host import host_sql, insert_many
-from tests.support.robot_proc import wait_until
+from tests.support.robot_proc import RobotProcess, wait_until
 from tests.support.smtpd import TestSMTPServer
 
 
@@ -178,3 +183,68 @@ def test_a_start_up_error_with_nobody_reading_stderr_still_exits_2(tmp_path: Pat
     )
     os.close(write_end)
     assert proc.returncode == 2
+
+
+# -- a supervisor that died ------------------------------------------------------------
+
+
+async def test_sending_processes_stop_when_their_supervisor_is_killed(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    """kill -9 of the supervising process: both sending processes finish the message on
+    their wire, record it, give back the rest of their claim and exit."""
+    smtp_server.data_delay = 0.1
+    insert_many(db_url, 200)
+    ini = write_ini(
+        db_url, smtp_server.port, "[robot]\nprocesses = 2\nconnections = 4\n[log]\nlevel = info\n"
+    )
+    robot = await RobotProcess(ini).start()
+    children: list[int] = []
+    try:
+        await wait_until(
+            lambda: len(robot.named("robot.started")) == 2, 60, "two robots", describe=robot.tail
+        )
+        children = robot_pids(robot.events)
+        await smtp_server.wait_for(10, timeout=30)
+        os.kill(robot.pid, signal.SIGKILL)
+        await wait_until(
+            lambda: not any(runs(pid) for pid in children),
+            10,
+            "both sending processes gone",
+            interval=0.05,
+            describe=lambda: f"{[p for p in children if runs(p)]} still run; {robot.tail(5)}",
+        )
+        await robot.wait(30)  # the last holder of stderr is gone: read to the end
+    finally:
+        for pid in children:
+            kill_quietly(pid)
+        await robot.close()
+    counts = dict(host_sql(db_url, "SELECT status, count(*) FROM outbox GROUP BY status"))
+    assert "sending" not in counts, counts
+    assert counts["sent"] == len(smtp_server.received) < 200  # what went out is recorded
+    assert counts["pending"] == 200 - counts["sent"]
+    assert len(robot.named("robot.stopped")) == 2, robot.tail()
+
+
+async def test_a_sending_process_looks_for_its_supervisor_itself(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    """Where no signal comes (not Linux, or the request failed), the robot sees within a
+    second or so that its parent is not its supervisor any more, and stops."""
+    settings = load_settings(write_ini(db_url, smtp_server.port), environ={})
+    stream = io.StringIO()
+    configure_logging("json", "info", stream=stream)
+    engine = make_engine(settings.database.url)
+    try:
+        robot = Robot(settings, engine, supervisor=os.getpid())  # not this process's parent
+        code = await asyncio.wait_for(robot.run(), 10)
+    finally:
+        engine.dispose()
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert code == 0
+    assert [e["event"] for e in events if e["event"].startswith(("supervisor", "robot.st"))] == [
+        "robot.started",
+        "supervisor.gone",
+        "robot.stopping",
+        "robot.stopped",
+    ]
