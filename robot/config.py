@@ -519,6 +519,8 @@ def _checked_bounces(bounces: BounceSettings, path: str) -> BounceSettings:
         )
     if bounces.mailbox:
         parse_mailbox_url(bounces.mailbox, path)
+    if bounces.password_file:
+        _check_bounces_password_file(bounces.password_file, path)
     if not bounces.verp_domain:
         return bounces
     domain = bounces.verp_domain.strip()
@@ -533,6 +535,20 @@ def _checked_bounces(bounces: BounceSettings, path: str) -> BounceSettings:
             path=path,
         )
     return dataclasses.replace(bounces, verp_domain=ascii_domain.lower())
+
+
+def _check_bounces_password_file(file: str, path: str) -> None:
+    """[bounces] password_file: a file that can be read and holds a password."""
+    where = f"{path}: [bounces] password_file: {file}"
+    try:
+        secret = Path(file).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigError(
+            f"{where} is not a readable file ({problem})", key="password_file", path=path
+        ) from None
+    if not secret:
+        raise ConfigError(f"{where} is empty", key="password_file", path=path)
 
 
 def _check_url(url: str, path: str) -> None:

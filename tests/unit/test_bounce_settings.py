@@ -3,6 +3,7 @@ IMAP folder names."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,26 @@ def test_an_unreadable_password_file_is_a_config_error(tmp_path: Path) -> None:
 )
 def test_folder_names_on_the_wire(folder: str, wire: str) -> None:
     assert quoted_folder(folder) == wire
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda p: None, "is not a readable file (No such file or directory)"),
+        (lambda p: p.mkdir(), "is not a readable file (Is a directory)"),
+        (lambda p: p.write_text(" \n"), "is empty"),
+    ],
+    ids=["missing", "directory", "empty"],
+)
+def test_the_password_file_is_checked_when_robot_ini_is_read(
+    tmp_path: Path, make: Callable[[Path], object], problem: str
+) -> None:
+    """As the [smtp] one: a bad file stops the start, not the first poll an hour later."""
+    secret = tmp_path / "imap_password"
+    make(secret)
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, "imaps://u@host", {"ROBOT_BOUNCES_PASSWORD_FILE": str(secret)})
+    assert str(caught.value).startswith(
+        f"{tmp_path / 'robot.ini'}: [bounces] password_file: {secret} {problem} ("
+    )
+    assert caught.value.key == "password_file"

@@ -247,3 +247,19 @@ async def test_two_sending_processes_send_each_row_once_and_stop_on_sigterm(
     assert len({w[0].rsplit(":", 1)[1] for w in workers}) == 2  # two processes claimed
     assert host_sql(db_url, "SELECT count(*) FROM outbox WHERE status <> 'sent'") == [(0,)]
     assert len(robot.named("robot.stopped")) == 2, robot.tail()
+
+
+def test_run_refuses_an_empty_bounce_mailbox_password_file(
+    tmp_path: Path, write_ini: WriteIni
+) -> None:
+    secret = tmp_path / "imap_password"
+    secret.write_text("")
+    ini = write_ini(
+        f"sqlite:///{tmp_path}/r.db",
+        25,
+        f"[bounces]\nmailbox = imaps://u@imap.example.org\npassword_file = {secret}\n",
+    )
+    result = cli("-c", str(ini), "run", "--drain")
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert f"[bounces] password_file: {secret} is empty" in line
