@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from robot import __version__
 from robot.cli.output import (
@@ -36,6 +36,7 @@ from robot.cli.output import (
 )
 from robot.cli.sink import serve_sink
 from robot.config import Settings, find_config, load_settings
+from robot.daemon.database import when_reachable
 from robot.daemon.robot import Robot
 from robot.daemon.supervisor import (
     child_position,
@@ -45,7 +46,7 @@ from robot.daemon.supervisor import (
     supervisor_pid,
 )
 from robot.errors import ConfigError, RobotError
-from robot.logs import configure_logging
+from robot.logs import configure_logging, first_line, get_logger
 from robot.outbox.engine import make_engine, schema_is_current, upgrade
 from robot.outbox.operations import Operations, operations_for
 from robot.outbox.rows import Attachment
@@ -217,7 +218,9 @@ def cmd_run(args: argparse.Namespace, wiring: Wiring) -> int:
         return EXIT_OK  # the supervisor died while this process started: nothing to do
     settings = wiring.settings()
     configure_logging(settings.log.format, settings.log.level)
-    engine = wiring.engine(migrate_sqlite=True, lenient_text=False)
+    engine = _database_when_reachable(wiring)
+    if engine is None:
+        return EXIT_OK  # SIGTERM while waiting for the database
     if position is None and settings.robot.processes > 1:
         engine.dispose()
         return supervise(settings, settings.path, args.drain)
@@ -231,6 +234,22 @@ def cmd_run(args: argparse.Namespace, wiring: Wiring) -> int:
         settings = child_settings(settings, *position)
     robot = Robot(settings, engine, drain=args.drain, reload=load, supervisor=supervisor)
     return _event_loop_runner(settings.robot.uvloop)(robot.run())
+
+
+def _database_when_reachable(wiring: Wiring) -> Engine | None:
+    """The daemon's engine on a current schema, once the database answers (it may be down
+    when the robot starts, as it may be later); None when stopped while waiting. Raises
+    ConfigError when the schema is missing or old, or the database says its URL is wrong."""
+    log = get_logger("robot.daemon")
+    try:
+        return when_reachable(lambda: wiring.engine(migrate_sqlite=True, lenient_text=False), log)
+    except OperationalError as exc:
+        settings = wiring.settings()
+        raise ConfigError(
+            f"{settings.path}: [database] url: {first_line(exc.orig or exc)}",
+            key="database.url",
+            path=settings.path,
+        ) from None
 
 
 def _event_loop_runner(use_uvloop: bool) -> Callable[[Coroutine[Any, Any, int]], int]:
@@ -477,15 +496,20 @@ class Wiring:
         fast decoder (`lenient_text` off); the operator's commands show odd bytes escaped."""
         if self._engine is None:
             settings = self.settings()
-            self._engine = make_engine(settings.database.url, lenient_text=lenient_text)
-            if self._engine.dialect.name == "sqlite" and migrate_sqlite:
-                upgrade(self._engine)
-            elif current and not schema_is_current(self._engine):
-                raise ConfigError(
-                    "the database schema is missing or old: run `email-robot db upgrade`",
-                    key="database.url",
-                    path=settings.path,
-                )
+            engine = make_engine(settings.database.url, lenient_text=lenient_text)
+            try:
+                if engine.dialect.name == "sqlite" and migrate_sqlite:
+                    upgrade(engine)
+                elif current and not schema_is_current(engine):
+                    raise ConfigError(
+                        "the database schema is missing or old: run `email-robot db upgrade`",
+                        key="database.url",
+                        path=settings.path,
+                    )
+            except BaseException:  # unchecked: the next call opens and checks it anew
+                engine.dispose()
+                raise
+            self._engine = engine
         return self._engine
 
     def outbox(self) -> Operations:

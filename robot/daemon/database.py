@@ -1,16 +1,20 @@
 """The daemon's calls into the outbox, off the event loop: on a small thread pool, and for
-writes that must not be lost, retried through a database outage."""
+writes that must not be lost, retried through a database outage; and the wait at start for a
+database that does not answer yet."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from robot.backoff import database_backoff
+from robot.backoff import DATABASE_FIRST, DATABASE_LONGEST, Backoff, database_backoff
 from robot.logs import first_line
 
 P = ParamSpec("P")
@@ -65,3 +69,60 @@ class DatabaseCalls:
     def close(self) -> None:
         """Wait for the calls in flight, then end the threads."""
         self._executor.shutdown(wait=True)
+
+
+# What a database answers when the URL itself is wrong: waiting would not change it.
+WRONG_URL_ANSWERS = (
+    "does not exist",  # PostgreSQL: no such database, no such role
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "unable to open database file",  # SQLite: no such directory, no permission
+)
+
+
+class StoppedWaiting(BaseException):
+    """SIGTERM or SIGINT came while the robot waited for the database at start."""
+
+
+def is_wrong_url(exc: SQLAlchemyError) -> bool:
+    """The database answered, and the answer says that its URL is wrong."""
+    text = str(exc).lower()
+    return any(answer in text for answer in WRONG_URL_ANSWERS)
+
+
+def when_reachable(connect: Callable[[], T], log: Any) -> T | None:
+    """`connect()`, tried again through OperationalError (a database down, starting up,
+    locked) with the database back-off, logging each failed try; None when SIGTERM or
+    SIGINT came meanwhile. Raises the OperationalError whose answer says that the URL is
+    wrong, and whatever else `connect` raises."""
+    backoff = Backoff(DATABASE_FIRST, DATABASE_LONGEST)
+    stop_signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {signum: signal.signal(signum, _stop_waiting) for signum in stop_signals}
+    try:
+        while True:
+            try:
+                found = connect()
+            except OperationalError as exc:
+                if is_wrong_url(exc):
+                    raise
+                log.error(
+                    "database.unavailable",
+                    doing="start",
+                    error=first_line(exc),
+                    retry_in=backoff.delay,
+                )
+                time.sleep(backoff.next() or DATABASE_FIRST)
+                continue
+            if backoff.delay != backoff.first:
+                log.info("database.available", doing="start")
+            return found
+    except StoppedWaiting:
+        log.info("robot.stopped", reason="stopped while waiting for the database")
+        return None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _stop_waiting(_signum: int, _frame: FrameType | None) -> None:
+    raise StoppedWaiting
