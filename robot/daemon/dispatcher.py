@@ -2,6 +2,11 @@
 
 It sleeps until woken: by the poll timer, a NOTIFY, a timer set for a row known to become
 due, the end of an account's pause, or a worker that finished the last row of a drain.
+
+An account with a `rate` gets its share, not the connections: a row of it whose token is
+not there yet is held aside, in claim order, and the worker takes the next row instead; a
+worker waits for a token only when nothing else is queued. While an account has rows held,
+the claim leaves its other rows alone.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +58,7 @@ class Dispatcher:
         self.wake = asyncio.Event()
         self.room = asyncio.Event()
         self.queue: asyncio.Queue[OutboxRow | None] = asyncio.Queue()
+        self.held: dict[str, deque[OutboxRow]] = {}  # by account: rows waiting for a token
         self.in_flight = 0
         self.leased: set[int] = set()  # claimed rows queued or on a wire: their leases renewed
         self.to_release: list[int] = []  # taken from the queue after stop: released, not sent
@@ -90,17 +97,19 @@ class Dispatcher:
             if rows:
                 self.log.debug("claimed", rows=len(rows))
                 continue
-            if self.drain and self.queue.empty() and self.in_flight == 0:
+            if self.drain and self.queue.empty() and self.in_flight == 0 and not self.held:
                 self.log.info("drain.done")
                 return
             await self._wait_for_wake()
 
     async def _claim(self, limit: int) -> list[OutboxRow]:
-        """Lease up to `limit` due rows of unpaused accounts, each with the addresses of it
-        that are on the suppression list. Raises SQLAlchemyError (nothing stays leased)."""
+        """Lease up to `limit` due rows of accounts neither paused nor waiting for their rate,
+        each with the addresses of it that are on the suppression list. Raises
+        SQLAlchemyError (nothing stays leased)."""
         setup = self.current()
+        left_alone = [*self.pauses.paused(), *self.held]
         rows = await self.db.call(
-            self.outbox.claim, self.worker_id, limit, setup.message_ids, self.pauses.paused()
+            self.outbox.claim, self.worker_id, limit, setup.message_ids, left_alone
         )
         if not rows:
             return rows
@@ -129,9 +138,22 @@ class Dispatcher:
     # -- the workers' side ---------------------------------------------------------------
 
     async def take(self) -> OutboxRow | None:
-        """The next row to send, or None when the worker is to stop."""
+        """The next row to send, or None when the worker is to stop. The row's account has
+        given it a token of its rate (taken here: the worker does not wait for it)."""
         while True:
-            row = await self.queue.get()
+            waited_for_token: float | None = None
+            if self.held:
+                row, waited_for_token = self._take_held()
+                if row is not None:
+                    self.in_flight += 1
+                    return row
+            if waited_for_token is None:
+                row = await self.queue.get()
+            else:  # every held account waits for its rate: wait too, or take a new row
+                try:
+                    row = await asyncio.wait_for(self.queue.get(), waited_for_token)
+                except TimeoutError:
+                    continue
             if row is None:
                 return None
             if self.queue.qsize() <= self.current().settings.robot.batch_size // 2:
@@ -139,14 +161,49 @@ class Dispatcher:
             if self.stopping.is_set():
                 self.to_release.append(row.id)
                 continue
+            if self._hold_for_rate(row):
+                continue
             self.in_flight += 1
             return row
+
+    def _hold_for_rate(self, row: OutboxRow) -> bool:
+        """Hold `row` aside if its account has no token for it now (or has rows held
+        already, which go first); True if held. No account with a rate: one look-up."""
+        account = row.account or "default"
+        held = self.held.get(account)
+        if held is not None:
+            held.append(row)
+            return True
+        bucket = self.current().account_buckets.get(account)
+        if bucket is None or bucket.delay() <= 0:
+            return False
+        self.held[account] = deque([row])
+        return True
+
+    def _take_held(self) -> tuple[OutboxRow | None, float | None]:
+        """The first held row whose account has a token now (taking it); else None and the
+        seconds until the first account has one (None while stopping: no more rows)."""
+        if self.stopping.is_set():
+            return None, None
+        buckets = self.current().account_buckets
+        soonest: float | None = None
+        for account, held in self.held.items():
+            bucket = buckets.get(account)  # a reload may have lifted the account's rate
+            wait = bucket.delay() if bucket is not None else 0.0
+            if wait <= 0:
+                row = held.popleft()
+                if not held:
+                    del self.held[account]
+                    self.wake.set()  # its other due rows may be claimed again
+                return row, None
+            soonest = wait if soonest is None else min(soonest, wait)
+        return None, soonest
 
     def done(self, row: OutboxRow) -> None:
         """A worker is through with `row` (recorded, released or given up)."""
         self.leased.discard(row.id)
         self.in_flight -= 1
-        if self.drain and self.in_flight == 0 and self.queue.empty():
+        if self.drain and self.in_flight == 0 and self.queue.empty() and not self.held:
             self.wake.set()
 
     async def release(self, ids: list[int], reason: str) -> int:
@@ -175,6 +232,9 @@ class Dispatcher:
             row = self.queue.get_nowait()
             if row is not None:
                 self.to_release.append(row.id)
+        for held in self.held.values():
+            self.to_release.extend(row.id for row in held)
+        self.held.clear()
         to_release, self.to_release = self.to_release, []
         if to_release:
             released = await self.release(to_release, "robot stopping or account paused")

@@ -124,11 +124,8 @@ class Worker:
         return dataclasses.replace(message, recipients=kept), (suppressed_line(row.suppressed),)
 
     async def send(self, account: Account, message: Composed, setup: Setup, log: Any) -> Attempt:
-        """Wait for the account's rate, then the robot's (a token of the robot's bucket is
-        never held while the account's makes us wait), and send."""
-        bucket = setup.account_buckets.get(account.name)
-        if bucket is not None:
-            await bucket.acquire()
+        """Wait for the robot's rate (the dispatcher handed out the row with a token of its
+        account's rate), and send."""
         await setup.bucket.acquire()
         started = time.monotonic()
         try:

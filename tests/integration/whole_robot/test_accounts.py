@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import io
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -10,10 +13,15 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from robot.config import load_settings
+from robot.daemon.robot import Robot
+from robot.logs import configure_logging
+from robot.outbox.engine import make_engine
 from tests.conftest import WriteIni
 from tests.integration.host import host_sql
 from tests.integration.robot_run import drain
 from tests.integration.whole_robot.test_cli import cli, one_line_error
+from tests.support.robot_proc import wait_until
 from tests.support.smtpd import TestSMTPServer
 
 
@@ -165,3 +173,60 @@ async def test_verp_to_an_internationalised_domain_sends_every_row_over_one_conn
         f"bounces+{i}@xn--bcher-kva.example" for i in ids
     )
     assert smtp_server.connections == 1
+
+
+async def test_a_slow_account_does_not_hold_the_connections_of_the_others(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    """Account `slow` (rate = 2) has 40 rows due before the default account's 40: the four
+    connections must not all wait for the slow account's next token. The default account's
+    rows go out at once; the slow one's at its rate, neither faster nor stopped."""
+    ini = write_ini(
+        db_url,
+        smtp_server.port,
+        "[robot]\nconnections = 4\n[log]\nlevel = info\n"
+        "[account:slow]\naddress = slow@example.org\nrate = 2\n",
+    )
+    for account, prefix in (("slow", "s"), (None, "d")):
+        for n in range(40):
+            host_sql(
+                db_url,
+                "INSERT INTO outbox (recipient, body_text, account) VALUES (?, 'x', ?)",
+                [f"{prefix}{n}@example.org", account],
+            )
+    arrivals: dict[str, list[float]] = {"slow@example.org": [], "robot@example.org": []}
+
+    async def watch() -> None:  # when each message reached the server, to 5 ms
+        seen = 0
+        while True:
+            for message in smtp_server.received[seen:]:
+                arrivals[message.mail_from].append(time.monotonic())
+            seen = len(smtp_server.received)
+            await asyncio.sleep(0.005)
+
+    settings = load_settings(ini, environ={})
+    configure_logging("json", "info", stream=io.StringIO())
+    engine = make_engine(settings.database.url)
+    robot = Robot(settings, engine)
+    watcher = asyncio.create_task(watch())
+    started = time.monotonic()
+    running = asyncio.create_task(robot.run())
+    try:
+        await wait_until(lambda: len(arrivals["robot@example.org"]) == 40, 60, "40 default")
+        default_done = arrivals["robot@example.org"][-1] - started
+        await wait_until(lambda: len(arrivals["slow@example.org"]) >= 8, 60, "8 slow ones")
+    finally:
+        robot.stop()
+        assert await asyncio.wait_for(running, 30) == 0
+        watcher.cancel()
+        engine.dispose()
+    slow = arrivals["slow@example.org"]
+    # Before, the default rows waited behind the slow account's: some 20 s (40 at 2/s).
+    assert default_done < 10, f"the default account's rows took {default_done:.1f}s"
+    # A burst of two, then one every half second: k messages after any one take at least
+    # (k - 1) / 2 s (0.1 s of slack: a new connection's set-up, the polling above).
+    for i, first in enumerate(slow):
+        for k, at in enumerate(slow[i + 1 :], start=1):
+            assert at - first >= (k - 1) / 2 - 0.1, (i, k, at - first)
+    statuses = dict(host_sql(db_url, "SELECT status, count(*) FROM outbox GROUP BY status"))
+    assert statuses == {"sent": 40 + len(slow), "pending": 40 - len(slow)}
