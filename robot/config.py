@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from robot.errors import ConfigError
@@ -334,10 +334,7 @@ def _build(raw: RawConfig, path: str) -> Settings:
     parts: dict[str, typing.Any] = {
         name: _section(cls, raw.get(name, {}), name, path) for name, cls in SECTIONS.items()
     }
-    database: DatabaseSettings = parts["database"]
-    if database.url.startswith("postgresql://"):
-        parts["database"] = DatabaseSettings(url="postgresql+psycopg://" + database.url[13:])
-    _check_url(parts["database"].url, path)
+    parts["database"] = DatabaseSettings(url=database_url(parts["database"].url, path))
     smtp = _with_preset(parts["smtp"], raw.get("smtp", {}).keys(), "smtp", path)
     sender: SenderSettings = parts["sender"]
     _check_smtp(smtp, "smtp", path)
@@ -535,13 +532,47 @@ def _checked_bounces(bounces: BounceSettings, path: str) -> BounceSettings:
     return dataclasses.replace(bounces, verp_domain=ascii_domain.lower())
 
 
-def _check_url(url: str, path: str) -> None:
+def _anchored_sqlite(parsed: URL, path: str) -> str:
+    """A relative SQLite path is taken from robot.ini's folder, never from whatever folder
+    a command happens to run in."""
+    database = parsed.database
+    if database and database != ":memory:" and not Path(database).is_absolute() and path:
+        parsed = parsed.set(database=str(Path(path).resolve().parent / database))
+    return parsed.render_as_string(hide_password=False)
+
+
+# The drivers the robot ships with, by database; every other spelling of these databases is
+# rewritten to them or refused with what to write instead.
+SUPPORTED_URLS = "sqlite:///PATH or postgresql://USER@HOST/DB"
+
+
+def database_url(url: str, path: str) -> str:
+    """`[database] url` as the robot uses it: `postgres://` (what Heroku-style platforms hand
+    out) and `postgresql://` become psycopg 3's `postgresql+psycopg://`. Raises ConfigError,
+    naming the key and what to write, for anything else than SQLite or PostgreSQL with
+    psycopg 3."""
+
+    def refuse(problem: str) -> ConfigError:
+        return ConfigError(
+            f"{path}: [database] url: {problem}; write {SUPPORTED_URLS}", key="url", path=path
+        )
+
+    url = url.strip()
+    for alias in ("postgres://", "postgresql://"):
+        if url.startswith(alias):
+            url = "postgresql+psycopg://" + url[len(alias) :]
     try:
-        make_url(url)
+        parsed = make_url(url)
     except ArgumentError:
-        raise ConfigError(
-            f"{path}: [database] url: not an SQLAlchemy URL: {url!r}", key="url", path=path
-        ) from None
+        raise refuse(f"not a database URL: {url!r}") from None
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend == "sqlite" and driver == "pysqlite":
+        return _anchored_sqlite(parsed, path)
+    if backend == "postgresql" and driver == "psycopg":
+        return url
+    if backend == "postgresql":
+        raise refuse(f"the driver {driver!r} is not installed with email-robot (psycopg 3 is)")
+    raise refuse(f"{backend!r} databases are not supported")
 
 
 T = typing.TypeVar("T")

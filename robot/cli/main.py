@@ -40,13 +40,21 @@ from robot.daemon.robot import Robot
 from robot.daemon.supervisor import child_position, child_settings, supervise
 from robot.errors import ConfigError, RobotError
 from robot.logs import configure_logging
-from robot.outbox.engine import make_engine, schema_is_current, upgrade
+from robot.outbox.engine import (
+    make_engine,
+    missing_sqlite_file,
+    schema_is_current,
+    schema_revision,
+    upgrade,
+)
 from robot.outbox.operations import Operations, operations_for
 from robot.outbox.rows import Attachment
+from robot.outbox.schema import Status
 from robot.outcome.judge import deciding_refusal
 from robot.send.probe import check_account, send_test
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell shows for a tool killed by SIGPIPE
 
 
 class UsageError(RobotError):
@@ -66,7 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     wiring = Wiring(getattr(args, "config", None))
     try:
         code: int = args.handler(args, wiring)
+        sys.stdout.flush()  # inside the try: a reader gone is a BrokenPipeError here
         return code
+    except BrokenPipeError:
+        # The reader went away (`email-robot list | head`): stop quietly, as Unix tools do
+        # (SIGPIPE's exit status), and keep the interpreter from failing to flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except ConfigError as exc:
         print(f"email-robot: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -145,9 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--attach", type=Path, action="append", default=[], metavar="FILE")
 
     listing = verb("list", cmd_list, 'rows with their "due in" countdown, newest first')
-    listing.add_argument("--status")
-    listing.add_argument("--batch")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--status", choices=[s.value for s in Status], help="only this status")
+    listing.add_argument("--batch", help="only this batch")
+    listing.add_argument(
+        "--limit", type=_positive, default=50, help="at most this many rows (50); newest first"
+    )
     listing.add_argument("--json", action="store_true")
 
     show = verb("show", cmd_show, "a row and its history")
@@ -208,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace, wiring: Wiring) -> int:
     settings = wiring.settings()
     configure_logging(settings.log.format, settings.log.level)
-    engine = wiring.engine(migrate_sqlite=True, lenient_text=False)
+    engine = wiring.engine(migrate_sqlite=True, lenient_text=False, create=True)
     position = child_position()
     if position is None and settings.robot.processes > 1:
         engine.dispose()
@@ -238,9 +254,17 @@ def _event_loop_runner(use_uvloop: bool) -> Callable[[Coroutine[Any, Any, int]],
 
 
 def cmd_db_upgrade(args: argparse.Namespace, wiring: Wiring) -> int:
-    engine = wiring.engine(current=False)
+    engine = wiring.engine(current=False, create=True)
+    where = engine.url.render_as_string(hide_password=True)
+    before = schema_revision(engine)
     upgrade(engine)
-    print(f"schema is up to date ({engine.url.render_as_string(hide_password=True)})")
+    after = schema_revision(engine)
+    if before is None:
+        print(f"created the schema ({after}) in {where}")
+    elif before != after:
+        print(f"upgraded the schema from {before} to {after} in {where}")
+    else:
+        print(f"the schema is up to date ({after}) in {where}")
     return EXIT_OK
 
 
@@ -274,8 +298,11 @@ def cmd_enqueue(args: argparse.Namespace, wiring: Wiring) -> int:
 def cmd_list(args: argparse.Namespace, wiring: Wiring) -> int:
 
     outbox = wiring.outbox()
-    now, rows = outbox.rows(status=args.status, batch=args.batch, limit=args.limit)
-    print(rows_json(now, rows) if args.json else rows_table(now, rows))
+    now, rows = outbox.rows(status=args.status, batch=args.batch, limit=args.limit + 1)
+    shown = rows[: args.limit]
+    print(rows_json(now, shown) if args.json else rows_table(now, shown))
+    if len(rows) > args.limit:  # on stderr: the JSON on stdout stays one array
+        print(f"(the newest {args.limit} rows; --limit N shows more)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -462,13 +489,32 @@ class Wiring:
         return self._settings
 
     def engine(
-        self, *, migrate_sqlite: bool = False, current: bool = True, lenient_text: bool = True
+        self,
+        *,
+        migrate_sqlite: bool = False,
+        current: bool = True,
+        lenient_text: bool = True,
+        create: bool = False,
     ) -> Engine:
         """The engine; with `current`, on the newest schema (SQLite may be migrated in place,
         PostgreSQL must have been: `email-robot db upgrade`). The daemon reads text with the
-        fast decoder (`lenient_text` off); the operator's commands show odd bytes escaped."""
+        fast decoder (`lenient_text` off); the operator's commands show odd bytes escaped.
+        Only with `create` may a missing SQLite file be made (`db upgrade`, `run`): any
+        other command on a missing file is a configuration error, never an empty queue."""
         if self._engine is None:
             settings = self.settings()
+            missing = missing_sqlite_file(settings.database.url)
+            if missing is not None and not (create and missing.parent.is_dir()):
+                raise ConfigError(
+                    f"{settings.path}: [database] url: the SQLite database {missing} "
+                    + (
+                        "does not exist: run `email-robot db upgrade` to create it"
+                        if missing.parent.is_dir()
+                        else f"cannot be created: the folder {missing.parent} does not exist"
+                    ),
+                    key="url",
+                    path=settings.path,
+                )
             self._engine = make_engine(settings.database.url, lenient_text=lenient_text)
             if self._engine.dialect.name == "sqlite" and migrate_sqlite:
                 upgrade(self._engine)
@@ -516,6 +562,17 @@ def _operator() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "an operator"
+
+
+def _positive(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _usage(message: str) -> int:

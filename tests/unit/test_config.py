@@ -399,12 +399,44 @@ def test_bare_postgresql_url_uses_psycopg3(tmp_path: Path) -> None:
     assert settings.database.url == "postgresql+psycopg://robot@db.example.org/mail"
 
 
+def test_a_heroku_style_postgres_url_is_postgresql(tmp_path: Path) -> None:
+    settings = load(tmp_path, MINIMAL + "[database]\nurl = postgres://robot:pw@db/mail\n")
+    assert settings.database.url == "postgresql+psycopg://robot:pw@db/mail"
+
+
 @pytest.mark.parametrize(
-    "url", ["postgresql+psycopg://robot@db/mail", "sqlite:///robot.db", "sqlite://"]
+    "url", ["postgresql+psycopg://robot@db/mail", "sqlite:////var/lib/robot.db", "sqlite://"]
 )
 def test_other_urls_are_kept(tmp_path: Path, url: str) -> None:
     settings = load(tmp_path, MINIMAL + f"[database]\nurl = {url}\n")
     assert settings.database.url == url
+
+
+def test_a_relative_sqlite_path_is_taken_from_robot_ini_s_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir("/")  # wherever a command runs, the database is the same file
+    settings = load(tmp_path, MINIMAL + "[database]\nurl = sqlite:///state/robot.db\n")
+    assert settings.database.url == f"sqlite:///{tmp_path.resolve()}/state/robot.db"
+    from_env = load(tmp_path, MINIMAL, environ={"ROBOT_DATABASE_URL": "sqlite:///x.db"})
+    assert from_env.database.url == f"sqlite:///{tmp_path.resolve()}/x.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("postgresql+psycopg2://robot@db/mail", "the driver 'psycopg2' is not installed"),
+        ("postgresql+asyncpg://robot@db/mail", "the driver 'asyncpg' is not installed"),
+        ("oracle://robot@db/mail", "'oracle' databases are not supported"),
+    ],
+)
+def test_a_foreign_url_names_the_key_and_what_to_write(
+    tmp_path: Path, url: str, problem: str
+) -> None:
+    error = config_error(tmp_path, MINIMAL + f"[database]\nurl = {url}\n")
+    assert error.key == "url"
+    assert problem in str(error)
+    assert "write sqlite:///PATH or postgresql://USER@HOST/DB" in str(error)
 
 
 def test_bad_database_url(tmp_path: Path) -> None:
