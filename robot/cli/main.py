@@ -47,6 +47,7 @@ from robot.outbox.engine import (
     schema_revision,
     upgrade,
 )
+from robot.outbox.grants import apply_grants, grant_statements
 from robot.outbox.operations import Operations, operations_for
 from robot.outbox.rows import Attachment
 from robot.outbox.schema import Status
@@ -140,6 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
         "upgrade", parents=[config], help="create or upgrade the schema (Alembic)"
     )
     db_up.set_defaults(handler=cmd_db_upgrade)
+    db_grant = db_verbs.add_parser(
+        "grant",
+        parents=[config],
+        help="the least rights of a host application's role (PostgreSQL); --print to review",
+    )
+    db_grant.add_argument("role", help="an existing PostgreSQL role")
+    db_grant.add_argument(
+        "--read-only", action="store_true", help="a reporting role: SELECT only, no INSERT"
+    )
+    db_grant.add_argument(
+        "--print", action="store_true", help="print the SQL instead of running it"
+    )
+    db_grant.set_defaults(handler=cmd_db_grant)
 
     enqueue = verb("enqueue", cmd_enqueue, "add a message to the outbox")
     enqueue.add_argument("--to", required=True, help="recipient: addr or 'Name <addr>'")
@@ -265,6 +279,21 @@ def cmd_db_upgrade(args: argparse.Namespace, wiring: Wiring) -> int:
         print(f"upgraded the schema from {before} to {after} in {where}")
     else:
         print(f"the schema is up to date ({after}) in {where}")
+    return EXIT_OK
+
+
+def cmd_db_grant(args: argparse.Namespace, wiring: Wiring) -> int:
+    """GRANT a host application's role (or a read-only one) what it needs, and no more."""
+    engine = wiring.engine()
+    if engine.dialect.name != "postgresql":
+        raise UsageError(f"db grant: {engine.dialect.name} has no roles to grant rights to")
+    statements = grant_statements(engine, args.role, writer=not args.read_only)
+    if args.print:
+        print(";\n".join(statements) + ";")
+        return EXIT_OK
+    apply_grants(engine, statements)
+    kind = "read-only" if args.read_only else "writer"
+    print(f"granted {args.role} the {kind} rights on the outbox tables")
     return EXIT_OK
 
 
