@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import difflib
 import ipaddress
 import os
 import re
@@ -272,7 +273,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
 def _read_ini(path: Path) -> RawConfig:
     parser = configparser.ConfigParser(interpolation=None, default_section="__none__")
     try:
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:  # a BOM (Windows editors) is fine
             parser.read_file(handle)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
@@ -284,6 +285,19 @@ def _read_ini(path: Path) -> RawConfig:
     return {section: dict(parser[section]) for section in parser.sections()}
 
 
+class FromEnvironment(str):
+    """A value that came from an environment variable: an error about it names the variable,
+    not robot.ini."""
+
+    variable: str
+
+    @classmethod
+    def of(cls, value: str, variable: str) -> FromEnvironment:
+        text = cls(value)
+        text.variable = variable
+        return text
+
+
 def _apply_environment(raw: RawConfig, environ: Mapping[str, str], path: str) -> None:
     """Overlay ROBOT_<SECTION>_<KEY> (and ROBOT_ACCOUNT_<NAME>_<KEY>) onto the file's values."""
     for variable, value in environ.items():
@@ -292,7 +306,7 @@ def _apply_environment(raw: RawConfig, environ: Mapping[str, str], path: str) ->
         rest = variable[len(ENV_PREFIX) :].lower()
         if rest.startswith("account_"):
             section, key = _account_variable(rest[len("account_") :], raw, variable, path)
-            raw.setdefault(section, {})[key] = value
+            raw.setdefault(section, {})[key] = FromEnvironment.of(value, variable)
             continue
         for section in SECTIONS:
             if rest.startswith(section + "_"):
@@ -303,7 +317,7 @@ def _apply_environment(raw: RawConfig, environ: Mapping[str, str], path: str) ->
                         key=f"{section}.{key}",
                         path=path,
                     )
-                raw.setdefault(section, {})[key] = value
+                raw.setdefault(section, {})[key] = FromEnvironment.of(value, variable)
                 break
 
 
@@ -588,8 +602,15 @@ def _section(cls: type[T], values: Mapping[str, str], section: str, path: str) -
         if key not in known:
             if section.startswith("account:") and key in ACCOUNT_KEYS:
                 continue
-            raise ConfigError(f"{path}: [{section}] {key}: unknown key", key=key, path=path)
-        kwargs[key] = _convert(hints[key], text.strip(), f"{path}: [{section}] {key}", key, path)
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise ConfigError(f"{path}: [{section}] {key}: unknown key{hint}", key=key, path=path)
+        where = (
+            f"{text.variable} (from the environment)"
+            if isinstance(text, FromEnvironment)
+            else f"{path}: [{section}] {key}"
+        )
+        kwargs[key] = _convert(hints[key], text.strip(), where, key, path)
     return cls(**kwargs)
 
 

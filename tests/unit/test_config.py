@@ -517,3 +517,20 @@ def test_password_never_in_repr(tmp_path: Path) -> None:
     text = repr(settings) + str(settings) + repr(settings.accounts)
     assert "hunter" not in text
     assert "news@example.org" in text  # the repr is not simply empty
+
+
+def test_a_bad_value_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    """ROBOT_SMTP_PORT=abc used to be blamed on robot.ini."""
+    error = config_error(tmp_path, MINIMAL, environ={"ROBOT_SMTP_PORT": "abc"})
+    assert str(error).startswith("ROBOT_SMTP_PORT (from the environment): expected an integer")
+
+
+def test_an_unknown_key_suggests_the_one_meant(tmp_path: Path) -> None:
+    error = config_error(tmp_path, MINIMAL + "[smtp]\ntimout_seconds = 3\n")
+    assert "[smtp] timout_seconds: unknown key (did you mean timeout_seconds?)" in str(error)
+
+
+def test_a_byte_order_mark_at_the_start_of_robot_ini_is_read_past(tmp_path: Path) -> None:
+    path = tmp_path / "robot.ini"
+    path.write_bytes(b"\xef\xbb\xbf" + (MINIMAL + "[smtp]\nport = 2525\n").encode())
+    assert load_settings(path, environ={}).smtp.port == 2525
