@@ -26,6 +26,23 @@ BODY_CHUNK = 256 * 1024  # bodies above this are written piecewise, waiting for 
 LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
 LEADING_DOT = re.compile(rb"(?m)^\.")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+UNPRINTABLE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")  # CONTROL but the newline
+
+
+def printable(text: str) -> str:
+    """`text` from a server with every control character made visible: a tab becomes a
+    space, any other C0 character or DEL a `\\xNN` escape. Whatever a server sends is
+    stored and logged: PostgreSQL text cannot hold a NUL (the group commit would fail for
+    ever), and a terminal must not be handed escape sequences. Newlines are kept: they
+    join the lines of a multi-line reply."""
+    if not UNPRINTABLE.search(text):
+        return text
+    return UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return " " if char == "\t" else f"\\x{ord(char):02x}"
 
 
 class SmtpReply(NamedTuple):
@@ -56,7 +73,8 @@ class MalformedReply(Exception):
 
 def parse_reply(buffer: bytes | bytearray, start: int = 0) -> tuple[SmtpReply, int] | None:
     """The complete reply at `buffer[start:]` and the offset after it, or None when its last
-    line has not come yet. Raises MalformedReply for a line without a 3-digit code."""
+    line has not come yet. Control characters in its text are escaped (`printable`).
+    Raises MalformedReply for a line without a 3-digit code."""
     code = -1
     texts = []
     offset = start
@@ -77,7 +95,7 @@ def parse_reply(buffer: bytes | bytearray, start: int = 0) -> tuple[SmtpReply, i
         texts.append(line[4:].strip(b" \t\r\n").decode("utf-8", "replace"))
         offset = end + 1
         if line[3:4] != b"-":
-            return SmtpReply(code, "\n".join(texts)), offset
+            return SmtpReply(code, printable("\n".join(texts))), offset
 
 
 def data_payload(message: bytes) -> bytes:

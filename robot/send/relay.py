@@ -17,7 +17,7 @@ from robot.compose.message import Composed
 from robot.config import Account, is_loopback
 from robot.errors import ConfigError, TransportFault
 from robot.send.attempt import Attempt, Refusal, Reply, SmtpCode, Stage
-from robot.send.protocol import SessionBroken, SmtpReply, SmtpSession, path
+from robot.send.protocol import SessionBroken, SmtpReply, SmtpSession, path, printable
 
 
 def tls_context(account: Account) -> ssl.SSLContext:
@@ -85,12 +85,13 @@ class SmtpConnection:
         except aiosmtplib.SMTPAuthenticationError as exc:
             await _abort(smtp)
             raise TransportFault(
-                f"{where} refused the login of {smtp_settings.username!r}: {exc.code} {exc.message}"
+                f"{where} refused the login of {smtp_settings.username!r}: "
+                f"{exc.code} {printable(exc.message)}"
             ) from exc
         except (aiosmtplib.SMTPException, OSError, SessionBroken) as exc:
             await _abort(smtp)
             raise _connection_fault(exc, where) from exc
-        return f"{greeting.code} {greeting.message}"
+        return f"{greeting.code} {printable(greeting.message)}"
 
     async def _take_over(self, smtp: aiosmtplib.SMTP) -> None:
         """Hand the greeted connection to our session. aiosmtplib says EHLO only when a
@@ -322,16 +323,17 @@ class DirectConnection(SmtpConnection):
             await _abort(smtp)
             raise _connection_fault(exc, self.where) from exc
         self.tls = tls
-        return f"{greeting.code} {greeting.message}"
+        return f"{greeting.code} {printable(greeting.message)}"
 
 
 def _connection_fault(
     exc: aiosmtplib.SMTPException | OSError | SessionBroken, where: str
 ) -> TransportFault:
-    """Why opening a connection to `where` failed: the server's reply, or the socket's."""
+    """Why opening a connection to `where` failed: the server's reply, or the socket's
+    (aiosmtplib's texts are the server's bytes as they came: made printable here)."""
     if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return TransportFault(f"{where} answered {exc.code} {exc.message}")
-    return TransportFault(f"cannot connect to {where}: {_describe(exc)}")
+        return TransportFault(f"{where} answered {exc.code} {printable(exc.message)}")
+    return TransportFault(f"cannot connect to {where}: {printable(_describe(exc))}")
 
 
 def _unverified_context() -> ssl.SSLContext:

@@ -18,6 +18,7 @@ import pytest
 
 from robot.compose.message import Composed
 from robot.config import Account, load_settings
+from robot.errors import TransportFault
 from robot.outcome.judge import deciding_refusal
 from robot.send.attempt import Attempt, Refusal, Reply, Stage
 from robot.send.protocol import BODY_CHUNK, data_payload
@@ -665,3 +666,33 @@ async def test_one_refused_recipient_of_several_is_reported_and_the_rest_get_the
     ]
     assert received.rcpt_tos == ["a@example.org", "c@example.org"]
     assert received.data == BODY
+
+
+# -- (i) what a server says is made printable -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "reply"),
+    [("EHLO", "421 4.3.2 not \x00 now"), ("MAIL", "451 4.3.0 temporary \x00 failure")],
+    ids=["at EHLO: a transport fault", "at MAIL: a refusal"],
+)
+async def test_a_nul_in_a_server_reply_is_escaped_wherever_it_is_kept(
+    account_for: AccountFor, command: str, reply: str
+) -> None:
+    server = TestSMTPServer()
+    await server.start()
+    try:
+        server.fault(command, reply)
+        connection = SmtpConnection(account_for(server.port))
+        try:
+            await connection.open()
+            result, _ = await connection.send(message())
+            kept = ending(result).reply.describe()
+        except TransportFault as exc:
+            kept = str(exc)
+        finally:
+            await connection.close()
+    finally:
+        await server.stop()
+    assert "\x00" not in kept
+    assert reply[4:].replace("\x00", "\\x00") in kept

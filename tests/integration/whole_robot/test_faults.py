@@ -467,3 +467,30 @@ async def test_auth_required_at_mail_is_a_transport_fault(
     got = row(db_url, row_id)
     assert (got.status, got.attempts) == ("pending", 0)
     assert any(e["event"] == "account.fault" and "530" in e["reason"] for e in events)
+
+
+# -- what a server says is stored safely ----------------------------------------------------
+
+
+async def test_control_characters_in_replies_are_stored_escaped_and_sending_goes_on(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    # PostgreSQL text cannot hold a NUL: stored as it came, it failed every group commit
+    smtp_server.fault("RCPT", "451 4.3.0 temporary \x00 failure", address="nul-rcpt@example.org")
+    smtp_server.fault("DATA", "250 2.0.0 queued as \x00ABC", address="nul-data@example.org")
+    deferred = insert(db_url, "nul-rcpt@example.org")
+    queued = insert(db_url, "nul-data@example.org")
+    others = [insert(db_url, f"other{n}@example.org") for n in range(3)]
+    await drain_ok(write_ini(db_url, smtp_server.port, "[robot]\nconnections = 1\n"))
+
+    got = row(db_url, deferred)
+    assert (got.status, got.attempts, got.smtp_code) == ("deferred", 1, 451)
+    assert got.smtp_reply == "4.3.0 temporary \\x00 failure"
+    assert got.last_error == "nul-rcpt@example.org: 451 4.3.0 temporary \\x00 failure (at RCPT)"
+    got = row(db_url, queued)
+    assert (got.status, got.attempts, got.smtp_code) == ("sent", 1, 250)
+    assert got.smtp_reply == "2.0.0 queued as \\x00ABC"
+    assert [row(db_url, i).status for i in others] == ["sent"] * 3
+    assert kinds(db_url, deferred) == ["deferred"] and kinds(db_url, queued) == ["sent"]
+    stored = [d or "" for i in (deferred, queued) for _, _, d in history(db_url, i)]
+    assert not [text for text in stored if "\x00" in text]
