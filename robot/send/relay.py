@@ -98,7 +98,10 @@ class SmtpConnection:
         command needs it: a plain connection without AUTH has not said it yet."""
         if smtp.is_ehlo_or_helo_needed:
             await _hello(smtp)
-        self._session = SmtpSession.take_over(smtp, self.account.smtp.timeout_seconds)
+        settings = self.account.smtp
+        self._session = SmtpSession.take_over(
+            smtp, settings.timeout_seconds, settings.data_timeout_seconds
+        )
         self.sent_on_connection = 0
 
     async def _login(self, smtp: aiosmtplib.SMTP, where: str) -> None:
@@ -190,9 +193,10 @@ class SmtpConnection:
             return Attempt(refusals=(*refused, ending)), False
         try:
             reply = await session.body(message.data)
-        except SessionBroken as exc:
+        except SessionBroken as exc:  # once written whole, the message may have been taken
             await self.close()
-            ending = Refusal(accepted, Reply(None, str(exc), Stage.DATA), only, ended=True)
+            unanswered = Reply(None, str(exc), Stage.DATA)
+            ending = Refusal(accepted, unanswered, only, ended=True, maybe_delivered=exc.written)
             return Attempt(refusals=(*refused, ending)), False
         if reply.code != SmtpCode.COMPLETED:
             await self._abandon(reply, None)

@@ -247,8 +247,10 @@ AccountFor = Callable[..., Account]
 def account_for(write_ini: WriteIni, tmp_path: Path) -> AccountFor:
     """The default account of a robot.ini sending to 127.0.0.1:`port`."""
 
-    def make(port: int, timeout: float = WAIT) -> Account:
+    def make(port: int, timeout: float = WAIT, data_timeout: float | None = None) -> Account:
         extra = f"[smtp]\ntimeout_seconds = {timeout}\n"
+        if data_timeout is not None:
+            extra += f"data_timeout_seconds = {data_timeout}\n"
         ini = write_ini(f"sqlite:///{tmp_path}/unused.db", port, extra)
         return load_settings(ini, environ={}).default_account
 
@@ -449,7 +451,8 @@ async def test_a_server_that_stops_answering_defers_after_timeout_seconds(
         await wire.eof()
 
     async with raw_server(script, pipelining=pipelining) as server:
-        async with connected(account_for(server.port, timeout=0.4)) as connection:
+        account = account_for(server.port, timeout=0.4, data_timeout=0.4)
+        async with connected(account) as connection:
             started = time.monotonic()
             refused, broke_before_data = await connection.send(message())
             waited = time.monotonic() - started
@@ -459,9 +462,66 @@ async def test_a_server_that_stops_answering_defers_after_timeout_seconds(
     assert "timed out after 0.4 s" in error.text
     assert error.code is None
     assert broke_before_data is before_data
+    assert ending(refused).maybe_delivered is (answered == 3)  # the message went out whole
     assert 0.35 < waited < 1.2  # one timeout_seconds, not several
     assert len(server.wires[0].bodies) == (1 if answered == 3 else 0)
     assert error.stage == stage
+
+
+async def test_the_reply_to_the_message_gets_data_timeout_seconds_not_timeout_seconds(
+    account_for: AccountFor,
+) -> None:
+    """RFC 5321 §4.5.3.2.6: ten minutes for the reply to the final "." (a server may scan
+    the message first). Given up after timeout_seconds, a message the server then accepts
+    was sent again: delivered twice."""
+
+    async def script(wire: Wire) -> None:
+        await wire.lines_until(b"DATA")
+        await wire.send(envelope_ok(1))
+        await wire.body()
+        await asyncio.sleep(0.8)  # past timeout_seconds, well within data_timeout_seconds
+        await wire.send(b"250 2.0.0 Ok: queued after a long scan\r\n")
+
+    async with raw_server(script) as server:
+        async with connected(account_for(server.port, timeout=0.3)) as connection:
+            started = time.monotonic()
+            result, _ = await connection.send(message())
+            waited = time.monotonic() - started
+            assert connection.is_open
+        await server.finished()
+    assert result.accepted_reply == Reply(250, "2.0.0 Ok: queued after a long scan")
+    assert waited > 0.8
+    assert server.wires[0].bodies == [data_payload(BODY)]
+
+
+@pytest.mark.parametrize("how", ["silent", "dropped"])
+async def test_a_message_whose_reply_never_comes_may_have_been_delivered(
+    account_for: AccountFor, how: str
+) -> None:
+    async def script(wire: Wire) -> None:
+        await wire.lines_until(b"DATA")
+        await wire.send(envelope_ok(1))
+        await wire.body()
+        if how == "silent":
+            await wire.eof()
+        else:
+            wire.writer.transport.abort()
+
+    async with raw_server(script) as server:
+        account = account_for(server.port, timeout=WAIT, data_timeout=0.4)
+        async with connected(account) as connection:
+            started = time.monotonic()
+            refused, before_data = await connection.send(message())
+            waited = time.monotonic() - started
+            assert not connection.is_open
+        await server.finished()
+    ended = ending(refused)
+    assert ended.maybe_delivered and ended.recipients == ("a@example.org",)
+    assert (ended.reply.code, ended.reply.stage, before_data) == (None, "data", False)
+    expected = "timed out after 0.4 s" if how == "silent" else "connection dropped"
+    assert expected in ended.reply.text
+    assert waited < 2  # data_timeout_seconds (0.4), not timeout_seconds (5)
+    assert server.wires[0].bodies == [data_payload(BODY)]
 
 
 # -- (e) without PIPELINING: one command at a time -------------------------------------------
@@ -634,6 +694,7 @@ async def test_a_large_body_to_a_server_that_stops_reading_times_out(
             gave_up.set()
             assert not connection.is_open
         await server.finished()
+    assert not ending(refused).maybe_delivered  # the server never had the whole message
     error = ending(refused).reply
     assert "timed out after 0.4 s writing the message" in error.text
     assert (error.code, error.stage, before_data) == (None, "data", False)
