@@ -22,7 +22,7 @@ from robot.errors import TransportFault
 from robot.outcome.judge import deciding_refusal
 from robot.send.attempt import Attempt, Refusal, Reply, Stage
 from robot.send.protocol import BODY_CHUNK, data_payload
-from robot.send.relay import SmtpConnection
+from robot.send.relay import Relay, SmtpConnection
 from tests.conftest import WriteIni
 from tests.support.smtpd import TestSMTPServer
 
@@ -729,7 +729,139 @@ async def test_one_refused_recipient_of_several_is_reported_and_the_rest_get_the
     assert received.data == BODY
 
 
-# -- (i) what a server says is made printable -----------------------------------------------
+# -- (i) a relay's limit of recipients per transaction -------------------------------------
+
+
+async def limited(
+    wire: Wire, limit: int, *, full: Sequence[bytes] = (), drop_at_mail: int | None = None
+) -> None:
+    """Answer like a relay that takes `limit` recipients a transaction (452 4.5.3 for each
+    after that) and whose mailboxes `full` are full (452 4.2.2), until QUIT; abort the
+    connection instead of answering the `drop_at_mail`-th MAIL."""
+    taken = mails = 0
+    while command := await wire.line(timeout=None):
+        verb = command[:4].upper()
+        if verb == b"MAIL":
+            mails += 1
+            if mails == drop_at_mail:
+                wire.writer.transport.abort()
+                await wire.eof()  # the commands already read are never answered
+                return
+            taken = 0
+            await wire.send(b"250 2.1.0 Ok\r\n")
+        elif verb == b"RCPT" and taken >= limit:
+            await wire.send(b"452 4.5.3 Too many recipients\r\n")
+        elif verb == b"RCPT" and command[9:-1] in full:
+            await wire.send(b"452 4.2.2 Mailbox full\r\n")
+        elif verb == b"RCPT":
+            taken += 1
+            await wire.send(b"250 2.1.5 Ok\r\n")
+        elif verb == b"DATA" and not taken:
+            await wire.send(b"554 5.5.1 No valid recipients\r\n")
+        elif verb == b"DATA":
+            await wire.send(b"354 Go ahead\r\n")
+            await wire.body()
+            await wire.send(b"250 2.0.0 Ok: queued\r\n")
+        elif verb == b"QUIT":
+            await wire.send(b"221 2.0.0 Bye\r\n")
+            return
+        else:
+            taken = 0 if verb == b"RSET" else taken
+            await wire.send(b"250 2.0.0 Ok\r\n")
+
+
+def rcpts(wire: Wire) -> list[list[bytes]]:
+    """The RCPT addresses of each transaction the robot began, in order."""
+    transactions: list[list[bytes]] = []
+    for command in wire.commands:
+        if command.startswith(b"MAIL"):
+            transactions.append([])
+        elif command.startswith(b"RCPT"):
+            transactions[-1].append(command[9:-1])
+    return transactions
+
+
+FIVE = tuple(f"{name}@example.org" for name in "abcde")
+
+
+@MODES
+async def test_recipients_over_the_relay_s_limit_go_in_further_transactions(
+    account_for: AccountFor, pipelining: bool
+) -> None:
+    async def script(wire: Wire) -> None:
+        await limited(wire, 2)
+
+    async with raw_server(script, pipelining=pipelining) as server:
+        async with connected(account_for(server.port)) as connection:
+            result, _ = await connection.send(message(*FIVE))
+            assert connection.is_open
+        await server.finished()
+    assert (result.accepted, result.refusals) == (FIVE, ())
+    assert accepted_code(result) == 250
+    (wire,) = server.wires
+    # all five first; then as many as the relay took the first time, never more
+    assert rcpts(wire) == [
+        [a.encode() for a in addresses] for addresses in (FIVE, FIVE[2:4], FIVE[4:])
+    ]
+    assert wire.bodies == [data_payload(BODY)] * 3
+    assert b"RSET" not in wire.commands
+
+
+@MODES
+async def test_a_452_that_is_no_limit_is_tried_once_more_then_recorded(
+    account_for: AccountFor, pipelining: bool
+) -> None:
+    async def script(wire: Wire) -> None:
+        await limited(wire, 10, full=[b"b@example.org"])
+
+    async with raw_server(script, pipelining=pipelining) as server:
+        async with connected(account_for(server.port)) as connection:
+            result, _ = await connection.send(message(*FIVE[:3]))
+            assert connection.is_open
+        await server.finished()
+    assert result.accepted == ("a@example.org", "c@example.org")
+    assert [(r.about, r.reply.line(), r.ended) for r in result.refusals] == [
+        ("b@example.org", "452 4.2.2 Mailbox full", False)
+    ]
+    (wire,) = server.wires
+    assert rcpts(wire) == [
+        [b"a@example.org", b"b@example.org", b"c@example.org"],
+        [b"b@example.org"],
+    ]
+    assert wire.bodies == [data_payload(BODY)]  # the second transaction took nobody
+
+
+async def test_a_connection_lost_between_transactions_does_not_send_the_message_again(
+    account_for: AccountFor,
+) -> None:
+    """Relay.send tries a message again on a fresh connection when a reused one turns out
+    dead before DATA; after a transaction took the message, that would deliver it twice."""
+
+    async def script(wire: Wire) -> None:
+        await limited(wire, 2, drop_at_mail=3)  # the warm-up, the first transaction, drop
+
+    relay = Relay()
+    async with raw_server(script) as server:
+        account = account_for(server.port)
+        try:
+            warm_up = await relay.send(account, message("w@example.org"))
+            result = await relay.send(account, message(*FIVE))
+        finally:
+            await relay.close()
+    assert accepted_code(warm_up) == 250
+    assert result.accepted == FIVE[:2]
+    assert (
+        [(r.recipients, r.reply.code, r.reply.stage) for r in result.refusals]
+        == [
+            (FIVE[2:4], None, "mail"),  # the connection dropped: deferred
+            (FIVE[4:], 452, "rcpt"),  # never offered: kept out by the limit
+        ]
+    )
+    (wire,) = server.wires  # no second connection
+    assert wire.bodies == [data_payload(BODY)] * 2
+
+
+# -- (j) what a server says is made printable -----------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -313,6 +313,29 @@ async def test_row_bounces_when_every_recipient_is_refused(
     assert smtp_server.received == []
 
 
+async def test_a_relay_s_recipient_limit_sends_the_rest_in_further_transactions(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    # 452 at RCPT: "try these in another transaction" (RFC 5321 §4.5.3.1.10); taken for a
+    # refusal, 150 of the 250 were recorded as refused and never tried again
+    smtp_server.max_recipients = 100
+    recipients = [f"r{n:03}@example.org" for n in range(250)]
+    row_id = insert(db_url, recipients[0], cc=", ".join(recipients[1:]))
+    other = insert(db_url, "other@example.org")
+    await drain_ok(write_ini(db_url, smtp_server.port, "[robot]\nconnections = 1\n"))
+
+    got = row(db_url, row_id)
+    assert (got.status, got.attempts, got.smtp_code, got.last_error) == ("sent", 1, 250, None)
+    assert kinds(db_url, row_id) == ["sent"]  # no 'refused' line
+    copies = [t for t in smtp_server.received if t.rcpt_tos != ["other@example.org"]]
+    assert [len(t.rcpt_tos) for t in copies] == [100, 100, 50]  # three transactions
+    delivered = [address for t in copies for address in t.rcpt_tos]
+    assert sorted(delivered) == recipients  # each recipient once
+    assert message_ids(copies) == [got.message_id] * 3
+    assert len({t.session_id for t in copies}) == 1  # on one connection
+    assert row(db_url, other).status == "sent"
+
+
 # -- retries ------------------------------------------------------------------------------
 
 
