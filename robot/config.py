@@ -86,6 +86,9 @@ class SmtpSettings:
     allow_insecure_auth: bool = False
     helo_name: str | None = None
     timeout_seconds: float = 30.0
+    # The reply to the end of a message: RFC 5321 §4.5.3.2.6 gives it 10 minutes (a server
+    # may scan the message first); given up on sooner, a message accepted later is sent twice.
+    data_timeout_seconds: float = 600.0
     max_per_connection: int = 100
     rate: float = 0.0
     direct: bool = False
@@ -437,12 +440,9 @@ def _check_smtp(smtp: SmtpSettings, section: str, path: str) -> None:
             key="max_per_connection",
             path=path,
         )
-    if smtp.timeout_seconds <= 0:
-        raise ConfigError(
-            f"{path}: [{section}] timeout_seconds: must be positive",
-            key="timeout_seconds",
-            path=path,
-        )
+    for key in ("timeout_seconds", "data_timeout_seconds"):
+        if getattr(smtp, key) <= 0:
+            raise ConfigError(f"{path}: [{section}] {key}: must be positive", key=key, path=path)
     if smtp.password_file and not Path(smtp.password_file).is_file():
         raise ConfigError(
             f"{path}: [{section}] password_file: {smtp.password_file} is not a readable file",

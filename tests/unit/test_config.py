@@ -101,6 +101,24 @@ timeout_seconds = 7.5
     assert settings.smtp.timeout_seconds == 7.5
 
 
+def test_data_timeout_seconds_is_ten_minutes_unless_set_per_account(tmp_path: Path) -> None:
+    """The reply to the end of the message gets RFC 5321's 10 minutes (§4.5.3.2.6)."""
+    assert load(tmp_path, MINIMAL).smtp.data_timeout_seconds == 600
+    settings = load(
+        tmp_path,
+        MINIMAL
+        + "[smtp]\ndata_timeout_seconds = 120\n"
+        + "[account:news]\naddress = news@example.org\n"
+        + "[account:bulk]\naddress = bulk@example.org\ndata_timeout_seconds = 900.5\n",
+    )
+    assert settings.smtp.data_timeout_seconds == 120
+    assert settings.accounts["news"].smtp.data_timeout_seconds == 120
+    assert settings.accounts["bulk"].smtp.data_timeout_seconds == 900.5
+    assert settings.accounts["bulk"].smtp.timeout_seconds == 30
+    error = config_error(tmp_path, MINIMAL + "[smtp]\ndata_timeout_seconds = 0\n")
+    assert error.key == "data_timeout_seconds" and "positive" in str(error)
+
+
 def test_booleans_in_their_usual_spellings(tmp_path: Path) -> None:
     settings = load(
         tmp_path,
