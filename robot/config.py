@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import difflib
 import ipaddress
 import os
 import re
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from robot.errors import ConfigError
@@ -85,6 +86,9 @@ class SmtpSettings:
     allow_insecure_auth: bool = False
     helo_name: str | None = None
     timeout_seconds: float = 30.0
+    # The reply to the end of a message: RFC 5321 §4.5.3.2.6 gives it 10 minutes (a server
+    # may scan the message first); given up on sooner, a message accepted later is sent twice.
+    data_timeout_seconds: float = 600.0
     max_per_connection: int = 100
     rate: float = 0.0
     direct: bool = False
@@ -272,7 +276,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
 def _read_ini(path: Path) -> RawConfig:
     parser = configparser.ConfigParser(interpolation=None, default_section="__none__")
     try:
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:  # a BOM (Windows editors) is fine
             parser.read_file(handle)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
@@ -284,6 +288,19 @@ def _read_ini(path: Path) -> RawConfig:
     return {section: dict(parser[section]) for section in parser.sections()}
 
 
+class FromEnvironment(str):
+    """A value that came from an environment variable: an error about it names the variable,
+    not robot.ini."""
+
+    variable: str
+
+    @classmethod
+    def of(cls, value: str, variable: str) -> FromEnvironment:
+        text = cls(value)
+        text.variable = variable
+        return text
+
+
 def _apply_environment(raw: RawConfig, environ: Mapping[str, str], path: str) -> None:
     """Overlay ROBOT_<SECTION>_<KEY> (and ROBOT_ACCOUNT_<NAME>_<KEY>) onto the file's values."""
     for variable, value in environ.items():
@@ -292,7 +309,7 @@ def _apply_environment(raw: RawConfig, environ: Mapping[str, str], path: str) ->
         rest = variable[len(ENV_PREFIX) :].lower()
         if rest.startswith("account_"):
             section, key = _account_variable(rest[len("account_") :], raw, variable, path)
-            raw.setdefault(section, {})[key] = value
+            raw.setdefault(section, {})[key] = FromEnvironment.of(value, variable)
             continue
         for section in SECTIONS:
             if rest.startswith(section + "_"):
@@ -303,7 +320,7 @@ def _apply_environment(raw: RawConfig, environ: Mapping[str, str], path: str) ->
                         key=f"{section}.{key}",
                         path=path,
                     )
-                raw.setdefault(section, {})[key] = value
+                raw.setdefault(section, {})[key] = FromEnvironment.of(value, variable)
                 break
 
 
@@ -334,10 +351,7 @@ def _build(raw: RawConfig, path: str) -> Settings:
     parts: dict[str, typing.Any] = {
         name: _section(cls, raw.get(name, {}), name, path) for name, cls in SECTIONS.items()
     }
-    database: DatabaseSettings = parts["database"]
-    if database.url.startswith("postgresql://"):
-        parts["database"] = DatabaseSettings(url="postgresql+psycopg://" + database.url[13:])
-    _check_url(parts["database"].url, path)
+    parts["database"] = DatabaseSettings(url=database_url(parts["database"].url, path))
     smtp = _with_preset(parts["smtp"], raw.get("smtp", {}).keys(), "smtp", path)
     sender: SenderSettings = parts["sender"]
     _check_smtp(smtp, "smtp", path)
@@ -426,12 +440,9 @@ def _check_smtp(smtp: SmtpSettings, section: str, path: str) -> None:
             key="max_per_connection",
             path=path,
         )
-    if smtp.timeout_seconds <= 0:
-        raise ConfigError(
-            f"{path}: [{section}] timeout_seconds: must be positive",
-            key="timeout_seconds",
-            path=path,
-        )
+    for key in ("timeout_seconds", "data_timeout_seconds"):
+        if getattr(smtp, key) <= 0:
+            raise ConfigError(f"{path}: [{section}] {key}: must be positive", key=key, path=path)
     if smtp.password_file and not Path(smtp.password_file).is_file():
         raise ConfigError(
             f"{path}: [{section}] password_file: {smtp.password_file} is not a readable file",
@@ -551,13 +562,47 @@ def _check_bounces_password_file(file: str, path: str) -> None:
         raise ConfigError(f"{where} is empty", key="password_file", path=path)
 
 
-def _check_url(url: str, path: str) -> None:
+def _anchored_sqlite(parsed: URL, path: str) -> str:
+    """A relative SQLite path is taken from robot.ini's folder, never from whatever folder
+    a command happens to run in."""
+    database = parsed.database
+    if database and database != ":memory:" and not Path(database).is_absolute() and path:
+        parsed = parsed.set(database=str(Path(path).resolve().parent / database))
+    return parsed.render_as_string(hide_password=False)
+
+
+# The drivers the robot ships with, by database; every other spelling of these databases is
+# rewritten to them or refused with what to write instead.
+SUPPORTED_URLS = "sqlite:///PATH or postgresql://USER@HOST/DB"
+
+
+def database_url(url: str, path: str) -> str:
+    """`[database] url` as the robot uses it: `postgres://` (what Heroku-style platforms hand
+    out) and `postgresql://` become psycopg 3's `postgresql+psycopg://`. Raises ConfigError,
+    naming the key and what to write, for anything else than SQLite or PostgreSQL with
+    psycopg 3."""
+
+    def refuse(problem: str) -> ConfigError:
+        return ConfigError(
+            f"{path}: [database] url: {problem}; write {SUPPORTED_URLS}", key="url", path=path
+        )
+
+    url = url.strip()
+    for alias in ("postgres://", "postgresql://"):
+        if url.startswith(alias):
+            url = "postgresql+psycopg://" + url[len(alias) :]
     try:
-        make_url(url)
+        parsed = make_url(url)
     except ArgumentError:
-        raise ConfigError(
-            f"{path}: [database] url: not an SQLAlchemy URL: {url!r}", key="url", path=path
-        ) from None
+        raise refuse(f"not a database URL: {url!r}") from None
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend == "sqlite" and driver == "pysqlite":
+        return _anchored_sqlite(parsed, path)
+    if backend == "postgresql" and driver == "psycopg":
+        return url
+    if backend == "postgresql":
+        raise refuse(f"the driver {driver!r} is not installed with email-robot (psycopg 3 is)")
+    raise refuse(f"{backend!r} databases are not supported")
 
 
 T = typing.TypeVar("T")
@@ -573,8 +618,15 @@ def _section(cls: type[T], values: Mapping[str, str], section: str, path: str) -
         if key not in known:
             if section.startswith("account:") and key in ACCOUNT_KEYS:
                 continue
-            raise ConfigError(f"{path}: [{section}] {key}: unknown key", key=key, path=path)
-        kwargs[key] = _convert(hints[key], text.strip(), f"{path}: [{section}] {key}", key, path)
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise ConfigError(f"{path}: [{section}] {key}: unknown key{hint}", key=key, path=path)
+        where = (
+            f"{text.variable} (from the environment)"
+            if isinstance(text, FromEnvironment)
+            else f"{path}: [{section}] {key}"
+        )
+        kwargs[key] = _convert(hints[key], text.strip(), where, key, path)
     return cls(**kwargs)
 
 

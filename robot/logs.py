@@ -64,6 +64,7 @@ def configure_logging(
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
     structlog.configure(
         processors=[
+            _leave_out_empty_fields,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -78,6 +79,13 @@ def configure_logging(
     logging.basicConfig(stream=stream, level=logging.WARNING, format="%(name)s: %(message)s")
     for noisy in ("apscheduler", "mail.log", "aiosmtplib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _leave_out_empty_fields(
+    logger: Any, method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """A field without a value (`reason=None`) says nothing: leave it out of the line."""
+    return {key: value for key, value in event.items() if value is not None}
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

@@ -47,13 +47,22 @@ from robot.daemon.supervisor import (
 )
 from robot.errors import ConfigError, RobotError
 from robot.logs import configure_logging, first_line, get_logger
-from robot.outbox.engine import make_engine, schema_is_current, upgrade
+from robot.outbox.engine import (
+    make_engine,
+    missing_sqlite_file,
+    schema_is_current,
+    schema_revision,
+    upgrade,
+)
+from robot.outbox.grants import apply_grants, grant_statements
 from robot.outbox.operations import Operations, operations_for
 from robot.outbox.rows import Attachment
+from robot.outbox.schema import Status
 from robot.outcome.judge import deciding_refusal
 from robot.send.probe import check_account, send_test
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell shows for a tool killed by SIGPIPE
 
 
 class UsageError(RobotError):
@@ -73,7 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     wiring = Wiring(getattr(args, "config", None))
     try:
         code: int = args.handler(args, wiring)
+        sys.stdout.flush()  # inside the try: a reader gone is a BrokenPipeError here
         return code
+    except BrokenPipeError:
+        # The reader went away (`email-robot list | head`): stop quietly, as Unix tools do
+        # (SIGPIPE's exit status), and keep the interpreter from failing to flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except ConfigError as exc:
         _complain(str(exc))
         return EXIT_USAGE
@@ -132,6 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
         "upgrade", parents=[config], help="create or upgrade the schema (Alembic)"
     )
     db_up.set_defaults(handler=cmd_db_upgrade)
+    db_grant = db_verbs.add_parser(
+        "grant",
+        parents=[config],
+        help="the least rights of a host application's role (PostgreSQL); --print to review",
+    )
+    db_grant.add_argument("role", help="an existing PostgreSQL role")
+    db_grant.add_argument(
+        "--read-only", action="store_true", help="a reporting role: SELECT only, no INSERT"
+    )
+    db_grant.add_argument(
+        "--print", action="store_true", help="print the SQL instead of running it"
+    )
+    db_grant.set_defaults(handler=cmd_db_grant)
 
     enqueue = verb("enqueue", cmd_enqueue, "add a message to the outbox")
     enqueue.add_argument("--to", required=True, help="recipient: addr or 'Name <addr>'")
@@ -151,9 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--attach", type=Path, action="append", default=[], metavar="FILE")
 
     listing = verb("list", cmd_list, 'rows with their "due in" countdown, newest first')
-    listing.add_argument("--status")
-    listing.add_argument("--batch")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--status", choices=[s.value for s in Status], help="only this status")
+    listing.add_argument("--batch", help="only this batch")
+    listing.add_argument(
+        "--limit", type=_positive, default=50, help="at most this many rows (50); newest first"
+    )
     listing.add_argument("--json", action="store_true")
 
     show = verb("show", cmd_show, "a row and its history")
@@ -242,12 +272,14 @@ def _database_when_reachable(wiring: Wiring) -> Engine | None:
     ConfigError when the schema is missing or old, or the database says its URL is wrong."""
     log = get_logger("robot.daemon")
     try:
-        return when_reachable(lambda: wiring.engine(migrate_sqlite=True, lenient_text=False), log)
+        return when_reachable(
+            lambda: wiring.engine(migrate_sqlite=True, lenient_text=False, create=True), log
+        )
     except OperationalError as exc:
         settings = wiring.settings()
         raise ConfigError(
             f"{settings.path}: [database] url: {first_line(exc.orig or exc)}",
-            key="database.url",
+            key="url",
             path=settings.path,
         ) from None
 
@@ -265,9 +297,32 @@ def _event_loop_runner(use_uvloop: bool) -> Callable[[Coroutine[Any, Any, int]],
 
 
 def cmd_db_upgrade(args: argparse.Namespace, wiring: Wiring) -> int:
-    engine = wiring.engine(current=False)
+    engine = wiring.engine(current=False, create=True)
+    where = engine.url.render_as_string(hide_password=True)
+    before = schema_revision(engine)
     upgrade(engine)
-    print(f"schema is up to date ({engine.url.render_as_string(hide_password=True)})")
+    after = schema_revision(engine)
+    if before is None:
+        print(f"created the schema ({after}) in {where}")
+    elif before != after:
+        print(f"upgraded the schema from {before} to {after} in {where}")
+    else:
+        print(f"the schema is up to date ({after}) in {where}")
+    return EXIT_OK
+
+
+def cmd_db_grant(args: argparse.Namespace, wiring: Wiring) -> int:
+    """GRANT a host application's role (or a read-only one) what it needs, and no more."""
+    engine = wiring.engine()
+    if engine.dialect.name != "postgresql":
+        raise UsageError(f"db grant: {engine.dialect.name} has no roles to grant rights to")
+    statements = grant_statements(engine, args.role, writer=not args.read_only)
+    if args.print:
+        print(";\n".join(statements) + ";")
+        return EXIT_OK
+    apply_grants(engine, statements)
+    kind = "read-only" if args.read_only else "writer"
+    print(f"granted {args.role} the {kind} rights on the outbox tables")
     return EXIT_OK
 
 
@@ -301,8 +356,11 @@ def cmd_enqueue(args: argparse.Namespace, wiring: Wiring) -> int:
 def cmd_list(args: argparse.Namespace, wiring: Wiring) -> int:
 
     outbox = wiring.outbox()
-    now, rows = outbox.rows(status=args.status, batch=args.batch, limit=args.limit)
-    print(rows_json(now, rows) if args.json else rows_table(now, rows))
+    now, rows = outbox.rows(status=args.status, batch=args.batch, limit=args.limit + 1)
+    shown = rows[: args.limit]
+    print(rows_json(now, shown) if args.json else rows_table(now, shown))
+    if len(rows) > args.limit:  # on stderr: the JSON on stdout stays one array
+        print(f"(the newest {args.limit} rows; --limit N shows more)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -489,13 +547,32 @@ class Wiring:
         return self._settings
 
     def engine(
-        self, *, migrate_sqlite: bool = False, current: bool = True, lenient_text: bool = True
+        self,
+        *,
+        migrate_sqlite: bool = False,
+        current: bool = True,
+        lenient_text: bool = True,
+        create: bool = False,
     ) -> Engine:
         """The engine; with `current`, on the newest schema (SQLite may be migrated in place,
         PostgreSQL must have been: `email-robot db upgrade`). The daemon reads text with the
-        fast decoder (`lenient_text` off); the operator's commands show odd bytes escaped."""
+        fast decoder (`lenient_text` off); the operator's commands show odd bytes escaped.
+        Only with `create` may a missing SQLite file be made (`db upgrade`, `run`): any
+        other command on a missing file is a configuration error, never an empty queue."""
         if self._engine is None:
             settings = self.settings()
+            missing = missing_sqlite_file(settings.database.url)
+            if missing is not None and not (create and missing.parent.is_dir()):
+                raise ConfigError(
+                    f"{settings.path}: [database] url: the SQLite database {missing} "
+                    + (
+                        "does not exist: run `email-robot db upgrade` to create it"
+                        if missing.parent.is_dir()
+                        else f"cannot be created: the folder {missing.parent} does not exist"
+                    ),
+                    key="url",
+                    path=settings.path,
+                )
             engine = make_engine(settings.database.url, lenient_text=lenient_text)
             try:
                 if engine.dialect.name == "sqlite" and migrate_sqlite:
@@ -556,6 +633,17 @@ def _complain(message: str) -> None:
         print(f"email-robot: {message}", file=sys.stderr, flush=True)
     except OSError:
         pass
+
+
+def _positive(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _usage(message: str) -> int:

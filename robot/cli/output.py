@@ -51,11 +51,14 @@ def rows_table(now: datetime, rows: Sequence[tuple[OutboxRow, datetime | None]])
     return "\n".join(lines)
 
 
+LISTED_WITHOUT = ("body_text", "body_html")  # a listing stays small; `show` has them
+
+
 def rows_json(now: datetime, rows: Sequence[tuple[OutboxRow, datetime | None]]) -> str:
-    """The rows as a JSON array, each with due_at and due_in_seconds."""
+    """The rows as a JSON array, each with due_at and due_in_seconds, without bodies."""
     return json.dumps(
         [
-            _row_dict(row)
+            {k: v for k, v in _row_dict(row).items() if k not in LISTED_WITHOUT}
             | {
                 "due_at": _iso(due),
                 "due_in_seconds": (due - now).total_seconds() if due is not None else None,
@@ -154,16 +157,26 @@ def _cut(text: str, width: int) -> str:
 # -- operator commands -----------------------------------------------------------------------
 
 PAST = {"retract": "retracted", "hold": "held", "release": "released", "retry": "retried"}
+# What rows a verb could not change are: too late to stop for retract and hold; for release
+# and retry a row in another status is not late, it is not what the verb applies to.
+NOT_CHANGED = {
+    "retract": "too late",
+    "hold": "too late",
+    "release": "not held",
+    "retry": "not failed, bounced or deferred",
+}
 SHOWN_IDS = 20
 
 
 def change_text(verb: str, change: Change) -> str:
-    """What an operator command changed, what needed nothing, and what was too late."""
+    """What an operator command changed, what needed nothing, and what it could not change
+    (too late, or not in a status the verb applies to), each with the row's status."""
     lines = [f"{PAST[verb]} {len(change.changed)}: {_ids(change.changed) or '-'}"]
     if change.unchanged:
         lines.append(f"unchanged {len(change.unchanged)}: {_ids_with_status(change.unchanged)}")
     if change.too_late:
-        lines.append(f"too late {len(change.too_late)}: {_ids_with_status(change.too_late)}")
+        label = NOT_CHANGED[verb]
+        lines.append(f"{label} {len(change.too_late)}: {_ids_with_status(change.too_late)}")
     return "\n".join(lines)
 
 
@@ -266,7 +279,10 @@ ORDER = ("held", "pending", "deferred", "sending", "sent", "bounced", "failed", 
 def _when(at: datetime | None, now: datetime) -> str:
     if at is None:
         return "unknown"
-    return f"{at:%Y-%m-%d %H:%M:%S} UTC (in {countdown((at - now).total_seconds())})"
+    seconds = (at - now).total_seconds()
+    if seconds < 1:
+        return "now"
+    return f"{at:%Y-%m-%d %H:%M:%S} UTC (in {countdown(seconds)})"
 
 
 def suppression_table(entries: Sequence[tuple[str, str | None, datetime]]) -> str:

@@ -54,8 +54,6 @@ def make_engine(url: str, *, lenient_text: bool = False) -> Engine:
         engine = create_engine(url, connect_args=connect_args, poolclass=StaticPool)
     else:
         engine = create_engine(url, connect_args=connect_args)
-    if not memory and parsed.database:
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     base_compiler: Any = engine.dialect.statement_compiler
 
     class _HintedCompiler(base_compiler):  # type: ignore[misc]
@@ -116,6 +114,16 @@ def lenient_text(conn: Connection) -> Iterator[None]:
         raw.text_factory = before
 
 
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite URL when it does not exist yet; None when it exists, or the
+    database is in memory or not SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
+
+
 def migrations_dir() -> Path:
     """The Alembic scripts: packaged in the wheel, or the repository's migrations/."""
     package = Path(__file__).resolve().parents[1]  # robot/
@@ -136,6 +144,12 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at; None before the first `db upgrade`."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
 
 
 def schema_is_current(engine: Engine) -> bool:

@@ -35,7 +35,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 
 class Status(enum.StrEnum):
-    """The states of an outbox row (SPEC.md, "Status")."""
+    """The states of an outbox row (docs/contract.md, "Statuses")."""
 
     HELD = "held"
     PENDING = "pending"

@@ -15,6 +15,9 @@ from robot.send.attempt import Attempt, Refusal
 # When nothing was accepted, the refusal that decides the row: any that may change defers
 # it, else one that blames the message or the sender fails it, else it bounces.
 DECIDING_ORDER = (Outcome.DEFERRED, Outcome.FAILED, Outcome.BOUNCED)
+# A message that went out whole and whose reply never came: tried again like any deferral
+# (with the same Message-ID), but the history says it may already be in the mailbox.
+UNKNOWN = "the server did not answer after the message; it may have been delivered"
 
 
 def judge(
@@ -28,6 +31,8 @@ def judge(
 
     Sent when any recipient was accepted (the refused ones go into the history, and a bad
     address is suppressed); otherwise the deciding refusal sets the status and the reason.
+    Recipients whose message went out whole but got no reply get an 'unknown' line: the
+    row is deferred as for any silence, but it may have been delivered already.
     `history` comes first in the row's history (recipients dropped as suppressed, say).
     `attempt.fault` is not an outcome: the caller releases the row instead.
     """
@@ -52,10 +57,14 @@ def judge(
     if not refusals:
         raise ValueError("an attempt without an accepting reply has refusals")
     deciding = deciding_refusal(refusals)
-    lines = _refused_lines(refusals) if len(refusals) > 1 else ()
+    # a single refusal is said by the row's own last_error, unless it may have been delivered
+    lines = _refused_lines(refusals) if len(refusals) > 1 or deciding.maybe_delivered else ()
+    reason = deciding.reason()
+    if deciding.maybe_delivered:
+        reason = f"outcome unknown: {UNKNOWN}: {reason}"
     return Finish(
         row_id,
-        policy.decide(classify(deciding.reply), attempts, deciding.reason()),
+        policy.decide(classify(deciding.reply), attempts, reason),
         deciding.reply.server_code,
         deciding.reply.text,
         suppress=suppress,
@@ -93,4 +102,11 @@ def suppressed_line(addresses: frozenset[str]) -> HistoryLine:
 
 
 def _refused_lines(refusals: tuple[Refusal, ...]) -> tuple[HistoryLine, ...]:
-    return tuple(HistoryLine("refused", r.detail(), r.reply.server_code) for r in refusals)
+    """A 'refused' line per refusal; 'unknown' for recipients whose message may have been
+    delivered although no reply said so."""
+    return tuple(
+        HistoryLine("unknown", f"{', '.join(r.recipients)}: {UNKNOWN} ({r.reply.line()})", None)
+        if r.maybe_delivered
+        else HistoryLine("refused", r.detail(), r.reply.server_code)
+        for r in refusals
+    )

@@ -76,12 +76,15 @@ class Reply:
 class Refusal:
     """Recipients a reply kept the message from: one refused at RCPT, or every recipient
     of a transaction that failed at MAIL, at DATA or on the wire. `about` is the recipient
-    the reply is about, when it is about one (it is blamed, and suppressed on a 5.1.x)."""
+    the reply is about, when it is about one (it is blamed, and suppressed on a 5.1.x).
+    `maybe_delivered`: the whole message went out but its reply never came (a timeout, a
+    dropped connection), so the server may have accepted it."""
 
     recipients: tuple[str, ...]
     reply: Reply
     about: str | None = None
     ended: bool = False  # the reply ended the transaction (MAIL, DATA, the wire, 421, DNS)
+    maybe_delivered: bool = False
 
     def detail(self) -> str:
         """'bob@example.org: 550 5.1.1 No such user', as the history records it."""

@@ -26,6 +26,23 @@ BODY_CHUNK = 256 * 1024  # bodies above this are written piecewise, waiting for 
 LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
 LEADING_DOT = re.compile(rb"(?m)^\.")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+UNPRINTABLE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")  # CONTROL but the newline
+
+
+def printable(text: str) -> str:
+    """`text` from a server with every control character made visible: a tab becomes a
+    space, any other C0 character or DEL a `\\xNN` escape. Whatever a server sends is
+    stored and logged: PostgreSQL text cannot hold a NUL (the group commit would fail for
+    ever), and a terminal must not be handed escape sequences. Newlines are kept: they
+    join the lines of a multi-line reply."""
+    if not UNPRINTABLE.search(text):
+        return text
+    return UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return " " if char == "\t" else f"\\x{ord(char):02x}"
 
 
 class SmtpReply(NamedTuple):
@@ -42,12 +59,16 @@ class SmtpReply(NamedTuple):
 
 class SessionBroken(Exception):
     """The connection dropped or the server stopped answering. `replies` are those that
-    came first (in a pipelined exchange, the replies to the earlier commands)."""
+    came first (in a pipelined exchange, the replies to the earlier commands); `written`
+    says that every byte had been written before (the server may have acted on them)."""
 
-    def __init__(self, reason: str, replies: list[SmtpReply], *, timed_out: bool) -> None:
+    def __init__(
+        self, reason: str, replies: list[SmtpReply], *, timed_out: bool, written: bool = False
+    ) -> None:
         super().__init__(reason)
         self.replies = replies
         self.timed_out = timed_out
+        self.written = written
 
 
 class MalformedReply(Exception):
@@ -56,7 +77,8 @@ class MalformedReply(Exception):
 
 def parse_reply(buffer: bytes | bytearray, start: int = 0) -> tuple[SmtpReply, int] | None:
     """The complete reply at `buffer[start:]` and the offset after it, or None when its last
-    line has not come yet. Raises MalformedReply for a line without a 3-digit code."""
+    line has not come yet. Control characters in its text are escaped (`printable`).
+    Raises MalformedReply for a line without a 3-digit code."""
     code = -1
     texts = []
     offset = start
@@ -77,7 +99,7 @@ def parse_reply(buffer: bytes | bytearray, start: int = 0) -> tuple[SmtpReply, i
         texts.append(line[4:].strip(b" \t\r\n").decode("utf-8", "replace"))
         offset = end + 1
         if line[3:4] != b"-":
-            return SmtpReply(code, "\n".join(texts)), offset
+            return SmtpReply(code, printable("\n".join(texts))), offset
 
 
 def data_payload(message: bytes) -> bytes:
@@ -183,18 +205,22 @@ class ReplyReader(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
 
-    async def exchange(self, data: bytes, replies: int, timeout: float) -> list[SmtpReply]:
+    async def exchange(
+        self, data: bytes, replies: int, timeout: float, write_timeout: float | None = None
+    ) -> list[SmtpReply]:
         """Write `data`, then return the next `replies` replies. The server gets `timeout`
-        seconds for each of them. Raises SessionBroken when the connection drops, a reply
-        is malformed or does not come in time: the connection is then no longer usable."""
+        seconds for each of them, and `write_timeout` (else `timeout`) to take each chunk
+        of a large `data`. Raises SessionBroken when the connection drops, a reply is
+        malformed or does not come in time: the connection is then no longer usable."""
         if self._broken is not None:
             raise SessionBroken(self._broken, [], timed_out=False)
         self._replies = []
         self._wanted = replies
         if len(data) > BODY_CHUNK:
-            await self._write_piecewise(data, timeout)
+            written = await self._write_piecewise(data, write_timeout or timeout)
         else:
             self.transport.write(data)
+            written = True
         while self._wanted and self._broken is None:
             got = len(self._replies)
             # A plain timer rather than asyncio.timeout(), which asks for the running loop
@@ -209,19 +235,20 @@ class ReplyReader(asyncio.Protocol):
             if not in_time and len(self._replies) == got:
                 self._broken = f"timed out after {timeout:g} s waiting for a reply"
                 self.transport.abort()
-                raise SessionBroken(self._broken, self._replies, timed_out=True)
+                raise SessionBroken(self._broken, self._replies, timed_out=True, written=written)
         if self._wanted:
             assert self._broken is not None
-            raise SessionBroken(self._broken, self._replies, timed_out=False)
+            raise SessionBroken(self._broken, self._replies, timed_out=False, written=written)
         return self._replies
 
-    async def _write_piecewise(self, data: bytes, timeout: float) -> None:
+    async def _write_piecewise(self, data: bytes, timeout: float) -> bool:
         """Write a large body a chunk at a time, giving the socket `timeout` seconds to take
-        each: a slow link is not a dead server, whatever the size of the message."""
+        each: a slow link is not a dead server, whatever the size of the message. False
+        when the connection dropped before the last chunk was written."""
         view = memoryview(data)
         for start in range(0, len(data), BODY_CHUNK):
             if self._broken is not None:
-                return
+                return False
             self.transport.write(view[start : start + BODY_CHUNK])
             if self._paused:
                 self._resumed = self._loop.create_future()
@@ -234,6 +261,7 @@ class ReplyReader(asyncio.Protocol):
                     raise SessionBroken(self._broken, [], timed_out=True) from None
                 finally:
                     self._resumed = None
+        return True
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:
@@ -243,22 +271,36 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
 
 
 class SmtpSession:
-    """An SMTP connection after EHLO (and STARTTLS, AUTH): transactions, RSET, QUIT."""
+    """An SMTP connection after EHLO (and STARTTLS, AUTH): transactions, RSET, QUIT.
 
-    def __init__(self, reader: ReplyReader, extensions: dict[str, str], timeout: float) -> None:
+    Every reply gets `timeout` seconds but the one to the end of a message, which gets
+    `data_timeout` (RFC 5321 §4.5.3.2.6: 10 minutes, as Postfix waits): given up on sooner,
+    a message the server accepts late is sent again.
+    """
+
+    def __init__(
+        self,
+        reader: ReplyReader,
+        extensions: dict[str, str],
+        timeout: float,
+        data_timeout: float | None = None,
+    ) -> None:
         self.reader = reader
         self.extensions = extensions  # EHLO keywords, lower-case -> parameters
         self.timeout = timeout
+        self.data_timeout = data_timeout or timeout
 
     @classmethod
-    def take_over(cls, smtp: aiosmtplib.SMTP, timeout: float) -> SmtpSession:
+    def take_over(
+        cls, smtp: aiosmtplib.SMTP, timeout: float, data_timeout: float | None = None
+    ) -> SmtpSession:
         """Move an aiosmtplib connection, already greeted, to a ReplyReader."""
         transport = smtp.transport  # uvloop's transports are not asyncio.Transport subclasses
         if transport is None or transport.is_closing():
             raise SessionBroken("connection dropped", [], timed_out=False)
         reader = ReplyReader(cast(asyncio.Transport, transport))
         transport.set_protocol(reader)
-        return cls(reader, dict(smtp.esmtp_extensions), timeout)
+        return cls(reader, dict(smtp.esmtp_extensions), timeout, data_timeout)
 
     @property
     def is_open(self) -> bool:
@@ -301,8 +343,11 @@ class SmtpSession:
         return replies
 
     async def body(self, message: bytes) -> SmtpReply:
-        """Send the message after a 354 to DATA; the server's reply to it."""
-        (reply,) = await self.reader.exchange(data_payload(message), 1, self.timeout)
+        """Send the message after a 354 to DATA; the server's reply to it, given
+        `data_timeout` seconds. Raises SessionBroken; its `written` says that the whole
+        message went out first, so that the server may have accepted it."""
+        payload = data_payload(message)
+        (reply,) = await self.reader.exchange(payload, 1, self.data_timeout, self.timeout)
         return reply
 
     async def end_empty(self) -> SmtpReply:

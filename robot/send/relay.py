@@ -7,9 +7,12 @@ server said. `Relay` keeps a worker's connections, one per account.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import itertools
 import socket
 import ssl
+from dataclasses import dataclass
 
 import aiosmtplib
 
@@ -17,7 +20,7 @@ from robot.compose.message import Composed
 from robot.config import Account, is_loopback
 from robot.errors import ConfigError, TransportFault
 from robot.send.attempt import Attempt, Refusal, Reply, SmtpCode, Stage
-from robot.send.protocol import SessionBroken, SmtpReply, SmtpSession, path
+from robot.send.protocol import SessionBroken, SmtpReply, SmtpSession, path, printable
 
 
 def tls_context(account: Account) -> ssl.SSLContext:
@@ -85,19 +88,23 @@ class SmtpConnection:
         except aiosmtplib.SMTPAuthenticationError as exc:
             await _abort(smtp)
             raise TransportFault(
-                f"{where} refused the login of {smtp_settings.username!r}: {exc.code} {exc.message}"
+                f"{where} refused the login of {smtp_settings.username!r}: "
+                f"{exc.code} {printable(exc.message)}"
             ) from exc
         except (aiosmtplib.SMTPException, OSError, SessionBroken) as exc:
             await _abort(smtp)
             raise _connection_fault(exc, where) from exc
-        return f"{greeting.code} {greeting.message}"
+        return f"{greeting.code} {printable(greeting.message)}"
 
     async def _take_over(self, smtp: aiosmtplib.SMTP) -> None:
         """Hand the greeted connection to our session. aiosmtplib says EHLO only when a
         command needs it: a plain connection without AUTH has not said it yet."""
         if smtp.is_ehlo_or_helo_needed:
             await _hello(smtp)
-        self._session = SmtpSession.take_over(smtp, self.account.smtp.timeout_seconds)
+        settings = self.account.smtp
+        self._session = SmtpSession.take_over(
+            smtp, settings.timeout_seconds, settings.data_timeout_seconds
+        )
         self.sent_on_connection = 0
 
     async def _login(self, smtp: aiosmtplib.SMTP, where: str) -> None:
@@ -129,86 +136,133 @@ class SmtpConnection:
         then the body. Returns the attempt, and whether the connection failed before DATA
         (nothing was sent: a reused connection that went stale is worth a fresh one).
 
-        A server that wants a login or TLS first (530 to MAIL) is the account's fault, not
-        the message's: the attempt says so and the connection is closed.
+        Recipients the server has no room for (452 at RCPT: its limit of recipients per
+        transaction, RFC 5321 §4.5.3.1.10) go in further transactions on the connection,
+        as many as the server takes at a time, until every recipient was accepted or
+        refused otherwise, or a transaction takes none of them: only then is a 452 a
+        refusal. A server that wants a login or TLS first (530 to MAIL) is the account's
+        fault, not the message's: the attempt says so and the connection is closed.
         """
-        recipients = message.recipients
         session = self._session
         if session is None:
-            return _ended(recipients, Reply(None, "connection is not open", Stage.CONNECT)), True
+            reply = Reply(None, "connection is not open", Stage.CONNECT)
+            return _ended(message.recipients, reply), True
         self.sent_on_connection += 1
         try:
             mail, rcpts = self._paths(session, message)
         except ValueError as exc:  # compose lets no such address through: a last guard
-            return _ended(recipients, Reply(554, f"5.6.0 {exc}", Stage.MAIL, True)), False
+            return _ended(message.recipients, Reply(554, f"5.6.0 {exc}", Stage.MAIL, True)), False
+        attempt, before_data = Attempt(), False
+        pending, room = message.recipients, len(message.recipients)
+        limit_reply: Reply | None = None  # the 452 that showed the server's limit
+        for transaction in itertools.count():
+            batch, later = pending[:room], pending[room:]
+            done = await self._transaction(
+                session, mail, rcpts, batch, message.data, first=transaction == 0
+            )
+            attempt = attempt.merged(done.attempt)
+            if attempt.fault is not None:
+                return attempt, False
+            if transaction == 0:  # later ones come after a message went: never stale
+                before_data = done.before_data
+            postponed = tuple(recipient for recipient, _ in done.postponed)
+            limit_reply = done.postponed[0][1] if done.postponed else limit_reply
+            pending = postponed + later
+            if not pending:
+                break
+            ended = any(refusal.ended for refusal in done.attempt.refusals)
+            if ended or postponed == batch or not self.is_open:  # no further transaction
+                unplaced = tuple(Refusal((r,), reply, r) for r, reply in done.postponed)
+                if later:  # never offered: the server's limit kept them out too
+                    assert limit_reply is not None
+                    unplaced += (Refusal(later, limit_reply),)
+                attempt = attempt.merged(Attempt(refusals=unplaced))
+                break
+            room = _room(batch, postponed) or room
+        if attempt.accepted:
+            attempt = dataclasses.replace(attempt, hosts=(self.where,))
+        return attempt, before_data
+
+    async def _transaction(
+        self,
+        session: SmtpSession,
+        mail: bytes,
+        rcpts: dict[str, bytes],
+        recipients: tuple[str, ...],
+        data: bytes,
+        first: bool,
+    ) -> _Transaction:
+        """One transaction of the message for `recipients`: the attempt, whether the
+        connection failed before DATA, and the recipients postponed (452 at RCPT)."""
         broken: SessionBroken | None = None
         try:
-            replies = await session.envelope(mail, rcpts)
+            replies = await session.envelope(mail, [rcpts[r] for r in recipients])
         except SessionBroken as exc:
             broken, replies = exc, exc.replies
+        count = len(recipients)
         mail_reply = replies[0] if replies else None
-        data_reply = replies[len(rcpts) + 1] if len(replies) > len(rcpts) + 1 else None
+        data_reply = replies[count + 1] if len(replies) > count + 1 else None
         if mail_reply is not None and not mail_reply.ok:
             await self._abandon(mail_reply, data_reply)
-            if mail_reply.code == SmtpCode.AUTH_REQUIRED:
+            if mail_reply.code == SmtpCode.AUTH_REQUIRED and first:
                 await self.close()
-                return Attempt.faulted(
-                    f"{self.where} answered {mail_reply.code} {mail_reply.text} (at MAIL): "
-                    "check username and security"
-                ), False
-            return _ended(recipients, _reply(mail_reply, Stage.MAIL)), False
+                return _Transaction(
+                    Attempt.faulted(
+                        f"{self.where} answered {mail_reply.code} {mail_reply.text} (at MAIL): "
+                        "check username and security"
+                    )
+                )
+            return _Transaction(_ended(recipients, _reply(mail_reply, Stage.MAIL)))
         refused: list[Refusal] = []
-        for recipient, reply in zip(recipients, replies[1 : len(rcpts) + 1], strict=False):
+        postponed: list[tuple[str, Reply]] = []
+        for recipient, reply in zip(recipients, replies[1 : count + 1], strict=False):
             if reply.code == SmtpCode.SERVICE_CLOSING:  # the server is closing: not a refusal
                 await self.close()
                 rest = _not_refused(recipients, refused)
                 closing = Refusal(rest, _reply(reply, Stage.RCPT), recipient, ended=True)
-                return Attempt(refusals=(*refused, closing)), False
-            if not reply.ok:
+                return _Transaction(Attempt(refusals=(*refused, closing)))
+            if reply.code == SmtpCode.TOO_MANY_RECIPIENTS:
+                postponed.append((recipient, _reply(reply, Stage.RCPT)))
+            elif not reply.ok:
                 refused.append(Refusal((recipient,), _reply(reply, Stage.RCPT), recipient))
         if broken is not None:
             await self.close()
             stage = (  # the command whose reply did not come
-                Stage.MAIL
-                if not replies
-                else Stage.RCPT
-                if len(replies) <= len(rcpts)
-                else Stage.DATA
+                Stage.MAIL if not replies else Stage.RCPT if len(replies) <= count else Stage.DATA
             )
             silence = Refusal(_not_refused(recipients, refused), Reply(None, str(broken), stage))
-            return Attempt(refusals=(*refused, _ending(silence))), True
-        if len(refused) == len(recipients):
+            return _Transaction(Attempt(refusals=(*refused, _ending(silence))), True)
+        no_room = tuple(postponed)
+        accepted = _not_refused(recipients, refused, {r for r, _ in no_room})
+        if not accepted:
             await self._abandon(None, data_reply)
-            return Attempt(refusals=tuple(refused)), False
-        accepted = _not_refused(recipients, refused)
+            return _Transaction(Attempt(refusals=tuple(refused)), postponed=no_room)
         only = accepted[0] if len(accepted) == 1 else None
         assert data_reply is not None
         if data_reply.code != SmtpCode.START_INPUT:
             await self._abandon(data_reply, None)
             ending = Refusal(accepted, _reply(data_reply, Stage.DATA), only, ended=True)
-            return Attempt(refusals=(*refused, ending)), False
+            return _Transaction(Attempt(refusals=(*refused, ending)), postponed=no_room)
         try:
-            reply = await session.body(message.data)
-        except SessionBroken as exc:
+            reply = await session.body(data)
+        except SessionBroken as exc:  # once written whole, the message may have been taken
             await self.close()
-            ending = Refusal(accepted, Reply(None, str(exc), Stage.DATA), only, ended=True)
-            return Attempt(refusals=(*refused, ending)), False
+            unanswered = Reply(None, str(exc), Stage.DATA)
+            ending = Refusal(accepted, unanswered, only, ended=True, maybe_delivered=exc.written)
+            return _Transaction(Attempt(refusals=(*refused, ending)), postponed=no_room)
         if reply.code != SmtpCode.COMPLETED:
             await self._abandon(reply, None)
             ending = Refusal(accepted, _reply(reply, Stage.DATA), only, ended=True)
-            return Attempt(refusals=(*refused, ending)), False
-        return Attempt(
-            accepted=accepted,
-            accepted_reply=_reply(reply, Stage.DATA),
-            refusals=tuple(refused),
-            hosts=(self.where,),
-        ), False
+            return _Transaction(Attempt(refusals=(*refused, ending)), postponed=no_room)
+        attempt = Attempt(accepted, _reply(reply, Stage.DATA), tuple(refused))
+        return _Transaction(attempt, postponed=no_room)
 
-    def _paths(self, session: SmtpSession, message: Composed) -> tuple[bytes, list[bytes]]:
-        """MAIL FROM's path with its parameters, and each RCPT TO's path. Raises ValueError
-        for an address that cannot go on a command line (compose refuses those first)."""
+    def _paths(self, session: SmtpSession, message: Composed) -> tuple[bytes, dict[str, bytes]]:
+        """MAIL FROM's path with its parameters, and each recipient's RCPT TO path. Raises
+        ValueError for an address that cannot go on a command line (compose refuses those
+        first)."""
         mail = path(message.envelope_from)
-        rcpts = [path(r) for r in message.recipients]
+        rcpts = {r: path(r) for r in message.recipients}
         if session.supports("size"):
             mail += b" SIZE=%d" % len(message.data)
         return mail, rcpts
@@ -322,16 +376,17 @@ class DirectConnection(SmtpConnection):
             await _abort(smtp)
             raise _connection_fault(exc, self.where) from exc
         self.tls = tls
-        return f"{greeting.code} {greeting.message}"
+        return f"{greeting.code} {printable(greeting.message)}"
 
 
 def _connection_fault(
     exc: aiosmtplib.SMTPException | OSError | SessionBroken, where: str
 ) -> TransportFault:
-    """Why opening a connection to `where` failed: the server's reply, or the socket's."""
+    """Why opening a connection to `where` failed: the server's reply, or the socket's
+    (aiosmtplib's texts are the server's bytes as they came: made printable here)."""
     if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return TransportFault(f"{where} answered {exc.code} {exc.message}")
-    return TransportFault(f"cannot connect to {where}: {_describe(exc)}")
+        return TransportFault(f"{where} answered {exc.code} {printable(exc.message)}")
+    return TransportFault(f"cannot connect to {where}: {printable(_describe(exc))}")
 
 
 def _unverified_context() -> ssl.SSLContext:
@@ -373,12 +428,35 @@ async def _abort(smtp: aiosmtplib.SMTP) -> None:
         smtp.close()
 
 
+@dataclass(frozen=True)
+class _Transaction:
+    """What one transaction of a message gave: its attempt, whether the connection failed
+    before DATA, and the recipients the server had no room for, each with its 452 reply,
+    in order (they are not in the attempt: they go in the next transaction)."""
+
+    attempt: Attempt
+    before_data: bool = False
+    postponed: tuple[tuple[str, Reply], ...] = ()
+
+
+def _room(batch: tuple[str, ...], postponed: tuple[str, ...]) -> int | None:
+    """How many recipients the server takes in one transaction, when the replies to
+    `batch` show its limit: every recipient from the first postponed one on was
+    postponed. None when they do not (a 452 for one recipient's full mailbox, say)."""
+    if not postponed:
+        return None
+    cut = batch.index(postponed[0])
+    return cut if cut > 0 and batch[cut:] == postponed else None
+
+
 def _reply(reply: SmtpReply, stage: Stage) -> Reply:
     return Reply(reply.code, reply.text, stage)
 
 
-def _not_refused(recipients: tuple[str, ...], refused: list[Refusal]) -> tuple[str, ...]:
-    gone = {r for refusal in refused for r in refusal.recipients}
+def _not_refused(
+    recipients: tuple[str, ...], refused: list[Refusal], postponed: set[str] | None = None
+) -> tuple[str, ...]:
+    gone = {r for refusal in refused for r in refusal.recipients} | (postponed or set())
     return tuple(r for r in recipients if r not in gone)
 
 

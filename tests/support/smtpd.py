@@ -4,7 +4,8 @@ Records what it receives and can inject faults. Two ways to program it:
 
 * the simple knobs: ``rcpt_replies`` (per recipient, every time), ``mail_reply`` (every
   time), ``data_replies`` (a queue, one per DATA), ``drop_after_data_count`` (one mid-DATA
-  disconnect), ``data_delay`` (every DATA);
+  disconnect), ``data_delay`` (every DATA), ``max_recipients`` (a relay's limit of
+  recipients per transaction: ``452 4.5.3 Too many recipients`` once it is reached);
 * ``fault()``: a rule for one command (EHLO, AUTH, MAIL, RCPT, DATA), optionally for one
   address only, that replies with a given line, waits before replying (past the client's
   timeout: a slow server), drops the connection instead of replying, or all of these, for a
@@ -27,7 +28,7 @@ from typing import Any
 import trustme
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
-__all__ = ["COMMANDS", "NO_REPLY", "Fault", "Received", "TestSMTPServer"]
+__all__ = ["COMMANDS", "NO_REPLY", "TOO_MANY_RECIPIENTS", "Fault", "Received", "TestSMTPServer"]
 
 COMMANDS = ("EHLO", "AUTH", "MAIL", "RCPT", "DATA")
 
@@ -53,6 +54,7 @@ class Received:
 
 
 NO_REPLY = "(no reply: connection closed)"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"  # as Postfix, Exim, Exchange say it
 
 
 @dataclass
@@ -169,6 +171,9 @@ class _Handler:
         rcpt_options: list[str],
     ) -> str:
         reply = await self._apply(server, "RCPT", [address])
+        limit = self.owner.max_recipients
+        if reply is None and limit is not None and len(envelope.rcpt_tos) >= limit:
+            reply = TOO_MANY_RECIPIENTS
         if reply is None:
             reply = self.owner.rcpt_replies.get(address.lower())
         if reply is None or _is_ok(reply):
@@ -221,7 +226,8 @@ class TestSMTPServer:
     """SMTP server on 127.0.0.1:<ephemeral> (or a given host and port) inside the running loop.
 
     Fault knobs (``rcpt_replies``, ``mail_reply``, ``data_replies``, ``drop_after_data_count``,
-    ``data_delay``, ``faults``) may be changed at any time, also while clients are connected.
+    ``data_delay``, ``max_recipients``, ``faults``) may be changed at any time, also while
+    clients are connected.
     ``received`` holds the accepted messages, ``transactions`` every message body read
     (accepted, refused, dropped or left unanswered), each with the reply it got.
     """
@@ -238,6 +244,7 @@ class TestSMTPServer:
         host: str = "127.0.0.1",
         port: int = 0,
         pipelining: bool = True,
+        max_recipients: int | None = None,
     ) -> None:
         if (implicit_tls or require_starttls) and tls_cert is None:
             raise ValueError("implicit_tls/require_starttls need tls_cert")
@@ -257,6 +264,7 @@ class TestSMTPServer:
         self.data_replies: list[str] = []
         self.drop_after_data_count: int | None = None
         self.data_delay = 0.0
+        self.max_recipients = max_recipients  # accepted RCPTs per transaction; None: any
         self.faults: list[Fault] = []
         self.transactions: list[Received] = []
         self._server: asyncio.Server | None = None

@@ -101,6 +101,24 @@ timeout_seconds = 7.5
     assert settings.smtp.timeout_seconds == 7.5
 
 
+def test_data_timeout_seconds_is_ten_minutes_unless_set_per_account(tmp_path: Path) -> None:
+    """The reply to the end of the message gets RFC 5321's 10 minutes (§4.5.3.2.6)."""
+    assert load(tmp_path, MINIMAL).smtp.data_timeout_seconds == 600
+    settings = load(
+        tmp_path,
+        MINIMAL
+        + "[smtp]\ndata_timeout_seconds = 120\n"
+        + "[account:news]\naddress = news@example.org\n"
+        + "[account:bulk]\naddress = bulk@example.org\ndata_timeout_seconds = 900.5\n",
+    )
+    assert settings.smtp.data_timeout_seconds == 120
+    assert settings.accounts["news"].smtp.data_timeout_seconds == 120
+    assert settings.accounts["bulk"].smtp.data_timeout_seconds == 900.5
+    assert settings.accounts["bulk"].smtp.timeout_seconds == 30
+    error = config_error(tmp_path, MINIMAL + "[smtp]\ndata_timeout_seconds = 0\n")
+    assert error.key == "data_timeout_seconds" and "positive" in str(error)
+
+
 def test_booleans_in_their_usual_spellings(tmp_path: Path) -> None:
     settings = load(
         tmp_path,
@@ -399,12 +417,44 @@ def test_bare_postgresql_url_uses_psycopg3(tmp_path: Path) -> None:
     assert settings.database.url == "postgresql+psycopg://robot@db.example.org/mail"
 
 
+def test_a_heroku_style_postgres_url_is_postgresql(tmp_path: Path) -> None:
+    settings = load(tmp_path, MINIMAL + "[database]\nurl = postgres://robot:pw@db/mail\n")
+    assert settings.database.url == "postgresql+psycopg://robot:pw@db/mail"
+
+
 @pytest.mark.parametrize(
-    "url", ["postgresql+psycopg://robot@db/mail", "sqlite:///robot.db", "sqlite://"]
+    "url", ["postgresql+psycopg://robot@db/mail", "sqlite:////var/lib/robot.db", "sqlite://"]
 )
 def test_other_urls_are_kept(tmp_path: Path, url: str) -> None:
     settings = load(tmp_path, MINIMAL + f"[database]\nurl = {url}\n")
     assert settings.database.url == url
+
+
+def test_a_relative_sqlite_path_is_taken_from_robot_ini_s_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir("/")  # wherever a command runs, the database is the same file
+    settings = load(tmp_path, MINIMAL + "[database]\nurl = sqlite:///state/robot.db\n")
+    assert settings.database.url == f"sqlite:///{tmp_path.resolve()}/state/robot.db"
+    from_env = load(tmp_path, MINIMAL, environ={"ROBOT_DATABASE_URL": "sqlite:///x.db"})
+    assert from_env.database.url == f"sqlite:///{tmp_path.resolve()}/x.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("postgresql+psycopg2://robot@db/mail", "the driver 'psycopg2' is not installed"),
+        ("postgresql+asyncpg://robot@db/mail", "the driver 'asyncpg' is not installed"),
+        ("oracle://robot@db/mail", "'oracle' databases are not supported"),
+    ],
+)
+def test_a_foreign_url_names_the_key_and_what_to_write(
+    tmp_path: Path, url: str, problem: str
+) -> None:
+    error = config_error(tmp_path, MINIMAL + f"[database]\nurl = {url}\n")
+    assert error.key == "url"
+    assert problem in str(error)
+    assert "write sqlite:///PATH or postgresql://USER@HOST/DB" in str(error)
 
 
 def test_bad_database_url(tmp_path: Path) -> None:
@@ -485,3 +535,20 @@ def test_password_never_in_repr(tmp_path: Path) -> None:
     text = repr(settings) + str(settings) + repr(settings.accounts)
     assert "hunter" not in text
     assert "news@example.org" in text  # the repr is not simply empty
+
+
+def test_a_bad_value_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    """ROBOT_SMTP_PORT=abc used to be blamed on robot.ini."""
+    error = config_error(tmp_path, MINIMAL, environ={"ROBOT_SMTP_PORT": "abc"})
+    assert str(error).startswith("ROBOT_SMTP_PORT (from the environment): expected an integer")
+
+
+def test_an_unknown_key_suggests_the_one_meant(tmp_path: Path) -> None:
+    error = config_error(tmp_path, MINIMAL + "[smtp]\ntimout_seconds = 3\n")
+    assert "[smtp] timout_seconds: unknown key (did you mean timeout_seconds?)" in str(error)
+
+
+def test_a_byte_order_mark_at_the_start_of_robot_ini_is_read_past(tmp_path: Path) -> None:
+    path = tmp_path / "robot.ini"
+    path.write_bytes(b"\xef\xbb\xbf" + (MINIMAL + "[smtp]\nport = 2525\n").encode())
+    assert load_settings(path, environ={}).smtp.port == 2525

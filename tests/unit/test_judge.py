@@ -145,6 +145,53 @@ def test_what_the_robot_says_itself_is_judged_by_its_code_and_stored_without_it(
     )
 
 
+UNKNOWN = "the server did not answer after the message; it may have been delivered"
+
+
+def unanswered(*recipients: str) -> Refusal:
+    """The whole message went out and its reply never came."""
+    reply = Reply(None, "timed out after 600 s waiting for a reply", DATA)
+    about = recipients[0] if len(recipients) == 1 else None
+    return Refusal(recipients, reply, about, ended=True, maybe_delivered=True)
+
+
+def test_a_message_left_unanswered_is_deferred_with_its_outcome_unknown() -> None:
+    finish = judge(Attempt(refusals=(unanswered("a@x.test"),)), 1, 1, POLICY)
+    assert finish.decision.status is Status.DEFERRED
+    assert finish.decision.retry_after == timedelta(minutes=10)
+    assert finish.decision.last_error == (
+        f"outcome unknown: {UNKNOWN}: a@x.test: timed out after 600 s waiting for a reply (at DATA)"
+    )
+    assert finish.smtp_code is None
+    assert finish.history == (
+        HistoryLine("unknown", f"a@x.test: {UNKNOWN} (timed out after 600 s waiting for a reply)"),
+    )
+    given_up = judge(Attempt(refusals=(unanswered("a@x.test"),)), 1, 3, POLICY)
+    assert given_up.decision.status is Status.FAILED
+    assert given_up.decision.last_error == "gave up after 3 attempts: " + str(
+        finish.decision.last_error
+    )
+    assert [h.kind for h in given_up.history] == ["unknown"]
+
+
+def test_recipients_of_an_unanswered_transaction_are_unknown_on_a_sent_row() -> None:
+    """Direct delivery, say: one domain's host took the message, another's never answered."""
+    attempt = Attempt(
+        ("a@x.test",),
+        Reply(250, "2.0.0 Ok", DATA),
+        (unanswered("b@y.test", "c@y.test"), rcpt("d@x.test", 451, "4.3.0 later")),
+    )
+    finish = judge(attempt, 1, 1, POLICY)
+    assert finish.decision.status is Status.SENT
+    assert finish.history == (
+        HistoryLine(
+            "unknown",
+            f"b@y.test, c@y.test: {UNKNOWN} (timed out after 600 s waiting for a reply)",
+        ),
+        HistoryLine("refused", "d@x.test: 451 4.3.0 later", 451),
+    )
+
+
 def test_a_fault_is_not_an_outcome() -> None:
     with pytest.raises(ValueError):
         judge(Attempt.faulted("login refused"), 1, 1, POLICY)

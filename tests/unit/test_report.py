@@ -126,3 +126,18 @@ def test_change_text_lists_changed_unchanged_and_too_late() -> None:
 def test_status_of_an_empty_queue_says_nothing_is_waiting() -> None:
     text = status_text(queue_status(due=0, sent_recently=900, counts={"sent": 900}), 50)
     assert "ETA: nothing is waiting" in text and "in due" not in text
+
+
+@pytest.mark.parametrize(
+    ("verb", "label"), [("release", "not held"), ("retry", "not failed, bounced or deferred")]
+)
+def test_release_and_retry_say_what_the_row_is_rather_than_too_late(verb: str, label: str) -> None:
+    """`release 5` of a sent row used to answer "too late 1: 5 (sent)"."""
+    text = change_text(verb, Change(changed=[], unchanged=[], too_late=[(5, "sent")]))
+    assert text.splitlines()[1] == f"{label} 1: 5 (sent)"
+
+
+def test_an_eta_that_has_come_says_now_not_in_due() -> None:
+    """With the whole backlog to go at once, `status` printed "(in due)"."""
+    text = status_text(queue_status(due=1, sent_recently=3000), 0)
+    assert "ETA due now: now" in text and "in due" not in text

@@ -142,6 +142,32 @@ def test_text_is_stripped_and_decoded_as_utf8_with_replacement() -> None:
     assert parsed[0].text == "Grüße\n\ufffd"
 
 
+@pytest.mark.parametrize(
+    ("line", "text"),
+    [
+        (b"250 2.0.0 queued as \x00ABC\r\n", "2.0.0 queued as \\x00ABC"),
+        (b"451 4.3.0 temporary \x00 failure\r\n", "4.3.0 temporary \\x00 failure"),
+        (b"250 a\x01b\x1bc\x1fd\x7fe\r\n", "a\\x01b\\x1bc\\x1fd\\x7fe"),
+        (b"250 bare\rcarriage return\r\n", "bare\\x0dcarriage return"),
+        (b"250 a\tb\r\n", "a b"),
+    ],
+    ids=["NUL", "NUL alone", "other C0 and DEL", "bare CR", "tab"],
+)
+def test_control_characters_in_a_reply_are_escaped(line: bytes, text: str) -> None:
+    """A server's bytes end up in the database: PostgreSQL text cannot hold a NUL, and no
+    log or console should be handed terminal escapes."""
+    parsed = parse_reply(line)
+    assert parsed is not None
+    assert parsed[0].text == text
+
+
+def test_a_multi_line_reply_keeps_only_its_joining_newlines() -> None:
+    parsed = parse_reply(b"250-one\x00\r\n250-two\x0b\r\n250 three\r\n")
+    assert parsed is not None
+    assert parsed[0].text == "one\\x00\ntwo\\x0b\nthree"
+    assert not [c for c in parsed[0].text if (ord(c) < 32 and c != "\n") or ord(c) == 127]
+
+
 # -- data_payload ---------------------------------------------------------------------------
 
 

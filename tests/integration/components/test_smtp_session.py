@@ -18,10 +18,11 @@ import pytest
 
 from robot.compose.message import Composed
 from robot.config import Account, load_settings
+from robot.errors import TransportFault
 from robot.outcome.judge import deciding_refusal
 from robot.send.attempt import Attempt, Refusal, Reply, Stage
 from robot.send.protocol import BODY_CHUNK, data_payload
-from robot.send.relay import SmtpConnection
+from robot.send.relay import Relay, SmtpConnection
 from tests.conftest import WriteIni
 from tests.support.smtpd import TestSMTPServer
 
@@ -246,8 +247,10 @@ AccountFor = Callable[..., Account]
 def account_for(write_ini: WriteIni, tmp_path: Path) -> AccountFor:
     """The default account of a robot.ini sending to 127.0.0.1:`port`."""
 
-    def make(port: int, timeout: float = WAIT) -> Account:
+    def make(port: int, timeout: float = WAIT, data_timeout: float | None = None) -> Account:
         extra = f"[smtp]\ntimeout_seconds = {timeout}\n"
+        if data_timeout is not None:
+            extra += f"data_timeout_seconds = {data_timeout}\n"
         ini = write_ini(f"sqlite:///{tmp_path}/unused.db", port, extra)
         return load_settings(ini, environ={}).default_account
 
@@ -448,7 +451,8 @@ async def test_a_server_that_stops_answering_defers_after_timeout_seconds(
         await wire.eof()
 
     async with raw_server(script, pipelining=pipelining) as server:
-        async with connected(account_for(server.port, timeout=0.4)) as connection:
+        account = account_for(server.port, timeout=0.4, data_timeout=0.4)
+        async with connected(account) as connection:
             started = time.monotonic()
             refused, broke_before_data = await connection.send(message())
             waited = time.monotonic() - started
@@ -458,9 +462,66 @@ async def test_a_server_that_stops_answering_defers_after_timeout_seconds(
     assert "timed out after 0.4 s" in error.text
     assert error.code is None
     assert broke_before_data is before_data
+    assert ending(refused).maybe_delivered is (answered == 3)  # the message went out whole
     assert 0.35 < waited < 1.2  # one timeout_seconds, not several
     assert len(server.wires[0].bodies) == (1 if answered == 3 else 0)
     assert error.stage == stage
+
+
+async def test_the_reply_to_the_message_gets_data_timeout_seconds_not_timeout_seconds(
+    account_for: AccountFor,
+) -> None:
+    """RFC 5321 §4.5.3.2.6: ten minutes for the reply to the final "." (a server may scan
+    the message first). Given up after timeout_seconds, a message the server then accepts
+    was sent again: delivered twice."""
+
+    async def script(wire: Wire) -> None:
+        await wire.lines_until(b"DATA")
+        await wire.send(envelope_ok(1))
+        await wire.body()
+        await asyncio.sleep(0.8)  # past timeout_seconds, well within data_timeout_seconds
+        await wire.send(b"250 2.0.0 Ok: queued after a long scan\r\n")
+
+    async with raw_server(script) as server:
+        async with connected(account_for(server.port, timeout=0.3)) as connection:
+            started = time.monotonic()
+            result, _ = await connection.send(message())
+            waited = time.monotonic() - started
+            assert connection.is_open
+        await server.finished()
+    assert result.accepted_reply == Reply(250, "2.0.0 Ok: queued after a long scan")
+    assert waited > 0.8
+    assert server.wires[0].bodies == [data_payload(BODY)]
+
+
+@pytest.mark.parametrize("how", ["silent", "dropped"])
+async def test_a_message_whose_reply_never_comes_may_have_been_delivered(
+    account_for: AccountFor, how: str
+) -> None:
+    async def script(wire: Wire) -> None:
+        await wire.lines_until(b"DATA")
+        await wire.send(envelope_ok(1))
+        await wire.body()
+        if how == "silent":
+            await wire.eof()
+        else:
+            wire.writer.transport.abort()
+
+    async with raw_server(script) as server:
+        account = account_for(server.port, timeout=WAIT, data_timeout=0.4)
+        async with connected(account) as connection:
+            started = time.monotonic()
+            refused, before_data = await connection.send(message())
+            waited = time.monotonic() - started
+            assert not connection.is_open
+        await server.finished()
+    ended = ending(refused)
+    assert ended.maybe_delivered and ended.recipients == ("a@example.org",)
+    assert (ended.reply.code, ended.reply.stage, before_data) == (None, "data", False)
+    expected = "timed out after 0.4 s" if how == "silent" else "connection dropped"
+    assert expected in ended.reply.text
+    assert waited < 2  # data_timeout_seconds (0.4), not timeout_seconds (5)
+    assert server.wires[0].bodies == [data_payload(BODY)]
 
 
 # -- (e) without PIPELINING: one command at a time -------------------------------------------
@@ -633,6 +694,7 @@ async def test_a_large_body_to_a_server_that_stops_reading_times_out(
             gave_up.set()
             assert not connection.is_open
         await server.finished()
+    assert not ending(refused).maybe_delivered  # the server never had the whole message
     error = ending(refused).reply
     assert "timed out after 0.4 s writing the message" in error.text
     assert (error.code, error.stage, before_data) == (None, "data", False)
@@ -665,3 +727,165 @@ async def test_one_refused_recipient_of_several_is_reported_and_the_rest_get_the
     ]
     assert received.rcpt_tos == ["a@example.org", "c@example.org"]
     assert received.data == BODY
+
+
+# -- (i) a relay's limit of recipients per transaction -------------------------------------
+
+
+async def limited(
+    wire: Wire, limit: int, *, full: Sequence[bytes] = (), drop_at_mail: int | None = None
+) -> None:
+    """Answer like a relay that takes `limit` recipients a transaction (452 4.5.3 for each
+    after that) and whose mailboxes `full` are full (452 4.2.2), until QUIT; abort the
+    connection instead of answering the `drop_at_mail`-th MAIL."""
+    taken = mails = 0
+    while command := await wire.line(timeout=None):
+        verb = command[:4].upper()
+        if verb == b"MAIL":
+            mails += 1
+            if mails == drop_at_mail:
+                wire.writer.transport.abort()
+                await wire.eof()  # the commands already read are never answered
+                return
+            taken = 0
+            await wire.send(b"250 2.1.0 Ok\r\n")
+        elif verb == b"RCPT" and taken >= limit:
+            await wire.send(b"452 4.5.3 Too many recipients\r\n")
+        elif verb == b"RCPT" and command[9:-1] in full:
+            await wire.send(b"452 4.2.2 Mailbox full\r\n")
+        elif verb == b"RCPT":
+            taken += 1
+            await wire.send(b"250 2.1.5 Ok\r\n")
+        elif verb == b"DATA" and not taken:
+            await wire.send(b"554 5.5.1 No valid recipients\r\n")
+        elif verb == b"DATA":
+            await wire.send(b"354 Go ahead\r\n")
+            await wire.body()
+            await wire.send(b"250 2.0.0 Ok: queued\r\n")
+        elif verb == b"QUIT":
+            await wire.send(b"221 2.0.0 Bye\r\n")
+            return
+        else:
+            taken = 0 if verb == b"RSET" else taken
+            await wire.send(b"250 2.0.0 Ok\r\n")
+
+
+def rcpts(wire: Wire) -> list[list[bytes]]:
+    """The RCPT addresses of each transaction the robot began, in order."""
+    transactions: list[list[bytes]] = []
+    for command in wire.commands:
+        if command.startswith(b"MAIL"):
+            transactions.append([])
+        elif command.startswith(b"RCPT"):
+            transactions[-1].append(command[9:-1])
+    return transactions
+
+
+FIVE = tuple(f"{name}@example.org" for name in "abcde")
+
+
+@MODES
+async def test_recipients_over_the_relay_s_limit_go_in_further_transactions(
+    account_for: AccountFor, pipelining: bool
+) -> None:
+    async def script(wire: Wire) -> None:
+        await limited(wire, 2)
+
+    async with raw_server(script, pipelining=pipelining) as server:
+        async with connected(account_for(server.port)) as connection:
+            result, _ = await connection.send(message(*FIVE))
+            assert connection.is_open
+        await server.finished()
+    assert (result.accepted, result.refusals) == (FIVE, ())
+    assert accepted_code(result) == 250
+    (wire,) = server.wires
+    # all five first; then as many as the relay took the first time, never more
+    assert rcpts(wire) == [
+        [a.encode() for a in addresses] for addresses in (FIVE, FIVE[2:4], FIVE[4:])
+    ]
+    assert wire.bodies == [data_payload(BODY)] * 3
+    assert b"RSET" not in wire.commands
+
+
+@MODES
+async def test_a_452_that_is_no_limit_is_tried_once_more_then_recorded(
+    account_for: AccountFor, pipelining: bool
+) -> None:
+    async def script(wire: Wire) -> None:
+        await limited(wire, 10, full=[b"b@example.org"])
+
+    async with raw_server(script, pipelining=pipelining) as server:
+        async with connected(account_for(server.port)) as connection:
+            result, _ = await connection.send(message(*FIVE[:3]))
+            assert connection.is_open
+        await server.finished()
+    assert result.accepted == ("a@example.org", "c@example.org")
+    assert [(r.about, r.reply.line(), r.ended) for r in result.refusals] == [
+        ("b@example.org", "452 4.2.2 Mailbox full", False)
+    ]
+    (wire,) = server.wires
+    assert rcpts(wire) == [
+        [b"a@example.org", b"b@example.org", b"c@example.org"],
+        [b"b@example.org"],
+    ]
+    assert wire.bodies == [data_payload(BODY)]  # the second transaction took nobody
+
+
+async def test_a_connection_lost_between_transactions_does_not_send_the_message_again(
+    account_for: AccountFor,
+) -> None:
+    """Relay.send tries a message again on a fresh connection when a reused one turns out
+    dead before DATA; after a transaction took the message, that would deliver it twice."""
+
+    async def script(wire: Wire) -> None:
+        await limited(wire, 2, drop_at_mail=3)  # the warm-up, the first transaction, drop
+
+    relay = Relay()
+    async with raw_server(script) as server:
+        account = account_for(server.port)
+        try:
+            warm_up = await relay.send(account, message("w@example.org"))
+            result = await relay.send(account, message(*FIVE))
+        finally:
+            await relay.close()
+    assert accepted_code(warm_up) == 250
+    assert result.accepted == FIVE[:2]
+    assert (
+        [(r.recipients, r.reply.code, r.reply.stage) for r in result.refusals]
+        == [
+            (FIVE[2:4], None, "mail"),  # the connection dropped: deferred
+            (FIVE[4:], 452, "rcpt"),  # never offered: kept out by the limit
+        ]
+    )
+    (wire,) = server.wires  # no second connection
+    assert wire.bodies == [data_payload(BODY)] * 2
+
+
+# -- (j) what a server says is made printable -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "reply"),
+    [("EHLO", "421 4.3.2 not \x00 now"), ("MAIL", "451 4.3.0 temporary \x00 failure")],
+    ids=["at EHLO: a transport fault", "at MAIL: a refusal"],
+)
+async def test_a_nul_in_a_server_reply_is_escaped_wherever_it_is_kept(
+    account_for: AccountFor, command: str, reply: str
+) -> None:
+    server = TestSMTPServer()
+    await server.start()
+    try:
+        server.fault(command, reply)
+        connection = SmtpConnection(account_for(server.port))
+        try:
+            await connection.open()
+            result, _ = await connection.send(message())
+            kept = ending(result).reply.describe()
+        except TransportFault as exc:
+            kept = str(exc)
+        finally:
+            await connection.close()
+    finally:
+        await server.stop()
+    assert "\x00" not in kept
+    assert reply[4:].replace("\x00", "\\x00") in kept

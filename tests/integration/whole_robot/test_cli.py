@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import WriteIni
 from tests.integration.host import host_sql, insert_many
 from tests.support.robot_proc import RobotProcess
@@ -83,6 +85,10 @@ def test_missing_sender_address(tmp_path: Path) -> None:
 
 def test_enqueue_list_show(tmp_path: Path, write_ini: WriteIni) -> None:
     ini = str(write_ini(f"sqlite:///{tmp_path}/r.db", 25, "[robot]\ngrace_minutes = 5\n"))
+    created = cli("-c", ini, "db", "upgrade")
+    assert created.returncode == 0 and created.stdout.startswith("created the schema (")
+    again = cli("-c", ini, "db", "upgrade")
+    assert again.stdout.startswith("the schema is up to date (")
     attachment = tmp_path / "notice.pdf"
     attachment.write_bytes(b"%PDF-1.4 test")
     made = cli("-c", ini, "enqueue", "--to", "a@example.org", "--subject", "Hi", "--text", "Body",
@@ -137,7 +143,9 @@ def test_check_reports_an_unreachable_server_in_one_line(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = cli("-c", str(write_ini(f"sqlite:///{tmp_path}/r.db", port)), "check")
+    ini = str(write_ini(f"sqlite:///{tmp_path}/r.db", port))
+    assert cli("-c", ini, "db", "upgrade").returncode == 0
+    result = cli("-c", ini, "check")
     assert result.returncode == 1
     assert "connection refused" in one_line_error(result)
 
@@ -263,3 +271,71 @@ def test_run_refuses_an_empty_bounce_mailbox_password_file(
     assert result.returncode == 2
     line = one_line_error(result)
     assert f"[bounces] password_file: {secret} is empty" in line
+
+
+@pytest.mark.parametrize("command", [["list"], ["status"], ["show", "1"], ["suppress", "list"]])
+def test_a_missing_sqlite_database_is_an_error_and_is_not_created(
+    tmp_path: Path, write_ini: WriteIni, command: list[str]
+) -> None:
+    """An operator command run against a wrong path used to create an empty database and
+    report an empty queue."""
+    ini = str(write_ini(f"sqlite:///{tmp_path}/typo.db", 25))
+    result = cli("-c", ini, *command)
+    assert result.returncode == 2
+    assert f"the SQLite database {tmp_path}/typo.db does not exist" in one_line_error(result)
+    assert "email-robot db upgrade" in result.stderr
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_db_upgrade_does_not_invent_folders(tmp_path: Path, write_ini: WriteIni) -> None:
+    ini = str(write_ini(f"sqlite:///{tmp_path}/no/such/dir/r.db", 25))
+    result = cli("-c", ini, "db", "upgrade")
+    assert result.returncode == 2
+    assert f"the folder {tmp_path}/no/such/dir does not exist" in one_line_error(result)
+    assert not (tmp_path / "no").exists()
+
+
+def test_list_json_into_a_closed_pipe_stops_quietly(tmp_path: Path, write_ini: WriteIni) -> None:
+    """`email-robot list --json | head` used to end in "internal error: BrokenPipeError"."""
+    ini = str(write_ini(f"sqlite:///{tmp_path}/r.db", 25))
+    assert cli("-c", ini, "db", "upgrade").returncode == 0
+    host_sql(
+        f"sqlite:///{tmp_path}/r.db",
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600) "
+        "INSERT INTO outbox (recipient, subject, body_text) "
+        "SELECT 'r' || i || '@example.org', 'Hello', 'Body' FROM n",
+    )
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "robot", "-c", ini, "list", "--json", "--limit", "600"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.read(100)  # like `head -c 100`, then go away
+    reader.stdout.close()
+    errors = reader.stderr.read().decode()
+    reader.stderr.close()
+    assert reader.wait(30) == 141, errors  # 128 + SIGPIPE, as for any Unix tool
+    assert errors == ""
+
+
+def test_list_says_when_it_shows_only_some_and_refuses_a_bogus_status(
+    tmp_path: Path, write_ini: WriteIni
+) -> None:
+    url = f"sqlite:///{tmp_path}/r.db"
+    ini = str(write_ini(url, 25))
+    assert cli("-c", ini, "db", "upgrade").returncode == 0
+    for n in range(3):
+        cli("-c", ini, "enqueue", "--to", f"r{n}@example.org", "--text", "x" * 5000)
+    some = cli("-c", ini, "list", "--limit", "2", "--json")
+    assert [row["recipient"] for row in json.loads(some.stdout)] == [
+        "r2@example.org",
+        "r1@example.org",
+    ]
+    assert "the newest 2 rows; --limit N shows more" in some.stderr
+    assert "body_text" not in some.stdout  # bodies stay out of a listing; `show` has them
+    every = cli("-c", ini, "list", "--limit", "3")
+    assert every.stderr == ""
+    bogus = cli("-c", ini, "list", "--status", "bogus")
+    assert bogus.returncode == 2
+    assert "invalid choice: 'bogus'" in bogus.stderr

@@ -137,6 +137,7 @@ class Case:
     code: int | None  # the row's smtp_code afterwards
     suppress: bool = False
     recipient: str | None = None  # default: case<n>@example.org
+    unknown: bool = False  # the whole message went out unanswered: 'unknown' in the history
 
 
 CASES = [
@@ -179,7 +180,7 @@ CASES = [
         recipient="Some One <Some.One@Example.ORG>",
     ),
     Case("600 at DATA", "DATA", "600 not an SMTP code", "deferred", 600),
-    Case("drop at DATA", "DATA", None, "deferred", None),
+    Case("drop at DATA", "DATA", None, "deferred", None, unknown=True),
 ]
 
 
@@ -214,7 +215,7 @@ async def test_each_reply_decides_its_row(
             wrong.append(f"{case.name}: last_error {got.last_error!r}")
         if (got.next_attempt_at is not None) != (case.status == "deferred"):
             wrong.append(f"{case.name}: next_attempt_at {got.next_attempt_at}")
-        if kinds(db_url, row_id) != [case.status]:
+        if kinds(db_url, row_id) != ["unknown"] * case.unknown + [case.status]:
             wrong.append(f"{case.name}: history {kinds(db_url, row_id)}")
     assert not wrong, "\n".join(wrong)
     # 5.1.x for the recipient suppresses its bare address, lower-cased; nothing else does
@@ -312,6 +313,29 @@ async def test_row_bounces_when_every_recipient_is_refused(
     assert smtp_server.received == []
 
 
+async def test_a_relay_s_recipient_limit_sends_the_rest_in_further_transactions(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    # 452 at RCPT: "try these in another transaction" (RFC 5321 §4.5.3.1.10); taken for a
+    # refusal, 150 of the 250 were recorded as refused and never tried again
+    smtp_server.max_recipients = 100
+    recipients = [f"r{n:03}@example.org" for n in range(250)]
+    row_id = insert(db_url, recipients[0], cc=", ".join(recipients[1:]))
+    other = insert(db_url, "other@example.org")
+    await drain_ok(write_ini(db_url, smtp_server.port, "[robot]\nconnections = 1\n"))
+
+    got = row(db_url, row_id)
+    assert (got.status, got.attempts, got.smtp_code, got.last_error) == ("sent", 1, 250, None)
+    assert kinds(db_url, row_id) == ["sent"]  # no 'refused' line
+    copies = [t for t in smtp_server.received if t.rcpt_tos != ["other@example.org"]]
+    assert [len(t.rcpt_tos) for t in copies] == [100, 100, 50]  # three transactions
+    delivered = [address for t in copies for address in t.rcpt_tos]
+    assert sorted(delivered) == recipients  # each recipient once
+    assert message_ids(copies) == [got.message_id] * 3
+    assert len({t.session_id for t in copies}) == 1  # on one connection
+    assert row(db_url, other).status == "sent"
+
+
 # -- retries ------------------------------------------------------------------------------
 
 
@@ -349,7 +373,8 @@ async def test_a_retry_is_sent_with_the_same_message_id(
         "250 OK",
     ]
     assert message_ids(smtp_server.transactions) == [got.message_id] * 3
-    assert kinds(db_url, row_id) == ["deferred", "deferred", "sent"]
+    # dropped after the whole message: it may have been delivered, the history says so
+    assert kinds(db_url, row_id) == ["unknown", "deferred", "deferred", "sent"]
 
 
 @pytest.mark.parametrize("command", ["RCPT", "DATA"])
@@ -359,9 +384,9 @@ async def test_a_reply_slower_than_timeout_seconds_defers(
     slow = smtp_server.fault(command, delay=60, address="slow@example.org", times=1)
     slow_id = insert(db_url, "slow@example.org")
     other = insert(db_url, "other@example.org")
-    ini = write_ini(
-        db_url, smtp_server.port, RETRY + "connections = 1\n[smtp]\ntimeout_seconds = 1\n"
-    )
+    # the reply to the message (DATA's fault: after the final ".") has data_timeout_seconds
+    timeouts = "[smtp]\ntimeout_seconds = 1\ndata_timeout_seconds = 1\n"
+    ini = write_ini(db_url, smtp_server.port, RETRY + "connections = 1\n" + timeouts)
     await drain_until_settled(db_url, ini)  # the second time, the server answers in time
 
     assert slow.fired == 1
@@ -371,10 +396,63 @@ async def test_a_reply_slower_than_timeout_seconds_defers(
     (deferred,) = [(c, d) for kind, c, d in history(db_url, slow_id) if kind == "deferred"]
     assert deferred[0] is None and deferred[1] is not None
     assert "timed out" in deferred[1] and f"(at {command})" in deferred[1]
+    unknown = ["unknown"] if command == "DATA" else []  # the message went out unanswered
+    assert kinds(db_url, slow_id) == [*unknown, "deferred", "sent"]
     if command == "DATA":  # the unanswered copy and the delivered one: the same Message-ID
         copies = [t for t in smtp_server.transactions if t.rcpt_tos == ["slow@example.org"]]
         assert [t.reply for t in copies] == [NO_REPLY, "250 OK"]
         assert message_ids(copies) == [got.message_id] * 2
+
+
+UNKNOWN = "the server did not answer after the message; it may have been delivered"
+
+
+async def test_a_slow_reply_to_the_message_is_waited_for_and_the_message_sent_once(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    # past timeout_seconds, within data_timeout_seconds (600 by default): given up on after
+    # timeout_seconds, the server still accepted each copy and the retries delivered it again
+    smtp_server.fault("DATA", delay=1.5, address="slow@example.org")
+    slow_id = insert(db_url, "slow@example.org")
+    other = insert(db_url, "other@example.org")
+    ini = write_ini(db_url, smtp_server.port, RETRY + "[smtp]\ntimeout_seconds = 0.5\n")
+    await drain_until_settled(db_url, ini)
+
+    got = row(db_url, slow_id)
+    assert (got.status, got.attempts, got.smtp_code, got.last_error) == ("sent", 1, 250, None)
+    assert kinds(db_url, slow_id) == ["sent"]
+    copies = [t for t in smtp_server.transactions if t.rcpt_tos == ["slow@example.org"]]
+    assert [t.reply for t in copies] == ["250 OK"]  # delivered once
+    assert row(db_url, other).status == "sent"
+
+
+@pytest.mark.parametrize("how", ["silent", "dropped"])
+async def test_a_message_left_unanswered_is_deferred_with_its_outcome_unknown(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer, how: str
+) -> None:
+    smtp_server.fault(
+        "DATA", delay=60 if how == "silent" else 0, drop=how == "dropped", address="u@example.org"
+    )
+    row_id = insert(db_url, "u@example.org")
+    others = [insert(db_url, f"other{n}@example.org") for n in range(3)]
+    extra = "[robot]\nconnections = 1\n[smtp]\ndata_timeout_seconds = 0.5\n"
+    await drain_ok(write_ini(db_url, smtp_server.port, extra))
+
+    got = row(db_url, row_id)
+    assert (got.status, got.attempts, got.smtp_code) == ("deferred", 1, None)
+    assert got.next_attempt_at is not None  # retried as any deferral (same Message-ID)
+    why = "timed out after 0.5 s waiting for a reply" if how == "silent" else "connection dropped"
+    assert got.last_error is not None
+    assert got.last_error.startswith(f"outcome unknown: {UNKNOWN}: u@example.org: ")
+    assert why in got.last_error and got.last_error.endswith("(at DATA)")
+    (unknown, deferred) = [line for line in history(db_url, row_id) if line[0] != "claimed"]
+    assert unknown[:2] == ("unknown", None)
+    assert unknown[2] is not None and unknown[2].startswith(f"u@example.org: {UNKNOWN} (")
+    assert why in unknown[2]
+    assert deferred == ("deferred", None, got.last_error)
+    assert [row(db_url, i).status for i in others] == ["sent"] * 3
+    (copy,) = [t for t in smtp_server.transactions if t.rcpt_tos == ["u@example.org"]]
+    assert copy.reply == NO_REPLY
 
 
 # -- suppression --------------------------------------------------------------------------
@@ -467,3 +545,30 @@ async def test_auth_required_at_mail_is_a_transport_fault(
     got = row(db_url, row_id)
     assert (got.status, got.attempts) == ("pending", 0)
     assert any(e["event"] == "account.fault" and "530" in e["reason"] for e in events)
+
+
+# -- what a server says is stored safely ----------------------------------------------------
+
+
+async def test_control_characters_in_replies_are_stored_escaped_and_sending_goes_on(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    # PostgreSQL text cannot hold a NUL: stored as it came, it failed every group commit
+    smtp_server.fault("RCPT", "451 4.3.0 temporary \x00 failure", address="nul-rcpt@example.org")
+    smtp_server.fault("DATA", "250 2.0.0 queued as \x00ABC", address="nul-data@example.org")
+    deferred = insert(db_url, "nul-rcpt@example.org")
+    queued = insert(db_url, "nul-data@example.org")
+    others = [insert(db_url, f"other{n}@example.org") for n in range(3)]
+    await drain_ok(write_ini(db_url, smtp_server.port, "[robot]\nconnections = 1\n"))
+
+    got = row(db_url, deferred)
+    assert (got.status, got.attempts, got.smtp_code) == ("deferred", 1, 451)
+    assert got.smtp_reply == "4.3.0 temporary \\x00 failure"
+    assert got.last_error == "nul-rcpt@example.org: 451 4.3.0 temporary \\x00 failure (at RCPT)"
+    got = row(db_url, queued)
+    assert (got.status, got.attempts, got.smtp_code) == ("sent", 1, 250)
+    assert got.smtp_reply == "2.0.0 queued as \\x00ABC"
+    assert [row(db_url, i).status for i in others] == ["sent"] * 3
+    assert kinds(db_url, deferred) == ["deferred"] and kinds(db_url, queued) == ["sent"]
+    stored = [d or "" for i in (deferred, queued) for _, _, d in history(db_url, i)]
+    assert not [text for text in stored if "\x00" in text]
