@@ -4,9 +4,9 @@ It sleeps until woken: by the poll timer, a NOTIFY, a timer set for a row known 
 due, the end of an account's pause, or a worker that finished the last row of a drain.
 
 An account with a `rate` gets its share, not the connections: a row of it whose token is
-not there yet is held aside, in claim order, and the worker takes the next row instead; a
-worker waits for a token only when nothing else is queued. While an account has rows held,
-the claim leaves its other rows alone.
+not there yet is held aside, in claim order, and the worker takes the next row instead. A
+timer wakes a worker when the next token is due; a worker waits for a token only when
+nothing else is queued. While an account has rows held, the claim leaves its other rows alone.
 """
 
 from __future__ import annotations
@@ -25,11 +25,19 @@ from robot.compose.message import addresses_in
 from robot.daemon.database import DatabaseCalls
 from robot.daemon.pauses import AccountPauses
 from robot.daemon.setup import Setup
+from robot.daemon.throttle import TokenBucket
 from robot.logs import first_line
 from robot.outbox.both_sides import Outbox
 from robot.outbox.rows import OutboxRow
 
 WAKE_SLACK = 0.05  # seconds after a known due time, so that the database clock agrees
+
+
+class LookAtHeld:
+    """Queued to wake one worker: an account with rows held may have a token now."""
+
+
+LOOK_AT_HELD = LookAtHeld()
 
 
 class Dispatcher:
@@ -57,8 +65,11 @@ class Dispatcher:
         self.drain = drain
         self.wake = asyncio.Event()
         self.room = asyncio.Event()
-        self.queue: asyncio.Queue[OutboxRow | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[OutboxRow | LookAtHeld | None] = asyncio.Queue()
         self.held: dict[str, deque[OutboxRow]] = {}  # by account: rows waiting for a token
+        self.look_at: float | None = None  # when a worker is to look at them (monotonic)
+        self.look_timer: asyncio.TimerHandle | None = None
+        self.looks_queued = 0  # LOOK_AT_HELD items in the queue
         self.in_flight = 0
         self.leased: set[int] = set()  # claimed rows queued or on a wire: their leases renewed
         self.to_release: list[int] = []  # taken from the queue after stop: released, not sent
@@ -97,7 +108,7 @@ class Dispatcher:
             if rows:
                 self.log.debug("claimed", rows=len(rows))
                 continue
-            if self.drain and self.queue.empty() and self.in_flight == 0 and not self.held:
+            if self.drain and self.nothing_left():
                 self.log.info("drain.done")
                 return
             await self._wait_for_wake()
@@ -141,50 +152,52 @@ class Dispatcher:
         """The next row to send, or None when the worker is to stop. The row's account has
         given it a token of its rate (taken here: the worker does not wait for it)."""
         while True:
-            waited_for_token: float | None = None
             if self.held:
-                row, waited_for_token = self._take_held()
-                if row is not None:
+                held = self._take_held()
+                if held is not None:
                     self.in_flight += 1
-                    return row
-            if waited_for_token is None:
-                row = await self.queue.get()
-            else:  # every held account waits for its rate: wait too, or take a new row
-                try:
-                    row = await asyncio.wait_for(self.queue.get(), waited_for_token)
-                except TimeoutError:
-                    continue
+                    return held
+            row = await self.queue.get()
             if row is None:
                 return None
-            if self.queue.qsize() <= self.current().settings.robot.batch_size // 2:
+            if isinstance(row, LookAtHeld):
+                self.looks_queued -= 1
+                self.look_at = None
+                continue
+            setup = self.current()
+            if self.queue.qsize() <= setup.settings.robot.batch_size // 2:
                 self.room.set()
             if self.stopping.is_set():
                 self.to_release.append(row.id)
                 continue
-            if self._hold_for_rate(row):
-                continue
+            if setup.account_buckets and self._hold_for_rate(row, setup.account_buckets):
+                continue  # (no account with a rate: not even a look-up)
             self.in_flight += 1
             return row
 
-    def _hold_for_rate(self, row: OutboxRow) -> bool:
+    def _hold_for_rate(self, row: OutboxRow, buckets: dict[str, TokenBucket]) -> bool:
         """Hold `row` aside if its account has no token for it now (or has rows held
-        already, which go first); True if held. No account with a rate: one look-up."""
+        already, which go first); True if held."""
         account = row.account or "default"
         held = self.held.get(account)
         if held is not None:
             held.append(row)
             return True
-        bucket = self.current().account_buckets.get(account)
-        if bucket is None or bucket.delay() <= 0:
+        bucket = buckets.get(account)
+        if bucket is None:
+            return False
+        wait = bucket.delay()
+        if wait <= 0:
             return False
         self.held[account] = deque([row])
+        self._look_at_held_in(wait)
         return True
 
-    def _take_held(self) -> tuple[OutboxRow | None, float | None]:
-        """The first held row whose account has a token now (taking it); else None and the
-        seconds until the first account has one (None while stopping: no more rows)."""
+    def _take_held(self) -> OutboxRow | None:
+        """The first held row whose account has a token now (taking it), if any; a worker
+        looks again when the next token is due."""
         if self.stopping.is_set():
-            return None, None
+            return None
         buckets = self.current().account_buckets
         soonest: float | None = None
         for account, held in self.held.items():
@@ -195,15 +208,38 @@ class Dispatcher:
                 if not held:
                     del self.held[account]
                     self.wake.set()  # its other due rows may be claimed again
-                return row, None
+                if self.held:
+                    self._look_at_held_in(0.0)  # another worker looks at the others
+                return row
             soonest = wait if soonest is None else min(soonest, wait)
-        return None, soonest
+        if soonest is not None:
+            self._look_at_held_in(soonest)
+        return None
+
+    def _look_at_held_in(self, seconds: float) -> None:
+        """Wake a worker in `seconds` to look at the held rows (unless one is woken sooner)."""
+        at = time.monotonic() + seconds
+        if self.look_at is not None and self.look_at <= at:
+            return
+        if self.look_timer is not None:
+            self.look_timer.cancel()
+        self.look_at = at
+        self.look_timer = asyncio.get_running_loop().call_later(seconds, self._queue_look)
+
+    def _queue_look(self) -> None:
+        self.look_timer = None
+        self.looks_queued += 1
+        self.queue.put_nowait(LOOK_AT_HELD)
+
+    def nothing_left(self) -> bool:
+        """No row queued, held or on a wire (the end of a drain)."""
+        return self.in_flight == 0 and not self.held and self.queue.qsize() == self.looks_queued
 
     def done(self, row: OutboxRow) -> None:
         """A worker is through with `row` (recorded, released or given up)."""
         self.leased.discard(row.id)
         self.in_flight -= 1
-        if self.drain and self.in_flight == 0 and self.queue.empty() and not self.held:
+        if self.drain and self.nothing_left():
             self.wake.set()
 
     async def release(self, ids: list[int], reason: str) -> int:
@@ -223,6 +259,8 @@ class Dispatcher:
         """Claim nothing more; each of the `workers` gets an end-of-queue mark."""
         for _ in range(workers):
             self.queue.put_nowait(None)
+        if self.look_timer is not None:
+            self.look_timer.cancel()
         self.wake.set()
         self.room.set()
 
@@ -230,7 +268,7 @@ class Dispatcher:
         """After the workers ended: release every row claimed and not sent."""
         while not self.queue.empty():
             row = self.queue.get_nowait()
-            if row is not None:
+            if isinstance(row, OutboxRow):
                 self.to_release.append(row.id)
         for held in self.held.values():
             self.to_release.extend(row.id for row in held)
