@@ -352,12 +352,27 @@ def _plainly_valid(address: str) -> bool:
 
 
 def _mailbox(value: str, field: str) -> Mailbox:
-    """`addr` or `Name <addr>` as (name, validated address)."""
+    """`addr` or `Name <addr>` as (name, validated address); more than one is refused."""
     _clean(value)
+    if "," in value or ";" in value:  # a list, or a quoted name or comment with a comma
+        _refuse_a_list(value, field)
     name, addr = split_mailbox(value)
     if not addr:
         raise BadRowError(f"{field}: invalid address {value!r}")
     return name, _address(addr, field)
+
+
+def _refuse_a_list(value: str, field: str) -> None:
+    """Raise BadRowError when `value` holds more than one address (the parser would keep
+    the first and drop the others without a word)."""
+    found = [addr or name for name, addr in getaddresses([value]) if name or addr]
+    if len(found) <= 1:
+        return
+    hint = "" if all("@" in part for part in found) else " (a name with a comma goes in quotes)"
+    raise BadRowError(
+        f"{field} holds {len(found)} addresses ({', '.join(found)}); put one in {field} "
+        f"and the others in cc or bcc{hint}"
+    )
 
 
 def split_mailbox(value: str) -> tuple[str, str]:
