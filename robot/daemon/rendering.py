@@ -3,8 +3,8 @@ stall the robot: each render has a deadline, and a process past it is killed.
 
 Only rows with a context use them. The processes start when the first such row comes, one
 per render under way up to `size`, and stay for the next; a killed one is replaced at the
-next render. Parent and child speak length-prefixed JSON over the child's stdin and stdout.
-Run as `python -m robot.daemon.rendering PARENT_PID`, this module is the child.
+next render. Parent and child speak length-prefixed JSON over the child's stdin and stdout;
+the child runs `main` of this module, with the parent's sys.path.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import os
 import signal
 import struct
 import sys
-from pathlib import Path
 from typing import IO, Any
 
 from robot.compose.templates import MIB, Rendered, Templates, render
@@ -29,6 +28,12 @@ START_SECONDS = 30.0  # a child not ready by then is given up
 FEWEST_PROCESSES = 4  # a robot may start this many even on fewer cores (see for_workers)
 MEMORY_BASE = 1024 * MIB  # a child's address space: this plus MEMORY_PER_BODY x the body cap
 MEMORY_PER_BODY = 16
+CHILD = (
+    "import json, sys\n"
+    "sys.path[:] = json.loads(sys.argv[1])\n"
+    "from robot.daemon.rendering import main\n"
+    "main()\n"
+)
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
 
 
@@ -110,28 +115,28 @@ class RenderProcess:
     @classmethod
     async def start(cls) -> RenderProcess:
         """A new child, ready to render. Raises RenderProcessError."""
-        package_root = str(Path(__file__).resolve().parents[2])  # this very robot's code
-        paths = [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
-        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
-                "-m",
-                __name__,
+                "-c",
+                CHILD,
+                json.dumps(sys.path),  # the child imports the very code of this robot
                 str(os.getpid()),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
-                env=environment,
             )
         except OSError as exc:
             raise RenderProcessError(f"cannot start a template rendering process: {exc}") from None
         child = cls(process)
+        ready = b""
         try:
             ready = await asyncio.wait_for(child._read(), START_SECONDS)
         except (TimeoutError, RenderProcessError):
-            ready = b""
+            pass
+        finally:  # not ready, or the render was called off while it started
+            if ready != READY:
+                await child.kill()
         if ready != READY:
-            await child.kill()
             raise RenderProcessError(
                 f"a template rendering process did not start (exit code {process.returncode})"
             )
@@ -246,7 +251,8 @@ def _write(sink: IO[bytes], data: bytes) -> None:
     sink.flush()
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The child's entry: `python -c CHILD SYS_PATH_JSON PARENT_PID`."""
     answers = sys.stdout.buffer
     sys.stdout = sys.stderr  # stdout carries the answers: nothing else may write there
-    serve(int(sys.argv[1]), sys.stdin.buffer, answers)
+    serve(int(sys.argv[2]), sys.stdin.buffer, answers)

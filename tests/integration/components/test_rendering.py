@@ -101,7 +101,7 @@ async def test_errors_in_the_process_fail_the_row_and_keep_the_process(
     for source, reason in cases.items():
         with pytest.raises(BadRowError) as caught:
             await render(renderers, Templates("s", source, None, "{}"))
-        assert str(caught.value) == reason
+        assert str(caught.value).startswith(reason)  # a recursion error may say more
     assert len(renderers.idle) == 1  # one process did it all, and is still there
 
 
