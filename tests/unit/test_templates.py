@@ -94,3 +94,12 @@ def test_bodies_rendered_elsewhere_are_checked_against_max_body_mb(account: Acco
     )
     small = compose(row, account, now=NOW, rendered=Rendered("s", "made elsewhere", None))
     assert b"made elsewhere" in small.data
+
+
+def test_a_template_kept_compiled_serves_each_row_its_own_context() -> None:
+    """The same source in the text and the HTML body: escaped in the HTML body only."""
+    same = "{{ n }}"
+    for name in ("<Ann>", "<Bob>"):
+        rendered = render(Templates(same, same, same, json.dumps({"n": name})), 10)
+        escaped = name.replace("<", "&lt;").replace(">", "&gt;")
+        assert rendered == Rendered(name, name, escaped)
