@@ -79,7 +79,7 @@ class TemplateRenderers:
     async def _render(self, templates: Templates, max_body_mb: float, seconds: float) -> Rendered:
         request = _encode({"templates": dataclasses.asdict(templates), "max_body_mb": max_body_mb})
         async with self.slots:
-            process = self.idle.pop() if self.idle else await RenderProcess.start()
+            process = self._idle_process() or await RenderProcess.start()
             self.busy.add(process)
             answered = False
             try:
@@ -96,6 +96,14 @@ class TemplateRenderers:
         if "error" in answer:
             raise BadRowError(answer["error"])
         return Rendered(answer["subject"], answer["body_text"], answer["body_html"])
+
+    def _idle_process(self) -> RenderProcess | None:
+        """A process waiting for work, if any is left alive (one may have been killed)."""
+        while self.idle:
+            process = self.idle.pop()
+            if process.process.returncode is None:
+                return process
+        return None
 
     async def close(self) -> None:
         """End every render process (the robot is stopping)."""
@@ -162,8 +170,10 @@ class RenderProcess:
             raise self._died() from None
 
     def _died(self) -> RenderProcessError:
+        code = self.process.returncode
         return RenderProcessError(
-            f"the template rendering process ended while rendering ({self.process.returncode})"
+            "the template rendering process ended while rendering"
+            + ("" if code is None else f" (exit code {code})")
         )
 
     async def kill(self) -> None:

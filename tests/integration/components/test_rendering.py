@@ -134,3 +134,14 @@ async def test_the_signals_a_group_gets_are_left_to_the_robot(
     assert process.returncode is None
     assert await render(renderers, GOOD) is not None
     assert renderers.idle[0].process is process
+
+
+async def test_a_process_killed_while_idle_is_not_used_again(
+    renderers: TemplateRenderers,
+) -> None:
+    assert await render(renderers, GOOD) is not None
+    process = renderers.idle[0].process
+    process.kill()
+    await process.wait()
+    assert await render(renderers, GOOD) is not None
+    assert [p.process for p in renderers.idle] != [process]
