@@ -157,6 +157,7 @@ class RenderProcess:
             self.process.stdin.write(FRAME.pack(len(request)) + request)
             await self.process.stdin.drain()
         except ConnectionError:
+            await self.kill()  # reaped, for its exit code
             raise self._died() from None
         answer: dict[str, Any] = _decode(await self._read())
         return answer
@@ -167,13 +168,13 @@ class RenderProcess:
             (length,) = FRAME.unpack(await self.process.stdout.readexactly(FRAME.size))
             return await self.process.stdout.readexactly(length)
         except asyncio.IncompleteReadError:
+            await self.kill()  # reaped, for its exit code
             raise self._died() from None
 
     def _died(self) -> RenderProcessError:
-        code = self.process.returncode
         return RenderProcessError(
             "the template rendering process ended while rendering"
-            + ("" if code is None else f" (exit code {code})")
+            f" (exit code {self.process.returncode})"
         )
 
     async def kill(self) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from pathlib import Path
 
 from robot.outbox.engine import make_engine, upgrade
@@ -49,6 +51,12 @@ def children_of(pid: int) -> list[int]:
         if int(fields[1]) == pid and fields[0] != "Z":
             found.append(int(stat.parent.name))
     return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time `pid` has used so far (user and system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def alive(pid: int) -> bool:
@@ -166,3 +174,32 @@ async def test_a_killed_robot_leaves_no_render_running(
     await wait_until(
         lambda: not [pid for pid in renderers if alive(pid)], 10, "the render process to end"
     )
+
+
+async def test_a_render_process_killed_from_outside_defers_the_row(
+    tmp_path: Path, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    """Not the row's fault for certain (the OOM killer, an operator): tried again later."""
+    url = f"sqlite:///{tmp_path}/outside.db"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    row_id = insert(url, "silent@example.org", SILENT_LOOP, "{}")
+    ini = write_ini(url, smtp_server.port, "[robot]\ntemplate_seconds = 300\n")
+    robot = await RobotProcess(ini, "run").start()
+    try:
+        await wait_until(lambda: bool(children_of(robot.pid)), 30, "a render process")
+        (pid,) = children_of(robot.pid)
+        await wait_until(lambda: cpu_seconds(pid) > 1, 30, "the render under way")
+        os.kill(pid, signal.SIGKILL)
+        await wait_until(lambda: row_state(url, row_id)[0] == "deferred", 30, "the deferral")
+        event = await robot.wait_for_event("template.process_failed")
+        assert await robot.terminate(timeout=15) == 0
+    finally:
+        await robot.close()
+    assert row_state(url, row_id) == (
+        "deferred",
+        1,
+        "the template rendering process ended while rendering (exit code -9)",
+    )
+    assert event["reason"] == row_state(url, row_id)[2]
