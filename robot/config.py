@@ -66,6 +66,7 @@ class RobotSettings:
     lease_seconds: float = 300.0
     retention_days: float = 30.0
     max_body_mb: float = 10.0
+    template_seconds: float = 5.0  # a row's templates taking longer to render fail the row
     uvloop: bool = True  # run on uvloop when it is installed (it is a dependency on Linux)
     processes: int = 1  # sending processes; connections and batch_size are split among them
 
@@ -507,6 +508,7 @@ def _check_ranges(parts: dict[str, typing.Any], path: str) -> None:
         ("robot", "rate", 0 <= robot.rate <= 10000, "must be between 0 and 10000"),
         ("robot", "retention_days", robot.retention_days >= 0, "must not be negative"),
         ("robot", "max_body_mb", 0 < robot.max_body_mb <= 100, "must be in (0, 100]"),
+        ("robot", "template_seconds", 0 < robot.template_seconds <= 300, "must be in (0, 300]"),
         ("attachments", "max_mb", 0 < parts["attachments"].max_mb <= 100, "must be in (0, 100]"),
         ("log", "format", parts["log"].format in ("json", "console"), "must be json or console"),
         (

@@ -22,10 +22,9 @@ from urllib.parse import quote
 
 import email_validator
 from email_validator import EmailNotValidError, validate_email
-from jinja2 import StrictUndefined, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
 
 from robot.compose.html_text import html_to_text
+from robot.compose.templates import Rendered, Templates, render
 from robot.config import Account, AttachmentSettings, BounceSettings
 from robot.errors import BadRowError
 from robot.outbox.rows import OutboxRow
@@ -78,11 +77,20 @@ def compose(
     attachments: AttachmentSettings | None = None,
     max_body_mb: float = 10.0,
     bounces: BounceSettings | None = None,
+    rendered: Rendered | None = None,
 ) -> Composed:
-    """Build the message of `row` sent from `account`. Raises BadRowError."""
-    _check_body_size(row, max_body_mb)
-    _check_text_fields(row)
-    subject, body_text, body_html = _render(row)
+    """Build the message of `row` sent from `account`. Raises BadRowError.
+
+    A row with a context is rendered here unless `rendered` brings its templates already
+    rendered (by a process that bounds the time they take: robot.daemon.rendering)."""
+    check_values(row, max_body_mb)
+    if row.context is None:
+        subject, body_text, body_html = row.subject, row.body_text, row.body_html
+    else:
+        if rendered is None:
+            rendered = render(templates_of(row), max_body_mb)
+        subject, body_text, body_html = rendered.subject, rendered.body_text, rendered.body_html
+        _check_body_size(body_text, body_html, None, max_body_mb)  # what goes on the wire
     if not (body_text or body_html):
         raise BadRowError("the row has neither body_text nor body_html")
     sender = account.sender
@@ -255,12 +263,29 @@ def list_unsubscribe(template: str, recipient: str, row_id: int) -> list[tuple[s
     return headers
 
 
-def _check_body_size(row: OutboxRow, max_body_mb: float) -> None:
-    """Reject bodies over the limit (the claim measured them and left them out)."""
-    size = row.body_bytes
+def check_values(row: OutboxRow, max_body_mb: float) -> None:
+    """Refuse a row whose bodies are over the limit or whose values cannot be sent (checked
+    before its templates are rendered). Raises BadRowError."""
+    _check_body_size(row.body_text, row.body_html, row.body_bytes, max_body_mb)
+    _check_text_fields(row)
+
+
+def templates_of(row: OutboxRow) -> Templates:
+    """The templates of a row that has a context."""
+    if row.context is None:
+        raise ValueError(f"row {row.id} has no context: nothing to render")
+    return Templates(row.subject, row.body_text, row.body_html, row.context)
+
+
+def _check_body_size(
+    body_text: str | None, body_html: str | None, measured: int | None, max_body_mb: float
+) -> None:
+    """Reject bodies over the limit (`measured`: the size the claim measured, when it left
+    big bodies out)."""
+    size = measured
     if size is None:
-        size = sum(len((body or "").encode("utf-8", "surrogateescape"))
-                   for body in (row.body_text, row.body_html))  # fmt: skip
+        size = sum(len((body or "").encode("utf-8", "surrogatepass"))
+                   for body in (body_text, body_html))  # fmt: skip
     if size > max_body_mb * 1048576:
         raise BadRowError(
             f"body_text and body_html total {size / 1048576:.1f} MiB, over the limit of "
@@ -285,27 +310,6 @@ def _check_text_fields(row: OutboxRow) -> None:
             raise BadRowError(f"{name} is not valid UTF-8 text") from None
         if "\x00" in value:
             raise BadRowError(f"{name} contains a NUL character")
-
-
-def _render(row: OutboxRow) -> tuple[str, str | None, str | None]:
-    """Subject and bodies, rendered as sandboxed Jinja2 templates when the row has context."""
-    if row.context is None:
-        return row.subject, row.body_text, row.body_html
-    try:
-        context = json.loads(row.context)
-    except ValueError as exc:
-        raise BadRowError(f"context is not valid JSON: {exc}") from None
-    if not isinstance(context, dict):
-        raise BadRowError("context must be a JSON object")
-    plain = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-    html = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
-    try:
-        subject = plain.from_string(row.subject).render(context)
-        body_text = plain.from_string(row.body_text).render(context) if row.body_text else None
-        body_html = html.from_string(row.body_html).render(context) if row.body_html else None
-    except TemplateError as exc:
-        raise BadRowError(f"template error: {exc}") from None
-    return subject, body_text, body_html
 
 
 def _clean(value: str) -> str:
@@ -352,12 +356,27 @@ def _plainly_valid(address: str) -> bool:
 
 
 def _mailbox(value: str, field: str) -> Mailbox:
-    """`addr` or `Name <addr>` as (name, validated address)."""
+    """`addr` or `Name <addr>` as (name, validated address); more than one is refused."""
     _clean(value)
+    if "," in value or ";" in value:  # a list, or a quoted name or comment with a comma
+        _refuse_a_list(value, field)
     name, addr = split_mailbox(value)
     if not addr:
         raise BadRowError(f"{field}: invalid address {value!r}")
     return name, _address(addr, field)
+
+
+def _refuse_a_list(value: str, field: str) -> None:
+    """Raise BadRowError when `value` holds more than one address (the parser would keep
+    the first and drop the others without a word)."""
+    found = [addr or name for name, addr in getaddresses([value]) if name or addr]
+    if len(found) <= 1:
+        return
+    hint = "" if all("@" in part for part in found) else " (a name with a comma goes in quotes)"
+    raise BadRowError(
+        f"{field} holds {len(found)} addresses ({', '.join(found)}); put one in {field} "
+        f"and the others in cc or bcc{hint}"
+    )
 
 
 def split_mailbox(value: str) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from robot.daemon.dispatcher import Dispatcher
 from robot.daemon.jobs import Jobs
 from robot.daemon.metrics import Metrics
 from robot.daemon.pauses import AccountPauses
+from robot.daemon.rendering import TemplateRenderers
 from robot.daemon.setup import Setup
 from robot.daemon.systemd import notify
 from robot.daemon.worker import Tally, Worker
@@ -60,6 +61,7 @@ class Robot:
         self.metrics_url: str | None = None
         self.pauses = AccountPauses()
         self.tally = Tally()
+        self.renderers = TemplateRenderers.for_workers(settings.robot.connections)
         self.db = DatabaseCalls(self.log, self.stopping)
         self.dispatcher = Dispatcher(
             self.outbox,
@@ -87,6 +89,7 @@ class Robot:
                 self.pauses,
                 self.metrics,
                 self.tally,
+                self.renderers,
                 self.log,
             )
             for _ in range(settings.robot.connections)
@@ -173,6 +176,7 @@ class Robot:
             for task in side:
                 task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
+            await self.renderers.close()
             await self.group_commit.close()  # outcomes still being committed
             await self.dispatcher.release_the_rest()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -13,17 +13,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from robot.compose.message import Composed, compose
+from robot.compose.message import Composed, check_values, compose, templates_of
+from robot.compose.templates import Rendered
 from robot.config import Account
 from robot.daemon.dispatcher import Dispatcher
 from robot.daemon.metrics import Metrics
 from robot.daemon.pauses import AccountPauses
+from robot.daemon.rendering import RenderProcessError, TemplateRenderers
 from robot.daemon.setup import Setup
 from robot.errors import BadRowError
 from robot.outbox.group_commit import AsyncGroupCommit, GroupCommit
 from robot.outbox.rows import Finish, HistoryLine, OutboxRow
 from robot.outbox.schema import Status
 from robot.outcome.judge import all_suppressed, failed, judge, suppressed_line
+from robot.outcome.replies import Outcome
 from robot.send.attempt import Attempt
 from robot.send.direct import deliver as deliver_direct
 from robot.send.relay import Relay
@@ -48,6 +51,7 @@ class Worker:
         pauses: AccountPauses,
         metrics: Metrics,
         tally: Tally,
+        renderers: TemplateRenderers,
         log: Any,
     ) -> None:
         self.dispatcher = dispatcher
@@ -56,6 +60,7 @@ class Worker:
         self.pauses = pauses
         self.metrics = metrics
         self.tally = tally
+        self.renderers = renderers
         self.log = log
         self.relay = Relay()
 
@@ -82,7 +87,17 @@ class Worker:
         if self.pauses.is_paused(account.name):
             await self.dispatcher.release([row.id], "account paused after a transport fault")
             return
-        composed = self.compose(row, account, setup, log)
+        rendered: Rendered | None = None
+        if row.context is not None:  # templates: rendered apart, under a deadline
+            outcome = await self.render(row, setup, log)
+            if outcome is None:
+                await self.dispatcher.release([row.id], "robot stopping")
+                return
+            if isinstance(outcome, Finish):
+                await self.record(row, outcome, log)
+                return
+            rendered = outcome
+        composed = self.compose(row, account, setup, log, rendered)
         if isinstance(composed, Finish):
             await self.record(row, composed, log)
             return
@@ -94,11 +109,39 @@ class Worker:
         self.pauses.sent(account.name)
         await self.record(row, judge(attempt, row.id, row.attempts, setup.retry, history), log)
 
+    async def render(self, row: OutboxRow, setup: Setup, log: Any) -> Rendered | Finish | None:
+        """The templates of `row` rendered in a render process, within [robot]
+        template_seconds and max_body_mb; the Finish of a row that cannot be rendered; or
+        None when the robot stops meanwhile (the render is killed)."""
+        robot = setup.settings.robot
+        try:
+            check_values(row, robot.max_body_mb)  # nothing a process cannot take is sent to it
+            return await self.renderers.render(
+                templates_of(row),
+                max_body_mb=robot.max_body_mb,
+                seconds=robot.template_seconds,
+                stopping=self.dispatcher.stopping,
+            )
+        except BadRowError as exc:
+            return failed(row.id, str(exc))
+        except RenderProcessError as exc:  # not the row's fault for certain: try again later
+            log.error("template.process_failed", reason=str(exc))
+            return Finish(row.id, setup.retry.decide(Outcome.DEFERRED, row.attempts, str(exc)))
+        except Exception as exc:  # a value compose did not foresee must not stop the robot
+            log.exception("compose.crashed")
+            return failed(row.id, f"cannot build the message: {type(exc).__name__}: {exc}")
+
     def compose(
-        self, row: OutboxRow, account: Account, setup: Setup, log: Any
+        self,
+        row: OutboxRow,
+        account: Account,
+        setup: Setup,
+        log: Any,
+        rendered: Rendered | None = None,
     ) -> tuple[Composed, tuple[HistoryLine, ...]] | Finish:
-        """The signed message of `row`, without its suppressed recipients (and the history
-        line that says so), or the Finish of a row that is not to be sent."""
+        """The signed message of `row` (with its templates `rendered`, if it has any),
+        without its suppressed recipients (and the history line that says so), or the Finish
+        of a row that is not to be sent."""
         try:
             message = compose(
                 row,
@@ -107,6 +150,7 @@ class Worker:
                 attachments=setup.settings.attachments,
                 max_body_mb=setup.settings.robot.max_body_mb,
                 bounces=setup.settings.bounces,
+                rendered=rendered,
             )
             signer = setup.signers.get(account.name)
             if signer is not None:

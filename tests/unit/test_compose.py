@@ -517,6 +517,50 @@ def test_quoted_display_names_with_commas(account: Account) -> None:
     assert composed.recipients[1:] == ("john@example.com", "ann.ob@example.com")
 
 
+@pytest.mark.parametrize(
+    ("recipient", "reason"),
+    [
+        (
+            "two@example.org, other@example.org",
+            "recipient holds 2 addresses (two@example.org, other@example.org); "
+            "put one in recipient and the others in cc or bcc",
+        ),
+        (
+            "Ann <ann@example.org>; bob@example.org",
+            "recipient holds 2 addresses (ann@example.org, bob@example.org); "
+            "put one in recipient and the others in cc or bcc",
+        ),
+        (
+            "Doe, Jane <jane@example.org>",
+            "recipient holds 2 addresses (Doe, jane@example.org); put one in recipient and "
+            "the others in cc or bcc (a name with a comma goes in quotes)",
+        ),
+    ],
+)
+def test_recipient_with_more_than_one_address_is_refused(
+    account: Account, recipient: str, reason: str
+) -> None:
+    """The column holds one address: a second one was dropped without a word."""
+    assert bad_row(account, recipient=recipient) == reason
+
+
+@pytest.mark.parametrize(
+    ("recipient", "name", "address"),
+    [
+        ('"Doe, Jane" <jane@example.org>', "Doe, Jane", "jane@example.org"),
+        ("jane@example.org (Doe, Jane)", "Doe, Jane", "jane@example.org"),
+        ("jane@example.org,", "", "jane@example.org"),
+    ],
+)
+def test_recipient_with_a_comma_in_its_name_is_one_address(
+    account: Account, recipient: str, name: str, address: str
+) -> None:
+    composed, message = build(account, recipient=recipient)
+    to = message["To"].addresses
+    assert [(a.display_name, a.addr_spec) for a in to] == [(name, address)]
+    assert composed.recipients == (address,)
+
+
 # -- List-Unsubscribe, VERP --------------------------------------------------------------------
 
 

@@ -48,6 +48,7 @@ def test_defaults_named_in_the_spec(tmp_path: Path) -> None:
     assert robot.max_errors == 10
     assert robot.lease_seconds == 300
     assert robot.retention_days == 30
+    assert robot.template_seconds == 5
 
     smtp = settings.smtp
     assert smtp.security == "starttls"
@@ -152,6 +153,8 @@ def test_unknown_section_is_refused(tmp_path: Path) -> None:
         (MINIMAL + "[smtp]\nport = smtp\n", "port"),
         (MINIMAL + "[smtp]\nsecurity = tls\n", "security"),
         (MINIMAL + "[attachments]\nmax_mb = 101\n", "max_mb"),
+        (MINIMAL + "[robot]\ntemplate_seconds = 0\n", "template_seconds"),
+        (MINIMAL + "[robot]\ntemplate_seconds = 301\n", "template_seconds"),
         (MINIMAL + "[log]\nformat = xml\n", "format"),
         ("[sender]\nname = Nobody\n", "address"),
         ("[robot]\nname = r1\n", "address"),

@@ -112,3 +112,25 @@ async def test_attachments_over_the_limit_and_a_removed_account(
     )
     assert rows["news@example.org"][0] == "failed"
     assert "unknown account 'newsletter'" in (rows["news@example.org"][1] or "")
+
+
+async def test_two_addresses_in_recipient_fail_the_row(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    """The second address was dropped without a word and the row marked sent."""
+    host_sql(
+        db_url,
+        "INSERT INTO outbox (recipient, body_text) VALUES "
+        "('two@example.org, other@example.org', 'x'), ('\"Doe, Jane\" <jane@example.org>', 'x')",
+    )
+    code, _ = await drain(write_ini(db_url, smtp_server.port))
+    assert code == 0
+    rows = outcome(db_url)
+    assert rows["two@example.org, other@example.org"] == (
+        "failed",
+        "recipient holds 2 addresses (two@example.org, other@example.org); "
+        "put one in recipient and the others in cc or bcc",
+    )
+    assert rows['"Doe, Jane" <jane@example.org>'] == ("sent", None)
+    assert [r.rcpt_tos for r in smtp_server.received] == [["jane@example.org"]]
+    assert b'To: "Doe, Jane" <jane@example.org>' in smtp_server.received[0].data
