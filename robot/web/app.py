@@ -295,6 +295,7 @@ class Console:
             "events": self.ops.history(row_id),
             "preview": preview,
             "verbs": [v for v in VERBS if row.status in TRANSITIONS[v].sources],
+            "account_sender": _account_sender(self.settings, row.account),
         }
         return self.render(
             request,
@@ -472,6 +473,15 @@ def _change_text(verb: str, change: Change) -> str:
             + ", ".join(f"{i} ({s})" for i, s in change.too_late)
         )
     return "; ".join(parts)
+
+
+def _account_sender(settings: Settings, account: str | None) -> str:
+    """The From of a row without its own sender: its account's."""
+    found = settings.accounts.get(account or "default")
+    if found is None:
+        return f"(unknown account {account})"
+    sender = found.sender
+    return f"{sender.name} <{sender.address}>" if sender.name else sender.address
 
 
 def _client(request: Request) -> str | None:

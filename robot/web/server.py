@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
 
 import uvicorn
 from sqlalchemy import Engine
@@ -21,6 +24,19 @@ def split_listen(listen: str) -> tuple[str, int]:
     if not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"--listen {listen!r}: give HOST:PORT", key="web.listen")
     return host, int(port)
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn's server with our own signal handling: SIGTERM and SIGINT stop it and the
+    process exits 0 (uvicorn's own handlers raise the signal again once it has stopped)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def stop(self) -> None:
+        """Finish the requests under way, then return from serve()."""
+        self.should_exit = True
 
 
 def serve(settings: Settings, engine: Engine, listen: str) -> int:
@@ -46,9 +62,12 @@ def serve(settings: Settings, engine: Engine, listen: str) -> int:
         access_log=False,
         lifespan="off",
     )
-    server = uvicorn.Server(config)
+    server = QuietServer(config)
 
     async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.stop)
         serving = asyncio.create_task(server.serve())
         while not server.started and not serving.done():
             await asyncio.sleep(0.05)
