@@ -178,12 +178,12 @@ class Console:
         client = _client(request)
         keys = [f"user:{name.casefold()}", f"client:{client}"]
         if self.throttle.blocked(keys):
-            self.audit.write(name or "-", client, "login", 0, "refused: throttled")
+            self.audit.write(self._who(name), client, "login", 0, "refused: throttled")
             return self.render(request, "login.html", {"message": THROTTLED}, status=429)
         user = await asyncio.to_thread(self.users.verify, name, password)
         if user is None:
             self.throttle.failed(keys)
-            self.audit.write(name or "-", client, "login", 0, "failed")
+            self.audit.write(self._who(name), client, "login", 0, "failed")
             return self.render(request, "login.html", {"message": WRONG_LOGIN}, status=401)
         self.throttle.succeeded(keys[:1])
         request.session.clear()  # a new session on sign-in: no fixation
@@ -191,6 +191,11 @@ class Console:
         request.session[CSRF_FIELD] = secrets.token_urlsafe(32)
         self.audit.write(user.name, client, "login", 0, "ok")
         return RedirectResponse("/", 303)
+
+    def _who(self, typed: str) -> str:
+        """The audit log's name for a failed sign-in: the user's, or no name at all when
+        there is no such user (what was typed may be a password in the wrong field)."""
+        return typed if typed and self.users.get(typed) is not None else "(unknown user)"
 
     async def logout(self, request: Request) -> Response:
         await self.form(request)
@@ -359,13 +364,9 @@ class Console:
             message = f"refused: {deciding_refusal(attempt.refusals).reason()}"
         else:
             message = f"accepted: {attempt.accepted_reply.line()}"
-        self.audit.write(
-            user.name, _client(request), "test message", 0, f"{account.name}: {message}"
-        )
-        context = {
-            "accounts": self.settings.accounts,
-            "message": f"{account.name} → {to}: {message}",
-        }
+        message = f"{account.name} → {to}: {message}"
+        self.audit.write(user.name, _client(request), "test message", 0, message)
+        context = {"accounts": self.settings.accounts, "message": message}
         return self.render(request, "accounts.html", context, user=user)
 
     async def audit_log(self, request: Request) -> Response:

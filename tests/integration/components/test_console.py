@@ -3,6 +3,7 @@ PostgreSQL databases: sign-in, sessions, CSRF, roles, the oops buttons, the audi
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from robot.web.throttle import LoginThrottle
 from robot.web.users import Users
 from tests.conftest import WriteIni
 from tests.integration.host import host_sql
+from tests.support.smtpd import TestSMTPServer
 
 PASSWORDS = {"viv": "viewer-pass-1", "olga": "operator-pass-1", "ada": "admin-pass-12"}
 ROLES = {"viv": "viewer", "olga": "operator", "ada": "admin"}
@@ -492,3 +494,74 @@ def test_the_session_secret_is_made_once_and_kept(console: Console, tmp_path: Pa
     path = tmp_path / "secret"
     path.write_text("f" * 40 + "\n")
     assert session_secret(WebSettings(session_secret_file=str(path)), console.engine) == "f" * 40
+
+
+def test_the_csrf_token_changes_at_sign_in(console: Console) -> None:
+    row_id = pending(console)[0]
+    client = console.client()
+    before = csrf_of(client, "/login")
+    assert login(client, "olga", PASSWORDS["olga"]).url.path == "/"
+    after = csrf_of(client)
+    assert after != before
+    refused = client.post("/act", data={"row": f"retract:{row_id}", "csrf": before})
+    assert refused.status_code == 403 and console.status(row_id) == "pending"
+
+
+def test_a_batch_shows_its_progress_and_retracts_what_has_not_left(console: Console) -> None:
+    rows = pending(console, 5, batch="spring")
+    pending(console, 2, batch="autumn")
+    for row_id in rows[:2]:
+        set_status(console, row_id, "sent")
+    client = console.signed_in("olga")
+    page = client.get("/?batch=spring").text
+    assert re.search(r"sent <b>2</b>", page) and re.search(r"pending <b>3</b>", page)
+    assert "2 of 5 sent" in page
+    link = re.search(
+        r'<a class="batch-retract" href="(/confirm\?[^"]+)">Retract what has not left yet', page
+    )
+    assert link is not None, page
+    confirm = client.get(link[1].replace("&amp;", "&")).text
+    assert re.search(r"This will retract <b>3</b> rows", confirm), confirm
+
+
+async def test_send_a_test_message_from_the_accounts_page(
+    console: Console, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    settings = load_settings(write_ini(console.url, smtp_server.port, name="smtp.ini"))
+    app = console_app(settings, console.engine, secret=SECRET)
+    with TestClient(app) as client:
+        await asyncio.to_thread(login, client, "olga", PASSWORDS["olga"])
+        token = await asyncio.to_thread(csrf_of, client, "/accounts")
+        response = await asyncio.to_thread(
+            client.post,
+            "/accounts/test",
+            data={"account": "default", "to": "desk@example.org", "csrf": token},
+        )
+        assert response.status_code == 200 and "accepted: 250" in response.text, response.text
+        viewer = TestClient(app)
+        await asyncio.to_thread(login, viewer, "viv", PASSWORDS["viv"])
+        token = await asyncio.to_thread(csrf_of, viewer, "/accounts")
+        refused = await asyncio.to_thread(
+            viewer.post,
+            "/accounts/test",
+            data={"account": "default", "to": "desk@example.org", "csrf": token},
+        )
+        assert refused.status_code == 403
+        viewer.close()
+    assert [m.rcpt_tos for m in smtp_server.received] == [["desk@example.org"]]
+    tests = [a for a in console.audit() if a[1] == "test message"]
+    assert [(a[0], a[3].split(": ")[0]) for a in tests] == [
+        ("olga", "default → desk@example.org"),
+        ("viv", "refused"),
+    ]
+    assert "accepted: 250" in tests[0][3]
+
+
+def test_a_failed_sign_in_never_writes_what_was_typed_for_an_unknown_name(console: Console) -> None:
+    client = console.client()
+    login(client, "Secret-Typed-In-The-Name-Field", "whatever-1")
+    login(client, "olga", "wrong-password-1")
+    failures = [a for a in console.audit() if a[1] == "login"]
+    assert failures == [("(unknown user)", "login", 0, "failed"), ("olga", "login", 0, "failed")]
+    page = console.signed_in("ada").get("/audit").text
+    assert "Secret-Typed-In-The-Name-Field" not in page and "(unknown user)" in page
