@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import socket
 from collections.abc import Iterator
 
 import uvicorn
 from sqlalchemy import Engine
 
 from robot.config import Settings, is_loopback
-from robot.errors import ConfigError
+from robot.errors import ConfigError, RobotError
 from robot.logs import get_logger
 from robot.web.app import console_app
 from robot.web.secret import session_secret
@@ -42,6 +44,12 @@ class QuietServer(uvicorn.Server):
 def serve(settings: Settings, engine: Engine, listen: str) -> int:
     """Serve the console on `listen` until SIGTERM or SIGINT; returns the exit code."""
     host, port = split_listen(listen)
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listening = socket.create_server((host, port), family=family)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise RobotError(f"web: cannot listen on {listen}: {reason}") from None
     log = get_logger("robot.web")
     if not is_loopback(host):
         log.warning(
@@ -68,7 +76,7 @@ def serve(settings: Settings, engine: Engine, listen: str) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, server.stop)
-        serving = asyncio.create_task(server.serve())
+        serving = asyncio.create_task(server.serve(sockets=[listening]))
         while not server.started and not serving.done():
             await asyncio.sleep(0.05)
         if server.started:
@@ -78,5 +86,8 @@ def serve(settings: Settings, engine: Engine, listen: str) -> int:
                     log.info("web_listening", host=address[0], port=address[1])
         await serving
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        listening.close()
     return 0 if server.started else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,15 @@ async def test_web_warns_when_it_listens_beyond_loopback_and_stops_cleanly(
         await wide.wait_for_event("web_listening")
     finally:
         assert await wide.terminate() == 0, wide.tail()
+
+
+def test_web_on_a_port_in_use_says_so_in_one_line(tmp_path: Path, write_ini: WriteIni) -> None:
+    ini = write_ini(f"sqlite:///{tmp_path}/robot.db")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = cli(ini, "web", "--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"email-robot: web: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ), result.stderr
+    assert "Traceback" not in result.stderr
