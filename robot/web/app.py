@@ -7,6 +7,7 @@ same Operations methods as the command line and is written to the audit log."""
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ VERBS = ("retract", "hold", "release", "retry")
 LABELS = {"retract": "Retract", "hold": "Hold", "release": "Release", "retry": "Retry"}
 PAST = {"retract": "retracted", "hold": "held", "release": "released", "retry": "retried"}
 FILTER_KEYS = ("status", "batch", "account", "q")
+LOCAL_PATH = re.compile(r"/(?![/\\])[^\s\\]*")  # a path on this console, never //host or /\host
 WRONG_LOGIN = "Wrong user name or password."
 THROTTLED = "Too many failed sign-ins: wait a quarter of an hour and try again."
 
@@ -285,7 +287,13 @@ class Console:
         self.audit.write(
             user.name, _client(request), verb, len(change.changed), _change_text(verb, change)
         )
-        context = {"verb": verb, "change": change, "past": PAST[verb], "back": form.get("back")}
+        back = str(form.get("back", ""))
+        context = {
+            "verb": verb,
+            "change": change,
+            "past": PAST[verb],
+            "back": back if LOCAL_PATH.fullmatch(back) else "/",
+        }
         return self.render(request, "result.html", context, user=user)
 
     # -- one row -----------------------------------------------------------------------------

@@ -31,6 +31,7 @@ HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+HSTS = "max-age=31536000"  # only on responses that came over TLS
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
 
@@ -56,6 +57,7 @@ class SecurityHeaders:
                     if name not in headers:
                         headers[name] = value
                 if over_tls:
+                    headers.setdefault("Strict-Transport-Security", HSTS)
                     cookies = headers.getlist("set-cookie")
                     del headers["set-cookie"]
                     for cookie in cookies:

@@ -237,6 +237,9 @@ def test_cookies_are_secure_over_tls(console: Console) -> None:
     with TestClient(app, base_url="https://console.test") as client:
         response = client.get("/login")
         assert "secure" in response.headers["set-cookie"].lower()
+        assert response.headers["strict-transport-security"] == "max-age=31536000"
+    with TestClient(app) as plain:
+        assert "strict-transport-security" not in plain.get("/login").headers
 
 
 def test_a_post_without_the_csrf_token_is_refused(console: Console) -> None:
@@ -604,3 +607,21 @@ def test_a_page_of_a_status_of_many_rows_is_not_sorted_on_sqlite(
             steps = " | ".join(str(step[-1]) for step in plan)
             assert "TEMP B-TREE" not in steps, steps
     engine.dispose()
+
+
+def test_the_back_link_of_an_answer_stays_on_the_console(console: Console) -> None:
+    row_id = pending(console)[0]
+    client = console.signed_in("olga")
+    for back, shown in (
+        (f"/row/{row_id}", f"/row/{row_id}"),
+        ("/?status=pending", "/?status=pending"),
+        ("//evil.example", "/"),
+        ("/\\evil.example", "/"),
+        ("https://evil.example/", "/"),
+    ):
+        verb = "hold" if console.status(row_id) == "pending" else "release"
+        answer = client.post(
+            "/act", data={"row": f"{verb}:{row_id}", "back": back, "csrf": csrf_of(client)}
+        )
+        link = re.search(r'<a class="back" href="([^"]*)">', answer.text)
+        assert link is not None and link[1].replace("&amp;", "&") == shown, (back, link)
