@@ -63,6 +63,7 @@ def upgrade() -> None:
         sa.Column("role", sa.Text(), nullable=False),
         sa.Column("password_hash", sa.Text(), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False, server_default=utcnow()),
+        sa.Column("sessions_end_at", UTCDateTime()),
         sa.PrimaryKeyConstraint("name", name="pk_web_user"),
         sa.CheckConstraint(
             "role IN ('viewer', 'operator', 'admin')", name=op.f("ck_web_user_role")

@@ -253,6 +253,8 @@ web_user = Table(
     Column("role", Text(), nullable=False),
     Column("password_hash", Text(), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False, server_default=utcnow()),
+    # Sessions signed in before this time are over (sign-out, a new password).
+    Column("sessions_end_at", UTCDateTime()),
     CheckConstraint("role IN ('viewer', 'operator', 'admin')", name="role"),
 )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -147,11 +148,16 @@ class Console:
         return response
 
     def signed_in(self, request: Request) -> User | None:
-        """The signed-in user, read anew (a removed user or a changed role counts at once)."""
+        """The signed-in user, read anew: a removed user, a changed role, a sign-out
+        elsewhere or a new password counts at once."""
         name = request.session.get("user")
-        if not isinstance(name, str):
+        began = request.session.get("began")
+        if not isinstance(name, str) or not isinstance(began, float | int):
             return None
-        return self.users.get(name)
+        user = self.users.get(name)
+        if user is None or not user.session_is_current(float(began)):
+            return None
+        return user
 
     async def form(self, request: Request) -> FormData:
         """The posted form, after its CSRF token was checked (403 otherwise)."""
@@ -194,6 +200,7 @@ class Console:
         self.throttle.succeeded(keys[:1])
         request.session.clear()  # a new session on sign-in: no fixation
         request.session["user"] = user.name
+        request.session["began"] = time.time()
         request.session[CSRF_FIELD] = secrets.token_urlsafe(32)
         self.audit.write(user.name, client, "login", 0, "ok")
         return RedirectResponse("/", 303)
@@ -208,6 +215,7 @@ class Console:
         user = self.signed_in(request)
         request.session.clear()
         if user is not None:
+            self.users.end_sessions(user.name)  # a copy of the cookie is worth nothing now
             self.audit.write(user.name, _client(request), "logout", 0, "ok")
         return RedirectResponse("/login", 303)
 

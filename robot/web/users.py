@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 
 from argon2 import PasswordHasher
@@ -26,6 +26,11 @@ class User:
     name: str
     role: str
     created_at: datetime | None = None
+    sessions_end_at: datetime | None = None  # sessions begun before this are over
+
+    def session_is_current(self, began: float) -> bool:
+        """True when a session begun at `began` (seconds since the epoch) still counts."""
+        return self.sessions_end_at is None or began > self.sessions_end_at.timestamp()
 
     @property
     def can_act(self) -> bool:
@@ -89,36 +94,36 @@ class Users:
             return bool(conn.execute(delete(web_user).where(web_user.c.name == name)).rowcount)
 
     def set_password(self, name: str, password: str) -> bool:
-        """Give a user a new password; False when there is none of that name."""
+        """Give a user a new password, which ends their sessions; False when there is none
+        of that name."""
         check_password(password)
         with self.engine.begin() as conn:
             return bool(
                 conn.execute(
                     update(web_user)
                     .where(web_user.c.name == name)
-                    .values(password_hash=_hasher().hash(password))
+                    .values(password_hash=_hasher().hash(password), sessions_end_at=_now())
                 ).rowcount
+            )
+
+    def end_sessions(self, name: str) -> None:
+        """End every session of `name` begun until now (signing out ends them all)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(web_user).where(web_user.c.name == name).values(sessions_end_at=_now())
             )
 
     def get(self, name: str) -> User | None:
         """The user called `name`, or None."""
         with self.engine.connect() as conn:
-            found = conn.execute(
-                select(web_user.c.name, web_user.c.role, web_user.c.created_at).where(
-                    web_user.c.name == name
-                )
-            ).first()
-        return None if found is None else User(found.name, found.role, found.created_at)
+            found = conn.execute(select(*USER_COLUMNS).where(web_user.c.name == name)).first()
+        return None if found is None else User(*found)
 
     def listing(self) -> list[User]:
         """Every user, by name."""
         with self.engine.connect() as conn:
-            found = conn.execute(
-                select(web_user.c.name, web_user.c.role, web_user.c.created_at).order_by(
-                    web_user.c.name
-                )
-            ).all()
-        return [User(r.name, r.role, r.created_at) for r in found]
+            found = conn.execute(select(*USER_COLUMNS).order_by(web_user.c.name)).all()
+        return [User(*r) for r in found]
 
     def verify(self, name: str, password: str) -> User | None:
         """The user when `password` is theirs, else None. An unknown name costs one hash
@@ -133,7 +138,14 @@ class Users:
             return None
         if not _verify(found.password_hash, password):
             return None
-        return User(found.name, found.role, found.created_at)
+        return User(found.name, found.role, found.created_at, found.sessions_end_at)
+
+
+USER_COLUMNS = (web_user.c.name, web_user.c.role, web_user.c.created_at, web_user.c.sessions_end_at)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _verify(stored: str, password: str) -> bool:

@@ -625,3 +625,17 @@ def test_the_back_link_of_an_answer_stays_on_the_console(console: Console) -> No
         )
         link = re.search(r'<a class="back" href="([^"]*)">', answer.text)
         assert link is not None and link[1].replace("&amp;", "&") == shown, (back, link)
+
+
+def test_signing_out_or_a_new_password_ends_copies_of_the_session(console: Console) -> None:
+    client = console.signed_in("olga")
+    stolen = dict(client.cookies)
+    copy = console.client()
+    copy.cookies.update(stolen)
+    assert copy.get("/").url.path == "/"  # a copy of the cookie works while the session lasts
+    client.post("/logout", data={"csrf": csrf_of(client)})
+    assert copy.get("/").url.path == "/login"
+    again = console.signed_in("olga")
+    assert again.get("/").url.path == "/"  # signing in again works
+    assert Users(console.engine).set_password("olga", "brand-new-pass-1")
+    assert again.get("/").url.path == "/login"
