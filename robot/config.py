@@ -168,6 +168,21 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """[web]: the operators' console (`email-robot web`)."""
+
+    listen: str = "127.0.0.1:8025"
+    session_secret_file: str | None = None
+    trusted_proxies: str | None = None  # addresses whose X-Forwarded-For/-Proto are believed
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """`listen` split into host and port (checked when the settings are read)."""
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
 class Account:
     """A sender account: the default one ([smtp] + [sender]) or an [account:NAME]."""
 
@@ -220,6 +235,7 @@ class Settings:
     bounces: BounceSettings
     log: LogSettings
     metrics: MetricsSettings
+    web: WebSettings
     accounts: Mapping[str, Account]  # "default" plus every [account:NAME]
 
     @property
@@ -242,6 +258,7 @@ SECTIONS: dict[str, type] = {
     "bounces": BounceSettings,
     "log": LogSettings,
     "metrics": MetricsSettings,
+    "web": WebSettings,
 }
 ACCOUNT_KEYS = {f.name for f in dataclasses.fields(SmtpSettings)} | {
     f.name for f in dataclasses.fields(SenderSettings)
@@ -518,9 +535,16 @@ def _check_ranges(parts: dict[str, typing.Any], path: str) -> None:
             "must be debug, info, warning, error or critical",
         ),
     ]
+    web: WebSettings = parts["web"]
+    checks.append(("web", "listen", _is_host_port(web.listen), "must be HOST:PORT"))
     for section, key, ok, problem in checks:
         if not ok:
             raise ConfigError(f"{path}: [{section}] {key}: {problem}", key=key, path=path)
+
+
+def _is_host_port(listen: str) -> bool:
+    host, _, port = listen.rpartition(":")
+    return bool(host) and port.isdigit() and 1 <= int(port) <= 65535
 
 
 def _checked_bounces(bounces: BounceSettings, path: str) -> BounceSettings:

@@ -60,6 +60,8 @@ from robot.outbox.rows import Attachment
 from robot.outbox.schema import Status
 from robot.outcome.judge import deciding_refusal
 from robot.send.probe import check_account, send_test
+from robot.web.server import serve as serve_console
+from robot.web.users import ROLES, BadUser, Users
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell shows for a tool killed by SIGPIPE
@@ -230,6 +232,30 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--account", help="check only this account")
 
     verb("accounts", cmd_accounts, "configured sender accounts (no secrets)")
+
+    web = verb("web", cmd_web, "the operators' console: a web page beside `run`")
+    web.add_argument("--listen", metavar="HOST:PORT", help="default: [web] listen (127.0.0.1:8025)")
+
+    user = verb(
+        "user", lambda a, w: _usage("user needs add, list, remove or passwd"), "console users"
+    )
+    user_verbs = user.add_subparsers(title="subcommands", metavar="SUBCOMMAND")
+    user_add = user_verbs.add_parser(
+        "add", parents=[config], help="add a console user (password from stdin or a prompt)"
+    )
+    user_add.add_argument("name")
+    user_add.add_argument("--role", required=True, choices=ROLES)
+    user_add.set_defaults(handler=cmd_user_add)
+    user_list = user_verbs.add_parser("list", parents=[config], help="the console's users")
+    user_list.set_defaults(handler=cmd_user_list)
+    user_remove = user_verbs.add_parser("remove", parents=[config], help="remove a console user")
+    user_remove.add_argument("name")
+    user_remove.set_defaults(handler=cmd_user_remove)
+    user_passwd = user_verbs.add_parser(
+        "passwd", parents=[config], help="a new password (from stdin or a prompt)"
+    )
+    user_passwd.add_argument("name")
+    user_passwd.set_defaults(handler=cmd_user_passwd)
 
     sink = verb("sink", cmd_sink, "a local capture SMTP server for trying the robot out")
     sink.add_argument("--host", default="127.0.0.1")
@@ -527,6 +553,64 @@ def cmd_sink(args: argparse.Namespace, wiring: Wiring) -> int:
             f"sink: cannot listen on {args.host}:{args.port}: {exc.strerror}"
         ) from None
     return EXIT_OK
+
+
+def cmd_web(args: argparse.Namespace, wiring: Wiring) -> int:
+    """The console: a process of its own on the same robot.ini and database."""
+    settings = wiring.settings()
+    configure_logging(settings.log.format, settings.log.level)
+    engine = wiring.engine(migrate_sqlite=True)
+    return serve_console(settings, engine, args.listen or settings.web.listen)
+
+
+def cmd_user_add(args: argparse.Namespace, wiring: Wiring) -> int:
+    users = Users(wiring.engine(migrate_sqlite=True))
+    try:
+        added = users.add(args.name, args.role, _new_password())
+    except BadUser as exc:
+        raise UsageError(str(exc)) from None
+    if not added:
+        raise UsageError(f"user {args.name!r} exists already (user passwd changes a password)")
+    print(f"user {args.name} added ({args.role})")
+    return EXIT_OK
+
+
+def cmd_user_list(args: argparse.Namespace, wiring: Wiring) -> int:
+    for user in Users(wiring.engine(migrate_sqlite=True)).listing():
+        since = user.created_at.strftime("%Y-%m-%d %H:%M UTC") if user.created_at else ""
+        print(f"{user.name}\t{user.role}\t{since}")
+    return EXIT_OK
+
+
+def cmd_user_remove(args: argparse.Namespace, wiring: Wiring) -> int:
+    if not Users(wiring.engine(migrate_sqlite=True)).remove(args.name):
+        print(f"email-robot: no user {args.name!r}", file=sys.stderr)
+        return EXIT_PARTIAL
+    print(f"user {args.name} removed")
+    return EXIT_OK
+
+
+def cmd_user_passwd(args: argparse.Namespace, wiring: Wiring) -> int:
+    users = Users(wiring.engine(migrate_sqlite=True))
+    if users.get(args.name) is None:
+        print(f"email-robot: no user {args.name!r}", file=sys.stderr)
+        return EXIT_PARTIAL
+    try:
+        users.set_password(args.name, _new_password())
+    except BadUser as exc:
+        raise UsageError(str(exc)) from None
+    print(f"password of {args.name} changed")
+    return EXIT_OK
+
+
+def _new_password() -> str:
+    """A new password: typed twice at a prompt, or the first line of stdin."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise UsageError("the two passwords differ")
+    return first
 
 
 # -- wiring -------------------------------------------------------------------------------

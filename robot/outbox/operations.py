@@ -11,7 +11,17 @@ from datetime import datetime
 from email.utils import getaddresses
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from robot.config import Settings
 from robot.outbox.rows import RECENT_SECONDS, Attachment, Change, Event, OutboxRow, QueueStatus
@@ -411,6 +421,92 @@ class Operations(OutboxTables):
                 if suppress:
                     insert_suppression(conn, address, f"bounced ({source}): {reply}", found.id)
         return int(found.id), changed
+
+    # -- the operators' console (robot/web): filtered pages by id, counts -------------------
+    # A filter is status, batch, account (exact) and text (found in the recipient or the
+    # subject, any case). Pages go by id (keyset): `before` is the smallest id of the page
+    # shown, so a page costs the same however deep it is.
+
+    @staticmethod
+    def console_filter(
+        *,
+        status: str | None = None,
+        batch: str | None = None,
+        account: str | None = None,
+        text: str | None = None,
+        walk_ids: bool = False,
+    ) -> list[ColumnElement[bool]]:
+        """The conditions of a console filter (none for an empty one). With `walk_ids` the
+        status is compared so that no index on it is used: for a status of many rows, walking
+        the ids down and skipping the others beats sorting all of that status's rows."""
+        where: list[ColumnElement[bool]] = []
+        if status:
+            where.append((outbox.c.status.concat("") if walk_ids else outbox.c.status) == status)
+        if batch:
+            where.append(outbox.c.batch == batch)
+        if account:
+            if account == "default":
+                where.append(or_(outbox.c.account.is_(None), outbox.c.account == "default"))
+            else:
+                where.append(outbox.c.account == account)
+        if text:
+            pattern = "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
+            where.append(
+                or_(
+                    outbox.c.recipient.ilike(pattern, escape="\\"),
+                    outbox.c.subject.ilike(pattern, escape="\\"),
+                )
+            )
+        return where
+
+    def page(
+        self, where: Sequence[ColumnElement[bool]], *, before: int | None = None, limit: int = 50
+    ) -> tuple[datetime, list[tuple[OutboxRow, datetime | None]]]:
+        """The database's now and up to `limit` rows matching `where` with ids below `before`,
+        newest first, each with the time it is or was due."""
+        query = select(outbox, self.due_at().label("due_at")).where(*where)
+        if before is not None:
+            query = query.where(outbox.c.id < before)
+        query = query.order_by(outbox.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            now = conn.execute(select(utcnow())).scalar_one()
+            found = conn.execute(query).mappings().all()
+        return now, [(OutboxRow.from_mapping(r), _as_time(r["due_at"])) for r in found]
+
+    def leaving_soon(
+        self, where: Sequence[ColumnElement[bool]], *, limit: int = 50
+    ) -> list[tuple[OutboxRow, datetime]]:
+        """Waiting rows matching `where` that are not due yet (in their grace window or sent
+        later), soonest first, with the time each becomes due."""
+        due_at = self.due_at()
+        query = (
+            select(outbox, due_at.label("due_at"))
+            .where(WAITING, due_at > utcnow(), *where)
+            .order_by(due_at, outbox.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            found = conn.execute(query).mappings().all()
+        return [(OutboxRow.from_mapping(r), r["due_at"]) for r in found]
+
+    def counts_where(self, where: Sequence[ColumnElement[bool]]) -> dict[str, int]:
+        """Number of rows matching `where` in each status."""
+        with self.engine.connect() as conn:
+            return self._counts(conn, *where)
+
+    def ids_where(
+        self, where: Sequence[ColumnElement[bool]], statuses: Sequence[str], *, limit: int
+    ) -> list[int]:
+        """The ids (oldest first, at most `limit`) of rows matching `where` whose status is
+        one of `statuses`."""
+        query = (
+            select(outbox.c.id)
+            .where(*where, outbox.c.status.in_(list(statuses)))
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [int(i) for i in conn.execute(query).scalars()]
 
 
 def operations_for(settings: Settings, engine: Engine) -> Operations:

@@ -241,3 +241,41 @@ suppression = Table(
     Column("created_at", UTCDateTime(), nullable=False, server_default=utcnow()),
     Column("outbox_id", BigInteger().with_variant(Integer(), "sqlite")),
 )
+
+# -- the operators' console (robot/web): its users, its audit log, its settings --------------
+
+WEB_ROLES = ("viewer", "operator", "admin")
+
+web_user = Table(
+    "web_user",
+    metadata,
+    Column("name", Text(), primary_key=True),
+    Column("role", Text(), nullable=False),
+    Column("password_hash", Text(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False, server_default=utcnow()),
+    # Sessions signed in before this time are over (sign-out, a new password).
+    Column("sessions_end_at", UTCDateTime()),
+    CheckConstraint("role IN ('viewer', 'operator', 'admin')", name="role"),
+)
+
+web_audit = Table(
+    "web_audit",
+    metadata,
+    Column("id", BigId, Identity(), primary_key=True),
+    Column("at", UTCDateTime(), nullable=False, server_default=utcnow()),
+    Column("who", Text(), nullable=False),
+    Column("client", Text()),
+    Column("action", Text(), nullable=False),
+    Column("rows", Integer(), nullable=False, server_default=text("0")),
+    Column("result", Text()),
+    sqlite_autoincrement=True,
+)
+
+# Values the console keeps for itself, such as the secret that signs its session cookies
+# when no [web] session_secret_file is given.
+web_setting = Table(
+    "web_setting",
+    metadata,
+    Column("name", Text(), primary_key=True),
+    Column("value", Text(), nullable=False),
+)
