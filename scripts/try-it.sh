@@ -36,6 +36,14 @@ if ! kill -0 "$sink" 2>/dev/null; then
     echo "the capture server could not start on 127.0.0.1:$port; stopping" >&2
     exit 1
 fi
+# The operators' console, with a user made for the tour (a password of its own each time).
+web_port=$("$bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+tour_password=$("$bin/python" -c 'import secrets; print(secrets.token_urlsafe(12))')
+printf '%s\n' "$tour_password" | "$bin/email-robot" user add tour --role admin >/dev/null 2>&1 \
+    || printf '%s\n' "$tour_password" | "$bin/email-robot" user passwd tour >/dev/null
+"$bin/email-robot" web --listen "127.0.0.1:$web_port" 2>/dev/null &
+web=$!
+trap 'kill "$sink" "$web" 2>/dev/null || true' EXIT
 id=$("$bin/email-robot" enqueue --to "You <you@example.org>" --subject "Hello from email-robot" \
     --text "This message went through the outbox table, waited out the grace delay and was sent.")
 cat <<MSG
@@ -47,6 +55,8 @@ Outbox row $id is waiting out its grace delay (6 seconds here). Add more from an
     .venv/bin/email-robot enqueue --to a@example.org --subject Hi --text Hello
     .venv/bin/email-robot list          .venv/bin/email-robot show $id
 Each message the sink receives is printed here (and stored in sink-mail/new/). Ctrl-C stops.
+
+The operators' console: http://127.0.0.1:$web_port  (user tour, password $tour_password)
 
 MSG
 "$bin/email-robot" run

@@ -59,6 +59,7 @@ async def test_web_warns_when_it_listens_beyond_loopback_and_stops_cleanly(
     tmp_path: Path, write_ini: WriteIni
 ) -> None:
     ini = write_ini(f"sqlite:///{tmp_path}/robot.db")
+    assert cli(ini, "db", "upgrade").returncode == 0
     local = await RobotProcess(ini, "web", "--listen", "127.0.0.1:0").start()
     try:
         await local.wait_for_event("web_listening")
@@ -76,6 +77,7 @@ async def test_web_warns_when_it_listens_beyond_loopback_and_stops_cleanly(
 
 def test_web_on_a_port_in_use_says_so_in_one_line(tmp_path: Path, write_ini: WriteIni) -> None:
     ini = write_ini(f"sqlite:///{tmp_path}/robot.db")
+    assert cli(ini, "db", "upgrade").returncode == 0
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         result = cli(ini, "web", "--listen", f"127.0.0.1:{port}")
