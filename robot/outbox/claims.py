@@ -4,8 +4,7 @@ leases, and record how each attempt ended. Claiming is atomic: PostgreSQL
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -157,7 +156,7 @@ class Claims(OutboxTables):
         """The leased rows with what sending needs, and their files."""
         query = select(*self._sized_columns()).where(outbox.c.id.in_(ids))
         return self.statements.with_lenient_retry(
-            self._reading, lambda conn: self._rows_with_files(conn, query, ids)
+            self.reading, lambda conn: self._rows_with_files(conn, query, ids)
         )
 
     def _rows_with_files(
@@ -172,14 +171,6 @@ class Claims(OutboxTables):
         return [
             OutboxRow.from_mapping(r, files.get(r["id"], ()), sizes.get(r["id"], 0)) for r in found
         ]
-
-    @contextmanager
-    def _reading(self) -> Iterator[Connection]:
-        """A read-only transaction: on SQLite a deferred BEGIN, which takes no write lock."""
-        with self.engine.connect() as conn:
-            conn.execution_options(sqlite_read_only=True)
-            with conn.begin():
-                yield conn
 
     def _sized_columns(self) -> list[ColumnElement[Any]]:
         """The columns a claim returns: what sending needs (the robot's bookkeeping columns

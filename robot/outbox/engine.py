@@ -142,5 +142,6 @@ def schema_is_current(engine: Engine) -> bool:
     """True when the database is at the newest migration."""
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     with engine.connect() as connection:
+        connection.execution_options(sqlite_read_only=True)
         current = MigrationContext.configure(connection).get_current_revision()
     return current == head

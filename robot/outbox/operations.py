@@ -109,7 +109,7 @@ class Operations(OutboxTables):
 
     def get(self, row_id: int) -> OutboxRow | None:
         """One row with its attachments, or None."""
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             found = conn.execute(select(outbox).where(outbox.c.id == row_id)).mappings().first()
             if found is None:
                 return None
@@ -123,7 +123,7 @@ class Operations(OutboxTables):
             .where(outbox_event.c.outbox_id == row_id)
             .order_by(outbox_event.c.id)
         )
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             return [
                 Event(r["at"], r["kind"], r["smtp_code"], r["detail"])
                 for r in conn.execute(query).mappings()
@@ -138,7 +138,7 @@ class Operations(OutboxTables):
             query = query.where(outbox.c.status == status)
         if batch:
             query = query.where(outbox.c.batch == batch)
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             now = conn.execute(select(utcnow())).scalar_one()
             found = conn.execute(query.limit(limit)).mappings().all()
         return now, [(OutboxRow.from_mapping(r), r["due_at"]) for r in found]
@@ -147,7 +147,7 @@ class Operations(OutboxTables):
 
     def depth(self) -> tuple[dict[str, int], int]:
         """Rows per status and the number of waiting rows that are due: for the metrics."""
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             due = conn.execute(
                 select(func.count()).where(WAITING, self.due_at() <= utcnow())
             ).scalar_one()
@@ -155,7 +155,7 @@ class Operations(OutboxTables):
 
     def counts(self) -> dict[str, int]:
         """Number of rows in each status."""
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             return self._counts(conn)
 
     @staticmethod
@@ -168,7 +168,7 @@ class Operations(OutboxTables):
         of the whole outbox or of one batch."""
         of_batch = [outbox.c.batch == batch] if batch is not None else []
         waiting = select(self.due_at().label("due_at")).where(WAITING, *of_batch).subquery()
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             now = conn.execute(select(utcnow())).scalar_one()
             counts = self._counts(conn, *of_batch)
             due, later, next_due, last_due = conn.execute(
@@ -266,7 +266,7 @@ class Operations(OutboxTables):
         query = select(
             suppression.c.address, suppression.c.reason, suppression.c.created_at
         ).order_by(suppression.c.created_at.desc(), suppression.c.address)
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             return [tuple(r) for r in conn.execute(query.limit(limit))]
 
     def is_suppressed(self, addresses: Iterable[str]) -> list[str]:
@@ -274,7 +274,7 @@ class Operations(OutboxTables):
         wanted = {a.lower() for a in addresses}
         if not wanted:
             return []
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             found = conn.execute(
                 select(suppression.c.address).where(suppression.c.address.in_(wanted))
             ).scalars()

@@ -4,7 +4,8 @@ lines and suppressions both write."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, Connection, Engine, func, insert, select, text
@@ -37,6 +38,15 @@ class OutboxTables:
         self.statements: Statements = statements_for(engine)
         self.grace_seconds = grace_seconds
         self.max_attachment_bytes = max_attachment_bytes
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A read-only transaction: on SQLite a deferred BEGIN, which takes no write lock and
+        so never waits behind a claim or a host's write transaction (WAL reads beside them)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(sqlite_read_only=True)
+            with conn.begin():
+                yield conn
 
     def due_at(self) -> ColumnElement[datetime]:
         """When a row is or was due, with this outbox's grace (Statements.due_at)."""
