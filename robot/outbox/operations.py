@@ -335,7 +335,7 @@ class Operations(OutboxTables):
 
     def record_dsn(
         self,
-        failures: Sequence[tuple[str, str, str | None, int | None, bool]],
+        failures: Sequence[DsnFailure],
         *,
         row_id: int | None = None,
         message_id: str | None = None,
@@ -348,8 +348,9 @@ class Operations(OutboxTables):
         `message_id`, else the row whose Message-ID is `message_id`. A `sent` row becomes
         `bounced` when a failure is about its own recipient (a cc or bcc alone only goes into
         the history); a row in any other state only gets the history lines. An address whose
-        failure says to suppress it (5.1.x) is suppressed. Returns (row id, whether the row
-        became bounced), or None when no row matches.
+        failure says to suppress it (5.1.x) is suppressed. A failure the row's history holds
+        already (the same report read twice, by two robots on one mailbox) changes nothing.
+        Returns (row id, whether the row became bounced), or None when no row matches.
         """
         if not failures or (row_id is None and not message_id):
             return None
@@ -361,14 +362,17 @@ class Operations(OutboxTables):
             outbox.c.bcc,
             outbox.c.message_id,
         )
+        # The row is locked (PostgreSQL; SQLite's BEGIN IMMEDIATE locks it all) so that a
+        # second robot with the same report waits, then finds the lines it would add.
+        row = select(*columns).with_for_update()
         with self.engine.begin() as conn:
             found = None
             if row_id is not None:
-                found = conn.execute(select(*columns).where(outbox.c.id == row_id)).first()
+                found = conn.execute(row.where(outbox.c.id == row_id)).first()
                 if found is not None and message_id and found.message_id not in (None, message_id):
                     found = None  # the VERP id names another message: go by the Message-ID
             if found is None and message_id:
-                by_id = select(*columns).where(outbox.c.message_id == message_id).limit(1)
+                by_id = row.where(outbox.c.message_id == message_id).limit(1)
                 # The robot's own Message-IDs start with the row id: a primary-key look-up.
                 own_form = re.match(r"<(\d{1,18})\.", message_id)
                 if own_form:
@@ -377,10 +381,13 @@ class Operations(OutboxTables):
                     found = conn.execute(by_id).first()
             if found is None:
                 return None
+            source = "delivery status notification" + (f" from {reporter}" if reporter else "")
+            failures = _not_recorded(conn, found.id, failures, source)
+            if not failures:
+                return int(found.id), False
             to = {a.lower() for _, a in getaddresses([found.recipient or ""]) if a}
             copies = {a.lower() for _, a in getaddresses([found.cc or "", found.bcc or ""]) if a}
             about_row = [f for f in failures if f[0].lower() in to or f[0].lower() not in copies]
-            source = "delivery status notification" + (f" from {reporter}" if reporter else "")
             changed = False
             if about_row:
                 address, status, diagnostic, code, _ = about_row[0]
@@ -399,18 +406,49 @@ class Operations(OutboxTables):
                     ).rowcount
                 )
             for address, status, diagnostic, code, suppress in failures:
-                reply = f"{status} {diagnostic}" if diagnostic else status
                 conn.execute(
                     insert(outbox_event).values(
                         outbox_id=found.id,
                         kind="bounced" if changed else "dsn",
                         smtp_code=code,
-                        detail=f"{address}: {reply} ({source})",
+                        detail=_dsn_detail(address, status, diagnostic, source),
                     )
                 )
                 if suppress:
+                    reply = f"{status} {diagnostic}" if diagnostic else status
                     insert_suppression(conn, address, f"bounced ({source}): {reply}", found.id)
         return int(found.id), changed
+
+
+DsnFailure = tuple[str, str, str | None, int | None, bool]
+DSN_KINDS = ("bounced", "dsn")  # the history lines record_dsn writes
+
+
+def _dsn_detail(address: str, status: str, diagnostic: str | None, source: str) -> str:
+    """The history line of one failure of a delivery status notification."""
+    reply = f"{status} {diagnostic}" if diagnostic else status
+    return f"{address}: {reply} ({source})"
+
+
+def _not_recorded(
+    conn: Connection, row_id: int, failures: Sequence[DsnFailure], source: str
+) -> list[DsnFailure]:
+    """The failures that row `row_id`'s history does not hold yet (once each)."""
+    seen = {
+        (detail, code)
+        for detail, code in conn.execute(
+            select(outbox_event.c.detail, outbox_event.c.smtp_code).where(
+                outbox_event.c.outbox_id == row_id, outbox_event.c.kind.in_(DSN_KINDS)
+            )
+        )
+    }
+    fresh = []
+    for failure in failures:
+        key = (_dsn_detail(*failure[:3], source), failure[3])
+        if key not in seen:
+            seen.add(key)
+            fresh.append(failure)
+    return fresh
 
 
 def operations_for(settings: Settings, engine: Engine) -> Operations:
