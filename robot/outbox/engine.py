@@ -8,18 +8,32 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import (
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+    StatementError,
+)
 from sqlalchemy.pool import StaticPool
 
 from robot.errors import ConfigError
 
 SQLITE_BUSY_MS = 30_000
 SQLITE_MINIMUM = (3, 35, 0)  # RETURNING (3.35), UPDATE ... FROM (3.33)
+# PostgreSQL states that say "not now" rather than "never": a standby that refuses writes
+# until it is promoted, or the robot reconnects to the primary.
+OUTAGE_STATES = frozenset({"25006"})  # read_only_sql_transaction
+# What a statement can fail with: the database's errors through SQLAlchemy or psycopg, and
+# the drivers' own refusal to send a string that is not valid Unicode (a lone surrogate).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, psycopg.Error, UnicodeError)
 
 
 def make_engine(url: str, *, lenient_text: bool = False) -> Engine:
@@ -89,6 +103,24 @@ def make_engine(url: str, *, lenient_text: bool = False) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether `exc` says the database is away, so that the same work may go through later
+    (a lost connection, a server restarting or read-only, SQLite busy or locked), rather
+    than that it refused the statement (a NUL in text, a constraint, a string the driver
+    cannot encode): the same statement again would be refused again."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+            return True
+        return getattr(exc.orig, "sqlstate", None) in OUTAGE_STATES
+    if isinstance(exc, psycopg.Error):
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return True
+        return exc.sqlstate in OUTAGE_STATES
+    # SQLAlchemy's own errors: a pool that timed out is an outage; a parameter it could
+    # not prepare (StatementError) is refused like a statement.
+    return isinstance(exc, SQLAlchemyError) and not isinstance(exc, StatementError)
 
 
 def libpq_dsn(url: URL) -> str:

@@ -4,6 +4,7 @@ record, an operator's change, the numbers of `status`."""
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from robot.outbox.schema import Status, outbox
 
 RECENT_SECONDS = 300  # the window `status` measures the observed sending rate over
+BARE_TEXT = 1000  # characters of a reason kept in the bare form of an outcome
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,46 @@ class Finish:
     detail: str | None = None
     suppress: tuple[tuple[str, str], ...] = ()
     history: tuple[HistoryLine, ...] = ()
+
+
+def recordable_forms(outcome: Finish) -> tuple[Finish, ...]:
+    """`outcome` as it is, then safer forms for a database that refuses it: its texts
+    sanitised (sanitised_text), then bare (its status, code and a short sanitised reason;
+    no history lines of its own, no suppressions)."""
+    decision = outcome.decision
+    sanitised = Finish(
+        outcome.row_id,
+        dataclasses.replace(decision, last_error=sanitised_text(decision.last_error)),
+        outcome.smtp_code,
+        sanitised_text(outcome.smtp_reply),
+        sanitised_text(outcome.detail),
+        tuple((sanitised_text(a) or "", sanitised_text(r) or "") for a, r in outcome.suppress),
+        tuple(
+            dataclasses.replace(line, detail=sanitised_text(line.detail) or "")
+            for line in outcome.history
+        ),
+    )
+    bare = Finish(
+        outcome.row_id,
+        dataclasses.replace(decision, last_error=sanitised_text(decision.last_error, BARE_TEXT)),
+        outcome.smtp_code if 100 <= (outcome.smtp_code or 0) <= 999 else None,
+        sanitised_text(outcome.smtp_reply, BARE_TEXT),
+        sanitised_text(outcome.detail, BARE_TEXT),
+    )
+    return outcome, sanitised, bare
+
+
+def sanitised_text(text: str | None, limit: int | None = None) -> str | None:
+    """`text` without control characters (tabs and line breaks kept), a lone surrogate (a
+    byte that was not UTF-8) as U+FFFD, at most `limit` characters."""
+    if text is None:
+        return None
+    kept = "".join(
+        "\ufffd" if category == "Cs" else ch
+        for ch in text
+        if (category := unicodedata.category(ch)) != "Cc" or ch in "\t\n"
+    )
+    return kept if limit is None else kept[:limit]
 
 
 @dataclass(frozen=True)
