@@ -5,7 +5,7 @@ or log it as unrecordable and answer False. An outage is still retried as it is.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, MutableMapping, Sequence
 from typing import Any
 
 import pytest
@@ -39,7 +39,7 @@ def replies(url: str) -> dict[int, tuple[str, str | None]]:
     }
 
 
-def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def events(logs: Sequence[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:
     return [e for e in logs if e["event"] == name]
 
 
