@@ -4,7 +4,7 @@ leases, and record how each attempt ended. Claiming is atomic: PostgreSQL
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -299,15 +299,32 @@ class Claims(OutboxTables):
                 .values(claimed_until=self.statements.now_plus(self.lease_seconds))
             ).rowcount
 
-    def reap_expired(self, max_errors: int | None = None) -> tuple[list[int], list[int]]:
+    def reap_expired(
+        self,
+        max_errors: int | None = None,
+        worker: str | None = None,
+        in_hand: Collection[int] = (),
+    ) -> tuple[list[int], list[int]]:
         """Take back rows whose lease ran out (their robot died): they become due again, or
         `failed` once they have used `max_errors` attempts (a row that keeps killing robots
-        must not kill them for ever). Returns (taken back, failed)."""
+        must not kill them for ever). Returns (taken back, failed).
+
+        Rows `in_hand` leased to `worker`, the reaping robot itself, are left alone even
+        when their lease ran out (a write lock held longer than the lease kept the renewal
+        out): that robot is sending them, and taking them back would send them twice.
+        """
         expired: list[ColumnElement[bool]] = [
             text("status = 'sending'"),  # type: ignore[list-item]
             outbox.c.claimed_until < utcnow(),
         ]
         with self.engine.begin() as conn:
+            if worker is not None and in_hand:
+                ours = conn.execute(
+                    select(outbox.c.id).where(*expired, outbox.c.claimed_by == worker)
+                ).scalars()
+                keep = sorted(set(ours) & set(in_hand))
+                if keep:
+                    expired.append(outbox.c.id.not_in(keep))
             failed: list[int] = []
             if max_errors is not None:
                 failed = list(
