@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
+from robot.outbox.engine import reconnecting
 from robot.outbox.message_ids import MessageIds
 from robot.outbox.rows import NOT_RETURNED_BY_CLAIM, Decision, Finish, HistoryLine, OutboxRow
 from robot.outbox.schema import Status, outbox, outbox_event, utcnow
@@ -70,6 +71,7 @@ class Claims(OutboxTables):
 
     # -- claiming ----------------------------------------------------------------------
 
+    @reconnecting
     def claim(
         self,
         worker: str,
@@ -203,6 +205,7 @@ class Claims(OutboxTables):
         outcome = Finish(row_id, decision, smtp_code, smtp_reply, detail, suppress, history)
         return self.finish_many(worker, [outcome])[0]
 
+    @reconnecting
     def finish_many(self, worker: str, outcomes: Sequence[Finish]) -> list[bool]:
         """Record many attempts at once (the group commit of the robot's connections); for
         each, False if the row was no longer leased to `worker`. An outcome's history lines
@@ -255,6 +258,7 @@ class Claims(OutboxTables):
 
     # -- leases ------------------------------------------------------------------------
 
+    @reconnecting
     def release(self, ids: Sequence[int], worker: str, reason: str) -> int:
         """Give back claimed rows that were never tried; their attempt is not counted."""
         if not ids:
@@ -283,6 +287,7 @@ class Claims(OutboxTables):
             insert_events(conn, released, "unclaimed", reason)
         return len(released)
 
+    @reconnecting
     def renew(self, worker: str, ids: Sequence[int]) -> int:
         """Extend the lease of rows `ids` that `worker` still holds. Only the rows the robot
         really has in hand: a claim whose reply was lost must expire and be taken back."""
@@ -299,6 +304,7 @@ class Claims(OutboxTables):
                 .values(claimed_until=self.statements.now_plus(self.lease_seconds))
             ).rowcount
 
+    @reconnecting
     def reap_expired(
         self,
         max_errors: int | None = None,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 from alembic import command
@@ -25,6 +26,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.pool import StaticPool
 
 from robot.errors import ConfigError
+from robot.logs import first_line, get_logger
 
 SQLITE_BUSY_MS = 30_000
 SQLITE_MINIMUM = (3, 35, 0)  # RETURNING (3.35), UPDATE ... FROM (3.33)
@@ -34,6 +36,9 @@ OUTAGE_STATES = frozenset({"25006"})  # read_only_sql_transaction
 # What a statement can fail with: the database's errors through SQLAlchemy or psycopg, and
 # the drivers' own refusal to send a string that is not valid Unicode (a lone surrogate).
 DATABASE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, psycopg.Error, UnicodeError)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def make_engine(url: str, *, lenient_text: bool = False) -> Engine:
@@ -47,7 +52,7 @@ def make_engine(url: str, *, lenient_text: bool = False) -> Engine:
         # No pre-ping: it costs a round trip on every checkout, a tenth of the robot's speed.
         # A connection that died with a server restart fails its next statement instead;
         # SQLAlchemy then drops every pooled connection of before the restart, and the
-        # robot retries that work like any other database error.
+        # outbox's calls do that work again at once on a new one (`reconnecting`).
         return create_engine(
             url,
             pool_pre_ping=False,
@@ -121,6 +126,27 @@ def is_outage(exc: BaseException) -> bool:
     # SQLAlchemy's own errors: a pool that timed out is an outage; a parameter it could
     # not prepare (StatementError) is refused like a statement.
     return isinstance(exc, SQLAlchemyError) and not isinstance(exc, StatementError)
+
+
+def reconnecting(method: Callable[P, T]) -> Callable[P, T]:
+    """`method`, an outbox call whose work is safe to do twice, done again at once when its
+    connection turns out to have died (a server restart, found at the first statement as
+    there is no pre-ping): logged `database.reconnected` at info level, not as an outage.
+    A second failure is raised as usual."""
+
+    @functools.wraps(method)
+    def again(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            get_logger("robot.outbox").info(  # not at import: logging is configured later
+                "database.reconnected", doing=method.__name__, error=first_line(exc)
+            )
+        return method(*args, **kwargs)
+
+    return again
 
 
 def libpq_dsn(url: URL) -> str:

@@ -286,13 +286,22 @@ class AsyncGroupCommit:
         """The commit of `batch`, retried while the database is away; raises what it
         refuses."""
         outage = database_backoff()
+        reconnected = False
         while True:
+            held = self._conn is not None and not self._conn.closed
             try:
                 return await self._commit(batch)
             except DATABASE_ERRORS as exc:
                 if not is_outage(exc):
                     raise
+                # A connection that was open and is now broken died with the server (a
+                # restart): once, a new one at once, without an error.
+                died = held and self._conn is not None and self._conn.broken
                 await self._drop_connection()
+                if died and not reconnected:
+                    reconnected = True
+                    self._log.info("database.reconnected", doing="record", error=first_line(exc))
+                    continue
                 _log_outage(self._log, exc, outage)
             wait = outage.next(self._stopping)
             if wait is None:

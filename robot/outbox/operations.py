@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Engine, delete, func, insert, select, update
 
 from robot.config import Settings
+from robot.outbox.engine import reconnecting
 from robot.outbox.rows import RECENT_SECONDS, Attachment, Change, Event, OutboxRow, QueueStatus
 from robot.outbox.schema import (
     FINISHED,
@@ -107,6 +108,7 @@ class Operations(OutboxTables):
                 )
         return row_id
 
+    @reconnecting
     def get(self, row_id: int) -> OutboxRow | None:
         """One row with its attachments, or None."""
         with self.reading() as conn:
@@ -116,6 +118,7 @@ class Operations(OutboxTables):
             files, sizes = self._attachments(conn, [row_id])
             return OutboxRow.from_mapping(found, files.get(row_id, ()), sizes.get(row_id, 0))
 
+    @reconnecting
     def history(self, row_id: int) -> list[Event]:
         """A row's events, oldest first."""
         query = (
@@ -129,6 +132,7 @@ class Operations(OutboxTables):
                 for r in conn.execute(query).mappings()
             ]
 
+    @reconnecting
     def rows(
         self, *, status: str | None = None, batch: str | None = None, limit: int = 50
     ) -> tuple[datetime, list[tuple[OutboxRow, datetime]]]:
@@ -145,6 +149,7 @@ class Operations(OutboxTables):
 
     # -- the queue in numbers ------------------------------------------------------------
 
+    @reconnecting
     def depth(self) -> tuple[dict[str, int], int]:
         """Rows per status and the number of waiting rows that are due: for the metrics."""
         with self.reading() as conn:
@@ -153,6 +158,7 @@ class Operations(OutboxTables):
             ).scalar_one()
             return self._counts(conn), int(due)
 
+    @reconnecting
     def counts(self) -> dict[str, int]:
         """Number of rows in each status."""
         with self.reading() as conn:
@@ -163,6 +169,7 @@ class Operations(OutboxTables):
         query = select(outbox.c.status, func.count()).where(*where).group_by(outbox.c.status)
         return {status: count for status, count in conn.execute(query)}
 
+    @reconnecting
     def status(self, batch: str | None = None) -> QueueStatus:
         """Counts per status, the due backlog and its spread, and the recent sending rate,
         of the whole outbox or of one batch."""
@@ -199,6 +206,7 @@ class Operations(OutboxTables):
 
     # -- operator control ----------------------------------------------------------------
 
+    @reconnecting
     def transition(
         self,
         verb: str,
@@ -248,11 +256,13 @@ class Operations(OutboxTables):
 
     # -- suppression list ------------------------------------------------------------------
 
+    @reconnecting
     def suppress(self, address: str, reason: str) -> bool:
         """Add `address` (lower-cased); False if it was already there."""
         with self.engine.begin() as conn:
             return insert_suppression(conn, address, reason, None)
 
+    @reconnecting
     def unsuppress(self, address: str) -> bool:
         """Remove `address`; False if it was not there."""
         with self.engine.begin() as conn:
@@ -261,6 +271,7 @@ class Operations(OutboxTables):
             ).rowcount
         return bool(gone)
 
+    @reconnecting
     def suppressed(self, limit: int | None = None) -> list[tuple[str, str | None, datetime]]:
         """The suppression list, newest first: (address, reason, since)."""
         query = select(
@@ -269,6 +280,7 @@ class Operations(OutboxTables):
         with self.reading() as conn:
             return [tuple(r) for r in conn.execute(query.limit(limit))]
 
+    @reconnecting
     def is_suppressed(self, addresses: Iterable[str]) -> list[str]:
         """The addresses among `addresses` that are in the suppression list."""
         wanted = {a.lower() for a in addresses}
@@ -282,6 +294,7 @@ class Operations(OutboxTables):
 
     # -- housekeeping ------------------------------------------------------------------------
 
+    @reconnecting
     def purge_finished(self, retention_days: float, chunk: int = PURGE_CHUNK) -> int:
         """Delete finished rows last changed more than `retention_days` ago, `chunk` rows per
         transaction so that no lock is held for long. Their events and files go with them."""
@@ -309,6 +322,7 @@ class Operations(OutboxTables):
             if len(ids) < chunk:
                 return purged
 
+    @reconnecting
     def fail_unschedulable(self) -> list[int]:
         """Fail waiting rows whose times cannot be read (a host wrote text that is not a
         time into created_at or send_after on SQLite): they would never become due.
@@ -333,6 +347,7 @@ class Operations(OutboxTables):
 
     # -- delivery status notifications ------------------------------------------------------
 
+    @reconnecting
     def record_dsn(
         self,
         failures: Sequence[DsnFailure],

@@ -386,3 +386,55 @@ async def test_sqlite_locked_longer_than_the_lease_sends_each_row_once(
     assert not robot.named("robot.crashed"), robot.tail()
     check_delivery(tally(url, smtp_server), 0, f"SQLite locked {hold}s, lease {lease}s")
     assert not robot.named("lease.expired"), "the robot took back rows it had in hand"
+
+
+# -- 4. PostgreSQL restarts while the robot waits --------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_postgresql_restart_reconnects_without_an_error(
+    db_url: str, pg_cluster: PgCluster, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    """Between two bursts of rows the server restarts. Its pooled connections and the group
+    commit's are dead, and without pre-ping only their next statement finds out: that work
+    is done again at once on a new connection, logged at info level, never as an error."""
+    # No timed job touches the database during the short outage: no polling (LISTEN wakes
+    # the robot), the reaper and renewal every 100 s.
+    quiet = "[robot]\npoll_seconds = 60\nlease_seconds = 300\n[log]\nformat = json\nlevel = info\n"
+    ini = write_ini(db_url, smtp_server.port, quiet)
+    robot = await RobotProcess(ini, "run").start()
+    try:
+        await robot.wait_for_event("robot.started", 60)
+        insert_rows(db_url, 10)
+        await wait_until(
+            lambda: all_sent(db_url, 10) or not robot.alive,
+            60,
+            "the first 10 rows sent",
+            interval=0.1,
+            describe=lambda: f"{status_counts(db_url)}; {robot.tail(10)}",
+        )
+        await asyncio.to_thread(pg_down, pg_cluster)
+        await asyncio.to_thread(pg_up, pg_cluster)
+        # The LISTEN connection comes back within seconds and wakes the robot.
+        host_sql(
+            db_url,
+            "INSERT INTO outbox (recipient, subject, body_text) "
+            "SELECT 'after' || i || '@example.org', 'after', 'x' FROM generate_series(1, 10) i",
+        )
+        await wait_until(
+            lambda: all_sent(db_url, 20) or not robot.alive,
+            60,
+            "the 10 rows of after the restart sent",
+            interval=0.1,
+            describe=lambda: f"{status_counts(db_url)}; {robot.tail(10)}",
+        )
+        assert await robot.terminate() == 0, robot.tail()
+    finally:
+        await robot.close()
+    errors = [e for e in robot.events if e.get("level") == "error"]
+    assert errors == [], robot.tail()
+    reconnected = robot.named("database.reconnected")
+    assert {e["doing"] for e in reconnected} >= {"record"}, robot.tail()
+    assert all(e["level"] == "info" for e in reconnected)
+    check_delivery(tally(db_url, smtp_server), 0, "PostgreSQL restart")
