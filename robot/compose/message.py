@@ -80,6 +80,8 @@ def compose(
     bounces: BounceSettings | None = None,
 ) -> Composed:
     """Build the message of `row` sent from `account`. Raises BadRowError."""
+    if row.problem:  # a value the outbox could not read as its column's type
+        raise BadRowError(row.problem)
     _check_body_size(row, max_body_mb)
     _check_text_fields(row)
     subject, body_text, body_html = _render(row)

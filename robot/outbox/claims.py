@@ -17,9 +17,11 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    type_coerce,
     update,
 )
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.types import NullType
 
 from robot.outbox.engine import reconnecting
 from robot.outbox.message_ids import MessageIds
@@ -39,6 +41,11 @@ LEASE_GIVE_UP = (
     "it may have been delivered before that: check before `email-robot retry`"
 )
 CLAIM_ORDER = (outbox.c.priority.desc(), outbox.c.created_at, outbox.c.id)
+
+
+def _text(value: object) -> str | None:
+    """A text column's value when it is text (SQLite may hold bytes)."""
+    return value if isinstance(value, str) else None
 
 
 class ClaimRef(NamedTuple):
@@ -106,7 +113,10 @@ class Claims(OutboxTables):
         except SQLAlchemyError:
             self.release(leased, worker, "reading the claimed rows failed")
             raise
-        rows.sort(key=lambda r: (-r.priority, r.created_at, r.id))
+        # In the order of the pick (CLAIM_ORDER): the database compares what Python cannot
+        # (a priority a host wrote as text, a time it cannot read).
+        order = {row_id: n for n, row_id in enumerate(leased)}
+        rows.sort(key=lambda r: order[r.id])
         return rows
 
     def _lease(
@@ -133,7 +143,11 @@ class Claims(OutboxTables):
                         for r in chunk
                         for v in (
                             r.id,
-                            r.message_id or message_ids.for_row(r.id, r.account, r.sender),
+                            # A row keeps the Message-ID it has (the statement does not
+                            # write it again: it may be a value the driver cannot send).
+                            None
+                            if r.message_id
+                            else message_ids.for_row(r.id, _text(r.account), _text(r.sender)),
                         )
                     ),
                     worker,
@@ -170,9 +184,7 @@ class Claims(OutboxTables):
         # claim leaves out several (NOT_RETURNED_BY_CLAIM) of every row.
         found = [dict(zip(names, values, strict=True)) for values in result]
         files, sizes = self._attachments(conn, ids)
-        return [
-            OutboxRow.from_mapping(r, files.get(r["id"], ()), sizes.get(r["id"], 0)) for r in found
-        ]
+        return [OutboxRow.claimed(r, files.get(r["id"], ()), sizes.get(r["id"], 0)) for r in found]
 
     def _sized_columns(self) -> list[ColumnElement[Any]]:
         """The columns a claim returns: what sending needs (the robot's bookkeeping columns
@@ -181,7 +193,12 @@ class Claims(OutboxTables):
         size = octets(outbox.c.body_text) + octets(outbox.c.body_html)
         fits = size <= self.max_body_bytes
         return [
-            *(c for c in outbox.c if c.name not in NOT_RETURNED_BY_CLAIM),
+            *(
+                # As stored: SQLAlchemy's Boolean takes 'no' (text in SQLite) for true.
+                type_coerce(c, NullType()).label(c.name) if c.name == "transactional" else c
+                for c in self.readable_columns()
+                if c.name not in NOT_RETURNED_BY_CLAIM
+            ),
             case((fits, outbox.c.body_text), else_=None).label("body_text"),
             case((fits, outbox.c.body_html), else_=None).label("body_html"),
             size.label("body_bytes"),

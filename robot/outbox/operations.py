@@ -35,7 +35,7 @@ from robot.outbox.shared import (
 )
 
 PURGE_CHUNK = 500  # rows deleted per transaction by the retention job
-UNSCHEDULABLE = "created_at or send_after is not a time the database can read"
+UNSCHEDULABLE = "{column} is not a time the database can read"
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,11 @@ class Operations(OutboxTables):
     def get(self, row_id: int) -> OutboxRow | None:
         """One row with its attachments, or None."""
         with self.reading() as conn:
-            found = conn.execute(select(outbox).where(outbox.c.id == row_id)).mappings().first()
+            found = (
+                conn.execute(select(*self.readable_columns()).where(outbox.c.id == row_id))
+                .mappings()
+                .first()
+            )
             if found is None:
                 return None
             files, sizes = self._attachments(conn, [row_id])
@@ -137,7 +141,10 @@ class Operations(OutboxTables):
         self, *, status: str | None = None, batch: str | None = None, limit: int = 50
     ) -> tuple[datetime, list[tuple[OutboxRow, datetime]]]:
         """The database's now and rows (newest first) with the time each is or was due."""
-        query = select(outbox, self.due_at().label("due_at")).order_by(outbox.c.id.desc())
+        due_at = self.statements.readable_time(self.due_at())
+        query = select(*self.readable_columns(), due_at.label("due_at")).order_by(
+            outbox.c.id.desc()
+        )
         if status:
             query = query.where(outbox.c.status == status)
         if batch:
@@ -175,6 +182,7 @@ class Operations(OutboxTables):
         of the whole outbox or of one batch."""
         of_batch = [outbox.c.batch == batch] if batch is not None else []
         waiting = select(self.due_at().label("due_at")).where(WAITING, *of_batch).subquery()
+        readable = self.statements.readable_time
         with self.reading() as conn:
             now = conn.execute(select(utcnow())).scalar_one()
             counts = self._counts(conn, *of_batch)
@@ -182,8 +190,8 @@ class Operations(OutboxTables):
                 select(
                     func.count().filter(waiting.c.due_at <= now),
                     func.count().filter(waiting.c.due_at > now),
-                    func.min(waiting.c.due_at).filter(waiting.c.due_at > now),
-                    func.max(waiting.c.due_at),
+                    readable(func.min(waiting.c.due_at).filter(waiting.c.due_at > now)),
+                    readable(func.max(waiting.c.due_at)),
                 )
             ).one()
             recent = conn.execute(
@@ -325,24 +333,32 @@ class Operations(OutboxTables):
     @reconnecting
     def fail_unschedulable(self) -> list[int]:
         """Fail waiting rows whose times cannot be read (a host wrote text that is not a
-        time into created_at or send_after on SQLite): they would never become due.
-        PostgreSQL's timestamptz columns cannot hold such text: nothing to look for."""
+        time into created_at, send_after or next_attempt_at on SQLite): they would never
+        become due. PostgreSQL's timestamptz columns cannot hold such text: nothing to do."""
         if not self.statements.times_can_be_unreadable:
             return []
+        failed: list[int] = []
         with self.engine.begin() as conn:
-            failed = list(
-                conn.execute(
-                    update(outbox)
-                    .where(WAITING, self.due_at().is_(None))
-                    .values(
-                        status=Status.FAILED.value,
-                        updated_at=utcnow(),
-                        last_error=UNSCHEDULABLE,
-                    )
-                    .returning(outbox.c.id)
-                ).scalars()
-            )
-            insert_events(conn, failed, "failed", UNSCHEDULABLE)
+            for column in (outbox.c.created_at, outbox.c.send_after, outbox.c.next_attempt_at):
+                reason = UNSCHEDULABLE.format(column=column.name)
+                found = list(
+                    conn.execute(
+                        update(outbox)
+                        .where(
+                            WAITING,
+                            self.due_at().is_(None),
+                            self.statements.unreadable_time(column),
+                        )
+                        .values(
+                            status=Status.FAILED.value,
+                            updated_at=utcnow(),
+                            last_error=reason,
+                        )
+                        .returning(outbox.c.id)
+                    ).scalars()
+                )
+                insert_events(conn, found, "failed", reason)
+                failed += found
         return failed
 
     # -- delivery status notifications ------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, func, insert, select, text
 
@@ -14,6 +15,8 @@ from robot.outbox.dialects import Statements, statements_for
 from robot.outbox.rows import Attachment
 from robot.outbox.schema import (
     WAITING_SQL,
+    UTCDateTime,
+    outbox,
     outbox_attachment,
     outbox_event,
     suppression,
@@ -48,6 +51,14 @@ class OutboxTables:
             with conn.begin():
                 yield conn
 
+    def readable_columns(self) -> list[ColumnElement[Any]]:
+        """The outbox's columns, its times as the driver can read them (PostgreSQL keeps
+        '-infinity', which Python's datetime cannot hold: Statements.readable_time)."""
+        readable = self.statements.readable_time
+        return [
+            readable(c).label(c.name) if isinstance(c.type, UTCDateTime) else c for c in outbox.c
+        ]
+
     def due_at(self) -> ColumnElement[datetime]:
         """When a row is or was due, with this outbox's grace (Statements.due_at)."""
         return self.statements.due_at(self.grace_seconds)
@@ -78,9 +89,17 @@ class OutboxTables:
             )
             for r in conn.execute(query).mappings():
                 found.setdefault(r["outbox_id"], []).append(
-                    Attachment(r["filename"], r["content_type"], bytes(r["content"]))
+                    Attachment(r["filename"], r["content_type"], _as_bytes(r["content"]))
                 )
         return {key: tuple(value) for key, value in found.items()}, sizes
+
+
+def _as_bytes(content: object) -> bytes:
+    """A file's content as bytes: SQLite keeps text (or a number) where a host wrote one
+    into the BLOB column, and that text's UTF-8 bytes are what it means."""
+    if isinstance(content, bytes | bytearray | memoryview):
+        return bytes(content)
+    return str(content).encode("utf-8", "surrogateescape")
 
 
 def insert_events(conn: Connection, ids: Sequence[int], kind: str, detail: str) -> None:
