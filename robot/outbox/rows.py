@@ -132,6 +132,12 @@ def _typed(values: dict[str, Any], attachments: tuple[Attachment, ...]) -> str |
         if text_problem:
             problems.append(text_problem)
             values[name] = None
+    message_id = values.get("message_id")
+    if message_id and any(ch < " " or ch == "\x7f" for ch in message_id):
+        # A host's own Message-ID goes into the header as it is: a line break in it
+        # would add header lines of the host's choosing.
+        problems.append(f"message_id contains a control character: {_shown(message_id)}")
+        values["message_id"] = None
     for attachment in attachments:
         for name in ("filename", "content_type"):
             value = getattr(attachment, name)

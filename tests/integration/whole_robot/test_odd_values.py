@@ -77,7 +77,12 @@ SQLITE_COLUMNS: dict[str, list[tuple[str, Outcome]]] = {
     "body_html": TEXTS,
     "headers": TEXTS,
     "context": TEXTS,
-    "message_id": TEXTS,
+    "message_id": [
+        *TEXTS,
+        ("'<1@example.org>' || char(13, 10) || 'Bcc: evil@example.net'", FAILED),
+        ("'<2@example.org>' || char(0)", FAILED),
+        ("'<3@example.org>'", SENT),
+    ],
     "batch": [("x'00ff'", FAILED), ("CAST(x'4772fcdf65' AS TEXT)", SENT)],  # never sent
     "claimed_by": [("x'00ff'", SENT), ("'another-robot'", SENT)],  # the claim writes it
     "outbox_attachment.filename": TEXTS,
@@ -90,6 +95,7 @@ POSTGRES_COLUMNS: dict[str, list[tuple[str, Outcome]]] = {
     "created_at": [("'-infinity'", SENT)],
     "send_after": [("'-infinity'", SENT)],
     "next_attempt_at": [("'-infinity'", SENT)],
+    "message_id": [("'<1@example.org>' || chr(13) || chr(10) || 'Bcc: evil@example.net'", FAILED)],
 }
 GOOD = ("good1@example.org", "good2@example.org")
 
