@@ -83,6 +83,8 @@ def compose(
 
     A row with a context is rendered here unless `rendered` brings its templates already
     rendered (by a process that bounds the time they take: robot.daemon.rendering)."""
+    if row.problem:  # a value the outbox could not read as its column's type
+        raise BadRowError(row.problem)
     check_values(row, max_body_mb)
     if row.context is None:
         subject, body_text, body_html = row.subject, row.body_text, row.body_html

@@ -4,6 +4,7 @@ outbox tidy, read the bounce mailbox and the metrics. None of them sends."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.exc import SQLAlchemyError
 
+from robot.backoff import DATABASE_FIRST, database_backoff
 from robot.bounces.intake import apply_report
 from robot.bounces.mailbox import read_new_messages
 from robot.daemon.database import DatabaseCalls
@@ -25,6 +27,11 @@ from robot.outbox.schema import Status
 
 HOUSEKEEPING_SECONDS = 3600.0  # retention and sanity sweeps
 METRICS_SECONDS = 15.0  # how often the outbox depth is read for the metrics
+
+
+def renew_seconds(lease_seconds: float) -> float:
+    """How often the leases of the rows in hand are renewed: three times per lease."""
+    return max(3.0, lease_seconds / 3)
 
 
 class Jobs:
@@ -69,7 +76,7 @@ class Jobs:
             **options,
         )
         scheduler.add_job(
-            self.renew, "interval", seconds=max(3.0, robot.lease_seconds / 3), **options
+            self.renew, "interval", seconds=renew_seconds(robot.lease_seconds), **options
         )
         scheduler.add_job(self.housekeeping, "interval", seconds=HOUSEKEEPING_SECONDS, **options)
         if settings.bounces.mailbox and not drain:
@@ -88,9 +95,14 @@ class Jobs:
         return scheduler
 
     async def reap(self) -> None:
-        """Take back rows whose robot stopped renewing their lease."""
+        """Take back rows whose robot stopped renewing their lease (never those this robot
+        has in hand: see Claims.reap_expired)."""
         found = await self.db.logged(
-            "reap", self.outbox.reap_expired, self.current().settings.robot.max_errors
+            "reap",
+            self.outbox.reap_expired,
+            self.current().settings.robot.max_errors,
+            self.worker_id,
+            frozenset(self.dispatcher.leased),
         )
         if found is None:
             return
@@ -102,10 +114,30 @@ class Jobs:
             self.dispatcher.wake.set()
 
     async def renew(self) -> None:
-        """Extend the leases of the rows this robot has in hand."""
-        await self.db.logged(
-            "renew", self.outbox.renew, self.worker_id, sorted(self.dispatcher.leased)
-        )
+        """Extend the leases of the rows this robot has in hand. A renewal the database did
+        not take (locked, or away) is tried again until it is written, or until the next
+        renewal is due: a lease that runs out lets another robot send the row a second time."""
+        outage = database_backoff()
+        next_renewal = time.monotonic() + renew_seconds(self.current().settings.robot.lease_seconds)
+        while True:
+            try:
+                await self.db.call(
+                    self.outbox.renew, self.worker_id, sorted(self.dispatcher.leased)
+                )
+                return
+            except SQLAlchemyError as exc:
+                error = first_line(exc)
+            wait = outage.next() or DATABASE_FIRST
+            again = not self.stopping.is_set() and time.monotonic() + wait < next_renewal
+            self.log.error(
+                "database.unavailable", doing="renew", error=error, retry_in=wait if again else None
+            )
+            if not again:
+                return
+            try:
+                await asyncio.wait_for(self.stopping.wait(), wait)
+            except TimeoutError:
+                pass
 
     async def housekeeping(self) -> None:
         """Retention (finished rows older than retention_days) and unreadable schedules."""

@@ -4,8 +4,7 @@ leases, and record how each attempt ended. Claiming is atomic: PostgreSQL
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -18,10 +17,13 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    type_coerce,
     update,
 )
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.types import NullType
 
+from robot.outbox.engine import reconnecting
 from robot.outbox.message_ids import MessageIds
 from robot.outbox.rows import NOT_RETURNED_BY_CLAIM, Decision, Finish, HistoryLine, OutboxRow
 from robot.outbox.schema import Status, outbox, outbox_event, utcnow
@@ -39,6 +41,11 @@ LEASE_GIVE_UP = (
     "it may have been delivered before that: check before `email-robot retry`"
 )
 CLAIM_ORDER = (outbox.c.priority.desc(), outbox.c.created_at, outbox.c.id)
+
+
+def _text(value: object) -> str | None:
+    """A text column's value when it is text (SQLite may hold bytes)."""
+    return value if isinstance(value, str) else None
 
 
 class ClaimRef(NamedTuple):
@@ -71,6 +78,7 @@ class Claims(OutboxTables):
 
     # -- claiming ----------------------------------------------------------------------
 
+    @reconnecting
     def claim(
         self,
         worker: str,
@@ -105,7 +113,10 @@ class Claims(OutboxTables):
         except SQLAlchemyError:
             self.release(leased, worker, "reading the claimed rows failed")
             raise
-        rows.sort(key=lambda r: (-r.priority, r.created_at, r.id))
+        # In the order of the pick (CLAIM_ORDER): the database compares what Python cannot
+        # (a priority a host wrote as text, a time it cannot read).
+        order = {row_id: n for n, row_id in enumerate(leased)}
+        rows.sort(key=lambda r: order[r.id])
         return rows
 
     def _lease(
@@ -132,7 +143,11 @@ class Claims(OutboxTables):
                         for r in chunk
                         for v in (
                             r.id,
-                            r.message_id or message_ids.for_row(r.id, r.account, r.sender),
+                            # A row keeps the Message-ID it has (the statement does not
+                            # write it again: it may be a value the driver cannot send).
+                            None
+                            if r.message_id
+                            else message_ids.for_row(r.id, _text(r.account), _text(r.sender)),
                         )
                     ),
                     worker,
@@ -157,7 +172,7 @@ class Claims(OutboxTables):
         """The leased rows with what sending needs, and their files."""
         query = select(*self._sized_columns()).where(outbox.c.id.in_(ids))
         return self.statements.with_lenient_retry(
-            self._reading, lambda conn: self._rows_with_files(conn, query, ids)
+            self.reading, lambda conn: self._rows_with_files(conn, query, ids)
         )
 
     def _rows_with_files(
@@ -169,17 +184,7 @@ class Claims(OutboxTables):
         # claim leaves out several (NOT_RETURNED_BY_CLAIM) of every row.
         found = [dict(zip(names, values, strict=True)) for values in result]
         files, sizes = self._attachments(conn, ids)
-        return [
-            OutboxRow.from_mapping(r, files.get(r["id"], ()), sizes.get(r["id"], 0)) for r in found
-        ]
-
-    @contextmanager
-    def _reading(self) -> Iterator[Connection]:
-        """A read-only transaction: on SQLite a deferred BEGIN, which takes no write lock."""
-        with self.engine.connect() as conn:
-            conn.execution_options(sqlite_read_only=True)
-            with conn.begin():
-                yield conn
+        return [OutboxRow.claimed(r, files.get(r["id"], ()), sizes.get(r["id"], 0)) for r in found]
 
     def _sized_columns(self) -> list[ColumnElement[Any]]:
         """The columns a claim returns: what sending needs (the robot's bookkeeping columns
@@ -188,7 +193,12 @@ class Claims(OutboxTables):
         size = octets(outbox.c.body_text) + octets(outbox.c.body_html)
         fits = size <= self.max_body_bytes
         return [
-            *(c for c in outbox.c if c.name not in NOT_RETURNED_BY_CLAIM),
+            *(
+                # As stored: SQLAlchemy's Boolean takes 'no' (text in SQLite) for true.
+                type_coerce(c, NullType()).label(c.name) if c.name == "transactional" else c
+                for c in self.readable_columns()
+                if c.name not in NOT_RETURNED_BY_CLAIM
+            ),
             case((fits, outbox.c.body_text), else_=None).label("body_text"),
             case((fits, outbox.c.body_html), else_=None).label("body_html"),
             size.label("body_bytes"),
@@ -212,6 +222,7 @@ class Claims(OutboxTables):
         outcome = Finish(row_id, decision, smtp_code, smtp_reply, detail, suppress, history)
         return self.finish_many(worker, [outcome])[0]
 
+    @reconnecting
     def finish_many(self, worker: str, outcomes: Sequence[Finish]) -> list[bool]:
         """Record many attempts at once (the group commit of the robot's connections); for
         each, False if the row was no longer leased to `worker`. An outcome's history lines
@@ -264,6 +275,7 @@ class Claims(OutboxTables):
 
     # -- leases ------------------------------------------------------------------------
 
+    @reconnecting
     def release(self, ids: Sequence[int], worker: str, reason: str) -> int:
         """Give back claimed rows that were never tried; their attempt is not counted."""
         if not ids:
@@ -292,6 +304,7 @@ class Claims(OutboxTables):
             insert_events(conn, released, "unclaimed", reason)
         return len(released)
 
+    @reconnecting
     def renew(self, worker: str, ids: Sequence[int]) -> int:
         """Extend the lease of rows `ids` that `worker` still holds. Only the rows the robot
         really has in hand: a claim whose reply was lost must expire and be taken back."""
@@ -308,15 +321,33 @@ class Claims(OutboxTables):
                 .values(claimed_until=self.statements.now_plus(self.lease_seconds))
             ).rowcount
 
-    def reap_expired(self, max_errors: int | None = None) -> tuple[list[int], list[int]]:
+    @reconnecting
+    def reap_expired(
+        self,
+        max_errors: int | None = None,
+        worker: str | None = None,
+        in_hand: Collection[int] = (),
+    ) -> tuple[list[int], list[int]]:
         """Take back rows whose lease ran out (their robot died): they become due again, or
         `failed` once they have used `max_errors` attempts (a row that keeps killing robots
-        must not kill them for ever). Returns (taken back, failed)."""
+        must not kill them for ever). Returns (taken back, failed).
+
+        Rows `in_hand` leased to `worker`, the reaping robot itself, are left alone even
+        when their lease ran out (a write lock held longer than the lease kept the renewal
+        out): that robot is sending them, and taking them back would send them twice.
+        """
         expired: list[ColumnElement[bool]] = [
             text("status = 'sending'"),  # type: ignore[list-item]
             outbox.c.claimed_until < utcnow(),
         ]
         with self.engine.begin() as conn:
+            if worker is not None and in_hand:
+                ours = conn.execute(
+                    select(outbox.c.id).where(*expired, outbox.c.claimed_by == worker)
+                ).scalars()
+                keep = sorted(set(ours) & set(in_hand))
+                if keep:
+                    expired.append(outbox.c.id.not_in(keep))
             failed: list[int] = []
             if max_errors is not None:
                 failed = list(

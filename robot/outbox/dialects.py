@@ -8,7 +8,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
@@ -17,8 +17,10 @@ from sqlalchemy import (
     Engine,
     LargeBinary,
     Select,
+    and_,
     case,
     cast,
+    false,
     func,
     insert,
     select,
@@ -39,6 +41,13 @@ FINISH_CHUNK = 100  # SQLite: outcomes recorded by one UPDATE (10 parameters eac
 # and PostgreSQL then scanned every sending row at every commit (bench/: 2.5x slower).
 NOT_BY_STATUS = "status || ''"
 FINISH_COLUMNS = "id, status, last_error, with_reply, code, reply, retry, event, detail"
+MAX_ATTEMPTS = 2**31 - 1  # PostgreSQL's integer; text in SQLite compares above it
+# The times psycopg can read (Python's datetime), with a day's margin for time zones:
+# PostgreSQL also stores '-infinity', 'infinity' and years before Christ.
+READABLE_TIMES = (
+    datetime(1, 1, 2, tzinfo=UTC),
+    datetime(9999, 12, 30, tzinfo=UTC),
+)
 
 T = TypeVar("T")
 SelectT = TypeVar("SelectT", bound="Select[Any]")
@@ -67,7 +76,16 @@ class Statements(ABC):
 
     @abstractmethod
     def due_at(self, grace_seconds: float) -> ColumnElement[datetime]:
-        """coalesce(next_attempt_at, max(created_at + grace, coalesce(send_after, created_at)))."""
+        """coalesce(next_attempt_at, max(created_at + grace, coalesce(send_after, created_at))):
+        NULL when a time it needs cannot be read."""
+
+    @abstractmethod
+    def readable_time(self, column: ColumnElement[datetime]) -> ColumnElement[datetime]:
+        """`column` as the claim reads it: NULL where the driver could not read the time."""
+
+    @abstractmethod
+    def unreadable_time(self, column: ColumnElement[datetime]) -> ColumnElement[bool]:
+        """Whether `column` holds something that is not a time (SQLite keeps any text)."""
 
     @abstractmethod
     def octets(self, column: ColumnElement[Any]) -> ColumnElement[int]:
@@ -106,14 +124,17 @@ class Statements(ABC):
 
     def lease_sql(self, rows: int, lease_seconds: float) -> str:
         """The UPDATE that leases `rows` picked rows: parameters (id, message_id) per row,
-        then the worker."""
+        then the worker. A row's own Message-ID is kept (its parameter is then NULL); the
+        count of attempts stops at MAX_ATTEMPTS rather than overflow a host's odd value."""
         until = self.sql_later(f"{float(lease_seconds):.3f}")
         return (
             f"WITH v (id, message_id) AS (VALUES {', '.join([self.lease_row] * rows)}) "
             f"UPDATE outbox SET status = 'sending', claimed_by = {self.mark}, "
-            f"claimed_until = {until}, attempts = outbox.attempts + 1, "
+            f"claimed_until = {until}, attempts = CASE WHEN outbox.attempts < {MAX_ATTEMPTS} "
+            "THEN outbox.attempts + 1 ELSE outbox.attempts END, "
             f"updated_at = {self.sql_now}, "
-            "message_id = v.message_id FROM v WHERE outbox.id = v.id"
+            "message_id = coalesce(nullif(outbox.message_id, ''), v.message_id) "
+            "FROM v WHERE outbox.id = v.id"
         )
 
     def claimed_events_sql(self, rows: int) -> str:
@@ -172,8 +193,18 @@ class SqliteStatements(Statements):
             (outbox.c.send_after.is_(None), created),
             else_=func.strftime(SQLITE_TIME, outbox.c.send_after),
         )
-        expr = func.coalesce(outbox.c.next_attempt_at, func.max(graced, scheduled))
+        # The same for next_attempt_at, which a host may write too.
+        expr = case(
+            (outbox.c.next_attempt_at.is_(None), func.max(graced, scheduled)),
+            else_=func.strftime(SQLITE_TIME, outbox.c.next_attempt_at),
+        )
         return type_coerce(expr, UTCDateTime())
+
+    def readable_time(self, column: ColumnElement[datetime]) -> ColumnElement[datetime]:
+        return column  # UTCDateTime reads text that is not a time as None
+
+    def unreadable_time(self, column: ColumnElement[datetime]) -> ColumnElement[bool]:
+        return and_(column.is_not(None), func.strftime(SQLITE_TIME, column).is_(None))
 
     def octets(self, column: ColumnElement[Any]) -> ColumnElement[int]:
         return func.coalesce(func.length(cast(column, LargeBinary())), 0)
@@ -273,6 +304,14 @@ class PostgresStatements(Statements):
         scheduled = func.coalesce(outbox.c.send_after, outbox.c.created_at)
         expr = func.coalesce(outbox.c.next_attempt_at, func.greatest(graced, scheduled))
         return type_coerce(expr, UTCDateTime())
+
+    def unreadable_time(self, column: ColumnElement[datetime]) -> ColumnElement[bool]:
+        return false()  # a timestamptz column holds nothing else
+
+    def readable_time(self, column: ColumnElement[datetime]) -> ColumnElement[datetime]:
+        earliest, latest = READABLE_TIMES
+        readable = case((column.between(earliest, latest), column), else_=None)
+        return type_coerce(readable, UTCDateTime())
 
     def octets(self, column: ColumnElement[Any]) -> ColumnElement[int]:
         return func.coalesce(func.octet_length(column), 0)

@@ -2,24 +2,43 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
+import psycopg
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import (
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+    StatementError,
+)
 from sqlalchemy.pool import StaticPool
 
 from robot.errors import ConfigError
+from robot.logs import first_line, get_logger
 
 SQLITE_BUSY_MS = 30_000
 SQLITE_MINIMUM = (3, 35, 0)  # RETURNING (3.35), UPDATE ... FROM (3.33)
+# PostgreSQL states that say "not now" rather than "never": a standby that refuses writes
+# until it is promoted, or the robot reconnects to the primary.
+OUTAGE_STATES = frozenset({"25006"})  # read_only_sql_transaction
+# What a statement can fail with: the database's errors through SQLAlchemy or psycopg, and
+# the drivers' own refusal to send a string that is not valid Unicode (a lone surrogate).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, psycopg.Error, UnicodeError)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def make_engine(url: str, *, lenient_text: bool = False) -> Engine:
@@ -33,7 +52,7 @@ def make_engine(url: str, *, lenient_text: bool = False) -> Engine:
         # No pre-ping: it costs a round trip on every checkout, a tenth of the robot's speed.
         # A connection that died with a server restart fails its next statement instead;
         # SQLAlchemy then drops every pooled connection of before the restart, and the
-        # robot retries that work like any other database error.
+        # outbox's calls do that work again at once on a new one (`reconnecting`).
         return create_engine(
             url,
             pool_pre_ping=False,
@@ -87,6 +106,45 @@ def make_engine(url: str, *, lenient_text: bool = False) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether `exc` says the database is away, so that the same work may go through later
+    (a lost connection, a server restarting or read-only, SQLite busy or locked), rather
+    than that it refused the statement (a NUL in text, a constraint, a string the driver
+    cannot encode): the same statement again would be refused again."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+            return True
+        return getattr(exc.orig, "sqlstate", None) in OUTAGE_STATES
+    if isinstance(exc, psycopg.Error):
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return True
+        return exc.sqlstate in OUTAGE_STATES
+    # SQLAlchemy's own errors: a pool that timed out is an outage; a parameter it could
+    # not prepare (StatementError) is refused like a statement.
+    return isinstance(exc, SQLAlchemyError) and not isinstance(exc, StatementError)
+
+
+def reconnecting(method: Callable[P, T]) -> Callable[P, T]:
+    """`method`, an outbox call whose work is safe to do twice, done again at once when its
+    connection turns out to have died (a server restart, found at the first statement as
+    there is no pre-ping): logged `database.reconnected` at info level, not as an outage.
+    A second failure is raised as usual."""
+
+    @functools.wraps(method)
+    def again(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            get_logger("robot.outbox").info(  # not at import: logging is configured later
+                "database.reconnected", doing=method.__name__, error=first_line(exc)
+            )
+        return method(*args, **kwargs)
+
+    return again
 
 
 def libpq_dsn(url: URL) -> str:
@@ -156,5 +214,6 @@ def schema_is_current(engine: Engine) -> bool:
     """True when the database is at the newest migration."""
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     with engine.connect() as connection:
+        connection.execution_options(sqlite_read_only=True)
         current = MigrationContext.configure(connection).get_current_revision()
     return current == head

@@ -12,6 +12,14 @@ as the previous one ends, and the event loop hears of a batch once, when it is c
 connection. A batch is one statement, one round trip; no thread to wake and no GIL to win
 back from the event loop after every statement, which is what a database thread spends
 most of its time on while the loop is busy.
+
+Both tell an outage from a refusal. Through an outage (a lost connection, a server
+restarting, SQLite busy) a batch is retried as it is until it goes through. A batch the
+database refuses (a NUL in a reply on PostgreSQL, a host's constraint) is recorded outcome
+by outcome, so that one row's outcome never holds up the others; an outcome still refused
+is recorded in safer forms (rows.recordable_forms), and one that no form gets into the
+database is logged (`outcome.unrecordable`) and answered False: its row stays `sending`
+until its lease runs out.
 """
 
 from __future__ import annotations
@@ -24,12 +32,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
-from sqlalchemy.exc import SQLAlchemyError
 
 from robot.backoff import Backoff, database_backoff
 from robot.logs import first_line
 from robot.outbox.claims import Claims
-from robot.outbox.rows import Finish
+from robot.outbox.engine import DATABASE_ERRORS, is_outage
+from robot.outbox.rows import Finish, recordable_forms
 
 BATCH = 500  # outcomes committed in one transaction at most
 APPLICATION_NAME = "email-robot group commit"  # PostgreSQL's pg_stat_activity shows it
@@ -42,7 +50,8 @@ class GroupCommit:
     was no longer ours (or the database stayed away past backoff.STOP_PATIENCE while stopping).
 
     `commit` writes a batch in one transaction and says, per outcome, whether it applied
-    (Claims.finish_many). A database outage is logged and retried, never dropped.
+    (Claims.finish_many). A database outage is logged and retried, never dropped; a batch
+    the database refuses is recorded outcome by outcome (see the module's docstring).
     """
 
     def __init__(
@@ -115,11 +124,35 @@ class GroupCommit:
                 return
 
     def _commit_until_done(self, batch: list[Finish]) -> list[bool]:
+        """Commit `batch` through outages; if the database refuses it, each outcome alone."""
+        try:
+            return self._through_outages(batch)
+        except DATABASE_ERRORS as exc:  # refused: _through_outages retries outages
+            _log_refused(self._log, exc, batch)
+        return [self._one(outcome) for outcome in batch]
+
+    def _one(self, outcome: Finish) -> bool:
+        """Commit `outcome` alone, in safer forms while the database refuses it."""
+        refusals: list[Exception] = []
+        for form in recordable_forms(outcome):
+            try:
+                result = self._through_outages([form])[0]
+            except DATABASE_ERRORS as exc:
+                refusals.append(exc)
+                continue
+            _log_recorded_as(self._log, outcome, refusals)
+            return result
+        return _unrecordable(self._log, outcome, refusals)
+
+    def _through_outages(self, batch: list[Finish]) -> list[bool]:
+        """`commit(batch)`, retried while the database is away; raises what it refuses."""
         outage = database_backoff()
         while True:
             try:
                 return self._commit(batch)
-            except SQLAlchemyError as exc:
+            except DATABASE_ERRORS as exc:
+                if not is_outage(exc):
+                    raise
                 _log_outage(self._log, exc, outage)
             stopping = self._stopping.is_set()
             wait = outage.next(stopping)
@@ -133,6 +166,37 @@ class GroupCommit:
 
 def _log_outage(log: Any, exc: BaseException, outage: Backoff) -> None:
     log.error("database.unavailable", doing="record", error=first_line(exc), retry_in=outage.delay)
+
+
+def _log_refused(log: Any, exc: BaseException, batch: list[Finish]) -> None:
+    log.warning(
+        "outcome.refused",
+        outcomes=len(batch),
+        error=first_line(exc),
+        then="recording each outcome alone",
+    )
+
+
+def _log_recorded_as(log: Any, outcome: Finish, refusals: list[Exception]) -> None:
+    """Say so when `outcome` went in only in a safer form than its own."""
+    if refusals:
+        forms = ("sanitised", "bare")
+        log.warning(
+            "outcome.simplified",
+            id=outcome.row_id,
+            form=forms[len(refusals) - 1],
+            error=first_line(refusals[-1]),
+        )
+
+
+def _unrecordable(log: Any, outcome: Finish, refusals: list[Exception]) -> bool:
+    log.error(
+        "outcome.unrecordable",
+        id=outcome.row_id,
+        status=outcome.decision.status.value,
+        reason=first_line(refusals[-1]),
+    )
+    return False
 
 
 def _gave_up(log: Any, batch: list[Finish]) -> list[bool]:
@@ -198,12 +262,46 @@ class AsyncGroupCommit:
             _resolve(batch, results)
 
     async def _commit_until_done(self, batch: list[Finish]) -> list[bool]:
+        """Commit `batch` through outages; if the database refuses it, each outcome alone."""
+        try:
+            return await self._through_outages(batch)
+        except DATABASE_ERRORS as exc:  # refused: _through_outages retries outages
+            _log_refused(self._log, exc, batch)
+        return [await self._one(outcome) for outcome in batch]
+
+    async def _one(self, outcome: Finish) -> bool:
+        """Commit `outcome` alone, in safer forms while the database refuses it."""
+        refusals: list[Exception] = []
+        for form in recordable_forms(outcome):
+            try:
+                result = (await self._through_outages([form]))[0]
+            except DATABASE_ERRORS as exc:
+                refusals.append(exc)
+                continue
+            _log_recorded_as(self._log, outcome, refusals)
+            return result
+        return _unrecordable(self._log, outcome, refusals)
+
+    async def _through_outages(self, batch: list[Finish]) -> list[bool]:
+        """The commit of `batch`, retried while the database is away; raises what it
+        refuses."""
         outage = database_backoff()
+        reconnected = False
         while True:
+            held = self._conn is not None and not self._conn.closed
             try:
                 return await self._commit(batch)
-            except (psycopg.Error, SQLAlchemyError) as exc:
+            except DATABASE_ERRORS as exc:
+                if not is_outage(exc):
+                    raise
+                # A connection that was open and is now broken died with the server (a
+                # restart): once, a new one at once, without an error.
+                died = held and self._conn is not None and self._conn.broken
                 await self._drop_connection()
+                if died and not reconnected:
+                    reconnected = True
+                    self._log.info("database.reconnected", doing="record", error=first_line(exc))
+                    continue
                 _log_outage(self._log, exc, outage)
             wait = outage.next(self._stopping)
             if wait is None:

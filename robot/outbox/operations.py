@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 
 from robot.config import Settings
+from robot.outbox.engine import reconnecting
 from robot.outbox.rows import RECENT_SECONDS, Attachment, Change, Event, OutboxRow, QueueStatus
 from robot.outbox.schema import (
     FINISHED,
@@ -44,7 +45,7 @@ from robot.outbox.shared import (
 )
 
 PURGE_CHUNK = 500  # rows deleted per transaction by the retention job
-UNSCHEDULABLE = "created_at or send_after is not a time the database can read"
+UNSCHEDULABLE = "{column} is not a time the database can read"
 
 
 @dataclass(frozen=True)
@@ -117,15 +118,21 @@ class Operations(OutboxTables):
                 )
         return row_id
 
+    @reconnecting
     def get(self, row_id: int) -> OutboxRow | None:
         """One row with its attachments, or None."""
-        with self.engine.connect() as conn:
-            found = conn.execute(select(outbox).where(outbox.c.id == row_id)).mappings().first()
+        with self.reading() as conn:
+            found = (
+                conn.execute(select(*self.readable_columns()).where(outbox.c.id == row_id))
+                .mappings()
+                .first()
+            )
             if found is None:
                 return None
             files, sizes = self._attachments(conn, [row_id])
             return OutboxRow.from_mapping(found, files.get(row_id, ()), sizes.get(row_id, 0))
 
+    @reconnecting
     def history(self, row_id: int) -> list[Event]:
         """A row's events, oldest first."""
         query = (
@@ -133,39 +140,45 @@ class Operations(OutboxTables):
             .where(outbox_event.c.outbox_id == row_id)
             .order_by(outbox_event.c.id)
         )
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             return [
                 Event(r["at"], r["kind"], r["smtp_code"], r["detail"])
                 for r in conn.execute(query).mappings()
             ]
 
+    @reconnecting
     def rows(
         self, *, status: str | None = None, batch: str | None = None, limit: int = 50
     ) -> tuple[datetime, list[tuple[OutboxRow, datetime]]]:
         """The database's now and rows (newest first) with the time each is or was due."""
-        query = select(outbox, self.due_at().label("due_at")).order_by(outbox.c.id.desc())
+        due_at = self.statements.readable_time(self.due_at())
+        query = select(*self.readable_columns(), due_at.label("due_at")).order_by(
+            outbox.c.id.desc()
+        )
         if status:
             query = query.where(outbox.c.status == status)
         if batch:
             query = query.where(outbox.c.batch == batch)
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             now = conn.execute(select(utcnow())).scalar_one()
             found = conn.execute(query.limit(limit)).mappings().all()
         return now, [(OutboxRow.from_mapping(r), r["due_at"]) for r in found]
 
     # -- the queue in numbers ------------------------------------------------------------
 
+    @reconnecting
     def depth(self) -> tuple[dict[str, int], int]:
         """Rows per status and the number of waiting rows that are due: for the metrics."""
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             due = conn.execute(
                 select(func.count()).where(WAITING, self.due_at() <= utcnow())
             ).scalar_one()
             return self._counts(conn), int(due)
 
+    @reconnecting
     def counts(self) -> dict[str, int]:
         """Number of rows in each status."""
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             return self._counts(conn)
 
     @staticmethod
@@ -173,20 +186,22 @@ class Operations(OutboxTables):
         query = select(outbox.c.status, func.count()).where(*where).group_by(outbox.c.status)
         return {status: count for status, count in conn.execute(query)}
 
+    @reconnecting
     def status(self, batch: str | None = None) -> QueueStatus:
         """Counts per status, the due backlog and its spread, and the recent sending rate,
         of the whole outbox or of one batch."""
         of_batch = [outbox.c.batch == batch] if batch is not None else []
         waiting = select(self.due_at().label("due_at")).where(WAITING, *of_batch).subquery()
-        with self.engine.connect() as conn:
+        readable = self.statements.readable_time
+        with self.reading() as conn:
             now = conn.execute(select(utcnow())).scalar_one()
             counts = self._counts(conn, *of_batch)
             due, later, next_due, last_due = conn.execute(
                 select(
                     func.count().filter(waiting.c.due_at <= now),
                     func.count().filter(waiting.c.due_at > now),
-                    func.min(waiting.c.due_at).filter(waiting.c.due_at > now),
-                    func.max(waiting.c.due_at),
+                    readable(func.min(waiting.c.due_at).filter(waiting.c.due_at > now)),
+                    readable(func.max(waiting.c.due_at)),
                 )
             ).one()
             recent = conn.execute(
@@ -209,6 +224,7 @@ class Operations(OutboxTables):
 
     # -- operator control ----------------------------------------------------------------
 
+    @reconnecting
     def transition(
         self,
         verb: str,
@@ -258,11 +274,13 @@ class Operations(OutboxTables):
 
     # -- suppression list ------------------------------------------------------------------
 
+    @reconnecting
     def suppress(self, address: str, reason: str) -> bool:
         """Add `address` (lower-cased); False if it was already there."""
         with self.engine.begin() as conn:
             return insert_suppression(conn, address, reason, None)
 
+    @reconnecting
     def unsuppress(self, address: str) -> bool:
         """Remove `address`; False if it was not there."""
         with self.engine.begin() as conn:
@@ -271,20 +289,22 @@ class Operations(OutboxTables):
             ).rowcount
         return bool(gone)
 
+    @reconnecting
     def suppressed(self, limit: int | None = None) -> list[tuple[str, str | None, datetime]]:
         """The suppression list, newest first: (address, reason, since)."""
         query = select(
             suppression.c.address, suppression.c.reason, suppression.c.created_at
         ).order_by(suppression.c.created_at.desc(), suppression.c.address)
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             return [tuple(r) for r in conn.execute(query.limit(limit))]
 
+    @reconnecting
     def is_suppressed(self, addresses: Iterable[str]) -> list[str]:
         """The addresses among `addresses` that are in the suppression list."""
         wanted = {a.lower() for a in addresses}
         if not wanted:
             return []
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             found = conn.execute(
                 select(suppression.c.address).where(suppression.c.address.in_(wanted))
             ).scalars()
@@ -292,6 +312,7 @@ class Operations(OutboxTables):
 
     # -- housekeeping ------------------------------------------------------------------------
 
+    @reconnecting
     def purge_finished(self, retention_days: float, chunk: int = PURGE_CHUNK) -> int:
         """Delete finished rows last changed more than `retention_days` ago, `chunk` rows per
         transaction so that no lock is held for long. Their events and files go with them."""
@@ -319,33 +340,43 @@ class Operations(OutboxTables):
             if len(ids) < chunk:
                 return purged
 
+    @reconnecting
     def fail_unschedulable(self) -> list[int]:
         """Fail waiting rows whose times cannot be read (a host wrote text that is not a
-        time into created_at or send_after on SQLite): they would never become due.
-        PostgreSQL's timestamptz columns cannot hold such text: nothing to look for."""
+        time into created_at, send_after or next_attempt_at on SQLite): they would never
+        become due. PostgreSQL's timestamptz columns cannot hold such text: nothing to do."""
         if not self.statements.times_can_be_unreadable:
             return []
+        failed: list[int] = []
         with self.engine.begin() as conn:
-            failed = list(
-                conn.execute(
-                    update(outbox)
-                    .where(WAITING, self.due_at().is_(None))
-                    .values(
-                        status=Status.FAILED.value,
-                        updated_at=utcnow(),
-                        last_error=UNSCHEDULABLE,
-                    )
-                    .returning(outbox.c.id)
-                ).scalars()
-            )
-            insert_events(conn, failed, "failed", UNSCHEDULABLE)
+            for column in (outbox.c.created_at, outbox.c.send_after, outbox.c.next_attempt_at):
+                reason = UNSCHEDULABLE.format(column=column.name)
+                found = list(
+                    conn.execute(
+                        update(outbox)
+                        .where(
+                            WAITING,
+                            self.due_at().is_(None),
+                            self.statements.unreadable_time(column),
+                        )
+                        .values(
+                            status=Status.FAILED.value,
+                            updated_at=utcnow(),
+                            last_error=reason,
+                        )
+                        .returning(outbox.c.id)
+                    ).scalars()
+                )
+                insert_events(conn, found, "failed", reason)
+                failed += found
         return failed
 
     # -- delivery status notifications ------------------------------------------------------
 
+    @reconnecting
     def record_dsn(
         self,
-        failures: Sequence[tuple[str, str, str | None, int | None, bool]],
+        failures: Sequence[DsnFailure],
         *,
         row_id: int | None = None,
         message_id: str | None = None,
@@ -358,8 +389,9 @@ class Operations(OutboxTables):
         `message_id`, else the row whose Message-ID is `message_id`. A `sent` row becomes
         `bounced` when a failure is about its own recipient (a cc or bcc alone only goes into
         the history); a row in any other state only gets the history lines. An address whose
-        failure says to suppress it (5.1.x) is suppressed. Returns (row id, whether the row
-        became bounced), or None when no row matches.
+        failure says to suppress it (5.1.x) is suppressed. A failure the row's history holds
+        already (the same report read twice, by two robots on one mailbox) changes nothing.
+        Returns (row id, whether the row became bounced), or None when no row matches.
         """
         if not failures or (row_id is None and not message_id):
             return None
@@ -371,14 +403,17 @@ class Operations(OutboxTables):
             outbox.c.bcc,
             outbox.c.message_id,
         )
+        # The row is locked (PostgreSQL; SQLite's BEGIN IMMEDIATE locks it all) so that a
+        # second robot with the same report waits, then finds the lines it would add.
+        row = select(*columns).with_for_update()
         with self.engine.begin() as conn:
             found = None
             if row_id is not None:
-                found = conn.execute(select(*columns).where(outbox.c.id == row_id)).first()
+                found = conn.execute(row.where(outbox.c.id == row_id)).first()
                 if found is not None and message_id and found.message_id not in (None, message_id):
                     found = None  # the VERP id names another message: go by the Message-ID
             if found is None and message_id:
-                by_id = select(*columns).where(outbox.c.message_id == message_id).limit(1)
+                by_id = row.where(outbox.c.message_id == message_id).limit(1)
                 # The robot's own Message-IDs start with the row id: a primary-key look-up.
                 own_form = re.match(r"<(\d{1,18})\.", message_id)
                 if own_form:
@@ -387,10 +422,13 @@ class Operations(OutboxTables):
                     found = conn.execute(by_id).first()
             if found is None:
                 return None
+            source = "delivery status notification" + (f" from {reporter}" if reporter else "")
+            failures = _not_recorded(conn, found.id, failures, source)
+            if not failures:
+                return int(found.id), False
             to = {a.lower() for _, a in getaddresses([found.recipient or ""]) if a}
             copies = {a.lower() for _, a in getaddresses([found.cc or "", found.bcc or ""]) if a}
             about_row = [f for f in failures if f[0].lower() in to or f[0].lower() not in copies]
-            source = "delivery status notification" + (f" from {reporter}" if reporter else "")
             changed = False
             if about_row:
                 address, status, diagnostic, code, _ = about_row[0]
@@ -409,16 +447,16 @@ class Operations(OutboxTables):
                     ).rowcount
                 )
             for address, status, diagnostic, code, suppress in failures:
-                reply = f"{status} {diagnostic}" if diagnostic else status
                 conn.execute(
                     insert(outbox_event).values(
                         outbox_id=found.id,
                         kind="bounced" if changed else "dsn",
                         smtp_code=code,
-                        detail=f"{address}: {reply} ({source})",
+                        detail=_dsn_detail(address, status, diagnostic, source),
                     )
                 )
                 if suppress:
+                    reply = f"{status} {diagnostic}" if diagnostic else status
                     insert_suppression(conn, address, f"bounced ({source}): {reply}", found.id)
         return int(found.id), changed
 
@@ -507,6 +545,37 @@ class Operations(OutboxTables):
         )
         with self.engine.connect() as conn:
             return [int(i) for i in conn.execute(query).scalars()]
+
+
+DsnFailure = tuple[str, str, str | None, int | None, bool]
+DSN_KINDS = ("bounced", "dsn")  # the history lines record_dsn writes
+
+
+def _dsn_detail(address: str, status: str, diagnostic: str | None, source: str) -> str:
+    """The history line of one failure of a delivery status notification."""
+    reply = f"{status} {diagnostic}" if diagnostic else status
+    return f"{address}: {reply} ({source})"
+
+
+def _not_recorded(
+    conn: Connection, row_id: int, failures: Sequence[DsnFailure], source: str
+) -> list[DsnFailure]:
+    """The failures that row `row_id`'s history does not hold yet (once each)."""
+    seen = {
+        (detail, code)
+        for detail, code in conn.execute(
+            select(outbox_event.c.detail, outbox_event.c.smtp_code).where(
+                outbox_event.c.outbox_id == row_id, outbox_event.c.kind.in_(DSN_KINDS)
+            )
+        )
+    }
+    fresh = []
+    for failure in failures:
+        key = (_dsn_detail(*failure[:3], source), failure[3])
+        if key not in seen:
+            seen.add(key)
+            fresh.append(failure)
+    return fresh
 
 
 def operations_for(settings: Settings, engine: Engine) -> Operations:

@@ -87,8 +87,10 @@ class UTCDateTime(TypeDecorator[datetime]):
                 parsed = datetime.fromisoformat(value)
             except ValueError:  # SQLite keeps whatever text a host wrote; it is never due
                 return None
-        else:
+        elif isinstance(value, datetime):
             parsed = value
+        else:  # SQLite: bytes or a number a host wrote
+            return None
         if parsed.tzinfo is None:
             return parsed.replace(tzinfo=UTC)
         return parsed.astimezone(UTC)

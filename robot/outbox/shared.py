@@ -4,8 +4,10 @@ lines and suppressions both write."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, func, insert, select, text
 
@@ -13,6 +15,8 @@ from robot.outbox.dialects import Statements, statements_for
 from robot.outbox.rows import Attachment
 from robot.outbox.schema import (
     WAITING_SQL,
+    UTCDateTime,
+    outbox,
     outbox_attachment,
     outbox_event,
     suppression,
@@ -37,6 +41,23 @@ class OutboxTables:
         self.statements: Statements = statements_for(engine)
         self.grace_seconds = grace_seconds
         self.max_attachment_bytes = max_attachment_bytes
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A read-only transaction: on SQLite a deferred BEGIN, which takes no write lock and
+        so never waits behind a claim or a host's write transaction (WAL reads beside them)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(sqlite_read_only=True)
+            with conn.begin():
+                yield conn
+
+    def readable_columns(self) -> list[ColumnElement[Any]]:
+        """The outbox's columns, its times as the driver can read them (PostgreSQL keeps
+        '-infinity', which Python's datetime cannot hold: Statements.readable_time)."""
+        readable = self.statements.readable_time
+        return [
+            readable(c).label(c.name) if isinstance(c.type, UTCDateTime) else c for c in outbox.c
+        ]
 
     def due_at(self) -> ColumnElement[datetime]:
         """When a row is or was due, with this outbox's grace (Statements.due_at)."""
@@ -68,9 +89,17 @@ class OutboxTables:
             )
             for r in conn.execute(query).mappings():
                 found.setdefault(r["outbox_id"], []).append(
-                    Attachment(r["filename"], r["content_type"], bytes(r["content"]))
+                    Attachment(r["filename"], r["content_type"], _as_bytes(r["content"]))
                 )
         return {key: tuple(value) for key, value in found.items()}, sizes
+
+
+def _as_bytes(content: object) -> bytes:
+    """A file's content as bytes: SQLite keeps text (or a number) where a host wrote one
+    into the BLOB column, and that text's UTF-8 bytes are what it means."""
+    if isinstance(content, bytes | bytearray | memoryview):
+        return bytes(content)
+    return str(content).encode("utf-8", "surrogateescape")
 
 
 def insert_events(conn: Connection, ids: Sequence[int], kind: str, detail: str) -> None:

@@ -127,9 +127,11 @@ async def test_a_large_batch_is_one_statement(
     assert sum(sizes) == recorder.BATCH  # one statement each, however large: atomic
 
 
-async def test_a_lost_connection_is_logged_and_retried(
+async def test_a_connection_that_died_is_replaced_at_once(
     pg_url: str, queue: Outbox, group: AsyncGroupCommit, quick_retries: None
 ) -> None:
+    """A connection the server ended (a restart, here pg_terminate_backend) is found broken
+    at the next commit: a new one at once, logged at info level, not as an outage."""
     first, second = claimed(pg_url, queue, 2)
     assert await asyncio.wait_for(group.record(Finish(first, SENT, 250, "ok")), WAIT)
     killed = host_sql(
@@ -140,7 +142,9 @@ async def test_a_lost_connection_is_logged_and_retried(
     assert killed and all(row[0] for row in killed)
     with capture_logs() as logs:
         assert await asyncio.wait_for(group.record(Finish(second, SENT, 250, "ok")), WAIT)
-    assert [e["doing"] for e in logs if e["event"] == "database.unavailable"] == ["record"]
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == []
+    reconnected = [e for e in logs if e["event"] == "database.reconnected"]
+    assert [(e["log_level"], e["doing"]) for e in reconnected] == [("info", "record")]
     assert queue.counts() == {"sent": 2}
 
 

@@ -134,3 +134,27 @@ async def test_two_addresses_in_recipient_fail_the_row(
     assert rows['"Doe, Jane" <jane@example.org>'] == ("sent", None)
     assert [r.rcpt_tos for r in smtp_server.received] == [["jane@example.org"]]
     assert b'To: "Doe, Jane" <jane@example.org>' in smtp_server.received[0].data
+
+
+async def test_a_reply_postgresql_cannot_store_does_not_hold_up_the_others(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    """A relay's reply with a NUL and a control character in it: the protocol layer makes
+    them visible (PostgreSQL cannot store a NUL), the outcome is recorded and the other rows
+    go as usual. (A refusal that still comes is isolated by the group commit:
+    tests/integration/components/test_refused_outcomes.py.)"""
+    for n in range(6):
+        host_sql(
+            db_url, f"INSERT INTO outbox (recipient, body_text) VALUES ('r{n}@example.org', 'x')"
+        )
+    smtp_server.fault("DATA", "250 2.0.0 queued as \x00\x1bA1", address="r3@example.org")
+    code, events = await drain(write_ini(db_url, smtp_server.port), timeout=20)
+    assert code == 0
+    rows = {
+        r: (s, reply)
+        for r, s, reply in host_sql(db_url, "SELECT recipient, status, smtp_reply FROM outbox")
+    }
+    assert rows["r3@example.org"] == ("sent", "2.0.0 queued as \\x00\\x1bA1")
+    assert all(status == "sent" for status, _ in rows.values())
+    assert len(smtp_server.received) == 6
+    assert not [e for e in events if e["event"] == "database.unavailable"]

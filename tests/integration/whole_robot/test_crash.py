@@ -326,3 +326,115 @@ async def test_sqlite_locked_for_a_while(
     check_delivery(tally(url, smtp_server), 0, "SQLite lock")
     doing = Counter(str(e.get("doing")) for e in errors)
     print(f"\n[sqlite] lock held {hold}s: {during} sent meanwhile, errors logged {dict(doing)}")
+
+
+async def test_sqlite_locked_longer_than_the_lease_sends_each_row_once(
+    tmp_path: Path,
+    write_ini: WriteIni,
+    smtp_server: TestSMTPServer,
+) -> None:
+    """A host holds SQLite's lock longer than the lease while the robot has rows in hand:
+    their leases run out in the database, yet the robot's own reaper must not take back the
+    rows it is still sending, and nothing is sent twice."""
+    url = f"sqlite:///{tmp_path}/robot.db"
+    # Renewal and reap both every 5 s, at the same moments (the reap first); every write
+    # fails after a second of waiting while the lock is held.
+    lease, busy_prelude = 15, SHORT_BUSY
+    total, hold = 60, lease + 4.0
+    smtp_server.data_delay = 0.2  # slow: a claim stays in hand for seconds
+    ini = write_ini(url, smtp_server.port, robot_ini(f"lease_seconds = {lease}"))
+    path = make_url(url).database
+    assert path
+    robot = RobotProcess(ini, "run", prelude=busy_prelude)
+    await robot.start()
+    try:
+        await robot.wait_for_event("robot.started", 60)
+        insert_rows(url, total)
+        await wait_until(
+            lambda: len(smtp_server.received) >= 5 or not robot.alive,
+            60,
+            "5 messages received",
+            interval=0.01,
+            describe=robot.tail,
+        )
+        locker = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
+            await asyncio.sleep(hold)
+            # WAL: a reader sees the rows the robot holds, their leases run out.
+            (expired,) = locker.execute(
+                "SELECT count(*) FROM outbox WHERE status = 'sending' "
+                "AND claimed_until < strftime('%Y-%m-%d %H:%M:%f', 'now')"
+            ).fetchone()
+            assert robot.alive, f"the robot exited ({robot.returncode}):\n{robot.tail()}"
+        finally:
+            if locker.in_transaction:
+                locker.execute("ROLLBACK")
+            locker.close()
+        assert expired > 0, "no lease ran out while the lock was held: the test tested nothing"
+        await wait_until(
+            lambda: all_sent(url, total) or not robot.alive,
+            90,
+            "every row sent after the lock",
+            interval=0.25,
+            describe=lambda: f"{status_counts(url)}; {robot.tail(10)}",
+        )
+        assert robot.alive, f"the robot exited ({robot.returncode}):\n{robot.tail()}"
+        assert await robot.terminate() == 0, robot.tail()
+    finally:
+        await robot.close()
+    assert not robot.named("robot.crashed"), robot.tail()
+    check_delivery(tally(url, smtp_server), 0, f"SQLite locked {hold}s, lease {lease}s")
+    assert not robot.named("lease.expired"), "the robot took back rows it had in hand"
+
+
+# -- 4. PostgreSQL restarts while the robot waits --------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_postgresql_restart_reconnects_without_an_error(
+    db_url: str, pg_cluster: PgCluster, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    """Between two bursts of rows the server restarts. Its pooled connections and the group
+    commit's are dead, and without pre-ping only their next statement finds out: that work
+    is done again at once on a new connection, logged at info level, never as an error."""
+    # No timed job touches the database during the short outage: no polling (LISTEN wakes
+    # the robot), the reaper and renewal every 100 s.
+    quiet = "[robot]\npoll_seconds = 60\nlease_seconds = 300\n[log]\nformat = json\nlevel = info\n"
+    ini = write_ini(db_url, smtp_server.port, quiet)
+    robot = await RobotProcess(ini, "run").start()
+    try:
+        await robot.wait_for_event("robot.started", 60)
+        insert_rows(db_url, 10)
+        await wait_until(
+            lambda: all_sent(db_url, 10) or not robot.alive,
+            60,
+            "the first 10 rows sent",
+            interval=0.1,
+            describe=lambda: f"{status_counts(db_url)}; {robot.tail(10)}",
+        )
+        await asyncio.to_thread(pg_down, pg_cluster)
+        await asyncio.to_thread(pg_up, pg_cluster)
+        # The LISTEN connection comes back within seconds and wakes the robot.
+        host_sql(
+            db_url,
+            "INSERT INTO outbox (recipient, subject, body_text) "
+            "SELECT 'after' || i || '@example.org', 'after', 'x' FROM generate_series(1, 10) i",
+        )
+        await wait_until(
+            lambda: all_sent(db_url, 20) or not robot.alive,
+            60,
+            "the 10 rows of after the restart sent",
+            interval=0.1,
+            describe=lambda: f"{status_counts(db_url)}; {robot.tail(10)}",
+        )
+        assert await robot.terminate() == 0, robot.tail()
+    finally:
+        await robot.close()
+    errors = [e for e in robot.events if e.get("level") == "error"]
+    assert errors == [], robot.tail()
+    reconnected = robot.named("database.reconnected")
+    assert {e["doing"] for e in reconnected} >= {"record"}, robot.tail()
+    assert all(e["level"] == "info" for e in reconnected)
+    check_delivery(tally(db_url, smtp_server), 0, "PostgreSQL restart")
