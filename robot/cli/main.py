@@ -432,9 +432,12 @@ def cmd_change(args: argparse.Namespace, wiring: Wiring) -> int:
 
 def cmd_status(args: argparse.Namespace, wiring: Wiring) -> int:
 
-    rate = wiring.settings().robot.rate
+    robot = wiring.settings().robot
     status = wiring.outbox().status(batch=args.batch)
-    print(status_json(status, rate) if args.json else status_text(status, rate, args.batch))
+    if args.json:
+        print(status_json(status, robot.rate, robot.redirect_to))
+    else:
+        print(status_text(status, robot.rate, args.batch, robot.redirect_to))
     return EXIT_OK
 
 

@@ -224,10 +224,22 @@ def estimate(status: QueueStatus, configured_rate: float) -> Estimate:
     return Estimate(rate, basis, due_done, all_done)
 
 
-def status_text(status: QueueStatus, configured_rate: float, batch: str | None = None) -> str:
-    """`email-robot status`: counts, backlog and ETA."""
+def status_text(
+    status: QueueStatus,
+    configured_rate: float,
+    batch: str | None = None,
+    redirect_to: str | None = None,
+) -> str:
+    """`email-robot status`: counts, backlog and ETA (and a warning when [robot] redirect_to
+    sends every message to one address)."""
     title = f"batch {batch!r}" if batch is not None else "outbox"
     lines = [f"{title} at {status.now:%Y-%m-%d %H:%M:%S} UTC"]
+    if redirect_to:
+        lines.insert(
+            0,
+            f"WARNING: [robot] redirect_to: every message goes to {redirect_to} "
+            "instead of its recipients",
+        )
     for name in ORDER:
         if status.counts.get(name):
             lines.append(f"  {name:<11}{status.counts[name]:>10}")
@@ -251,12 +263,13 @@ def status_text(status: QueueStatus, configured_rate: float, batch: str | None =
     return "\n".join(lines)
 
 
-def status_json(status: QueueStatus, configured_rate: float) -> str:
+def status_json(status: QueueStatus, configured_rate: float, redirect_to: str | None = None) -> str:
     """The same as a JSON object."""
     eta = estimate(status, configured_rate)
     return json.dumps(
         {
             "now": _iso(status.now),
+            "redirect_to": redirect_to,
             "counts": status.counts,
             "due": status.due,
             "later": status.later,
