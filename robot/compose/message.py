@@ -342,21 +342,23 @@ def _clean(value: str) -> str:
     return value
 
 
-def _address(value: str, field: str) -> str:
+def _address(value: str, field: str, as_written: str | None = None) -> str:
     """A bare address, validated (syntax only: no DNS). An internationalised domain comes
     back in its ASCII form; a non-ASCII local part is refused: it needs SMTPUTF8, which the
-    robot does not use."""
+    robot does not use. Errors quote `as_written`, the field as the row holds it (the parser
+    may have kept only a piece of it: 'not' of 'not an address')."""
     _clean(value)
     value = value.strip()
     if _plainly_valid(value):
         return value
+    shown = value if as_written is None else as_written
     try:
         valid = validate_email(value, check_deliverability=False, globally_deliverable=False)
     except EmailNotValidError as exc:
-        raise BadRowError(f"{field}: invalid address {value!r}: {exc}") from None
+        raise BadRowError(f"{field}: invalid address {shown!r}: {exc}") from None
     if not valid.local_part.isascii():
         raise BadRowError(
-            f"{field}: {value!r} has a non-ASCII local part, which needs SMTPUTF8 "
+            f"{field}: {shown!r} has a non-ASCII local part, which needs SMTPUTF8 "
             "(not supported: write the address in ASCII)"
         )
     return valid.ascii_email or valid.normalized  # IDN domains in their ASCII form
@@ -387,7 +389,7 @@ def _mailbox(value: str, field: str) -> Mailbox:
     name, addr = split_mailbox(value)
     if not addr:
         raise BadRowError(f"{field}: invalid address {value!r}")
-    return name, _address(addr, field)
+    return name, _address(addr, field, value)
 
 
 def _refuse_a_list(value: str, field: str) -> None:
@@ -437,7 +439,7 @@ def _mailbox_list(value: str | None, field: str) -> list[Mailbox]:
     found = [(name, addr) for name, addr in getaddresses([value]) if name or addr]
     if not found or any(not addr for _, addr in found):
         raise BadRowError(f"{field}: invalid address list {value!r}")
-    return [(name, _address(addr, field)) for name, addr in found]
+    return [(name, _address(addr, field, value)) for name, addr in found]
 
 
 def _extra_headers(raw: str | None) -> list[tuple[str, str]]:
