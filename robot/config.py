@@ -284,6 +284,14 @@ def find_config(explicit: str | None) -> Path:
     )
 
 
+def sample_ini() -> str:
+    """The commented sample robot.ini: packaged in the wheel as robot/sample.ini, or the
+    repository's robot.ini when running from a checkout."""
+    package = Path(__file__).resolve().parent  # robot/
+    packaged = package / "sample.ini"
+    return (packaged if packaged.is_file() else package.parent / "robot.ini").read_text()
+
+
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
     """Read robot.ini at `path`, apply the environment, validate. Raises ConfigError."""
     environ = os.environ if environ is None else environ
