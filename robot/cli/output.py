@@ -204,14 +204,28 @@ class Estimate:
     all_done_at: datetime | None  # every waiting row, the scheduled ones included
 
 
+MIN_RATE_SECONDS = 1.0  # the shortest time an observed rate is measured over
+
+
 def estimate(status: QueueStatus, configured_rate: float) -> Estimate:
     """The ETA of the backlog: at the observed sending rate of the last minutes, capped by
-    the configured `rate`; at the configured rate when nothing was sent lately."""
-    observed = status.sent_recently / RECENT_SECONDS
+    the configured `rate`; at the configured rate when nothing was sent lately.
+
+    The observed rate is the rows sent in the last RECENT_SECONDS over the time from the
+    first of them to now (at least a second): a drain that took 2 s is not spread over the
+    whole window."""
+    span = float(RECENT_SECONDS)
+    if status.first_sent_recently is not None:
+        since_first = (status.now - status.first_sent_recently).total_seconds()
+        span = min(span, max(MIN_RATE_SECONDS, since_first))
+    observed = status.sent_recently / span
     if observed > 0 and configured_rate > 0:
         rate, basis = min(observed, configured_rate), "observed, capped by [robot] rate"
     elif observed > 0:
-        rate, basis = observed, f"observed over the last {RECENT_SECONDS // 60} minutes"
+        rate, basis = (
+            observed,
+            f"observed: {status.sent_recently} sent in the last {countdown(span)}",
+        )
     elif configured_rate > 0:
         rate, basis = configured_rate, "[robot] rate"
     else:
