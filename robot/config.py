@@ -69,6 +69,7 @@ class RobotSettings:
     template_seconds: float = 5.0  # a row's templates taking longer to render fail the row
     uvloop: bool = True  # run on uvloop when it is installed (it is a dependency on Linux)
     processes: int = 1  # sending processes; connections and batch_size are split among them
+    redirect_to: str | None = None  # staging: every message goes to this address instead
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,14 @@ def find_config(explicit: str | None) -> Path:
         "no robot.ini found: pass -c PATH or set ROBOT_CONFIG "
         "(looked in ./robot.ini and /etc/email-robot/robot.ini)"
     )
+
+
+def sample_ini() -> str:
+    """The commented sample robot.ini: packaged in the wheel as robot/sample.ini, or the
+    repository's robot.ini when running from a checkout."""
+    package = Path(__file__).resolve().parent  # robot/
+    packaged = package / "sample.ini"
+    return (packaged if packaged.is_file() else package.parent / "robot.ini").read_text()
 
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
@@ -535,6 +544,9 @@ def _check_ranges(parts: dict[str, typing.Any], path: str) -> None:
             "must be debug, info, warning, error or critical",
         ),
     ]
+    if robot.redirect_to is not None:
+        ok = bool(ONE_ADDRESS.fullmatch(robot.redirect_to))
+        checks.append(("robot", "redirect_to", ok, "must be one address, like qa@example.org"))
     web: WebSettings = parts["web"]
     checks.append(("web", "listen", _is_host_port(web.listen), "must be HOST:PORT"))
     for section, key, ok, problem in checks:
@@ -632,6 +644,8 @@ def database_url(url: str, path: str) -> str:
 
 
 T = typing.TypeVar("T")
+# One bare address (no display name, no list): [robot] redirect_to.
+ONE_ADDRESS = re.compile(r"[^\s@,;<>()\"]+@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 VERP_DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 

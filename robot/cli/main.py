@@ -35,7 +35,7 @@ from robot.cli.output import (
     suppression_table,
 )
 from robot.cli.sink import serve_sink
-from robot.config import Settings, find_config, load_settings
+from robot.config import Settings, find_config, load_settings, sample_ini
 from robot.daemon.database import when_reachable
 from robot.daemon.robot import Robot
 from robot.daemon.supervisor import (
@@ -232,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--account", help="check only this account")
 
     verb("accounts", cmd_accounts, "configured sender accounts (no secrets)")
+
+    config_verb = verb(
+        "config", lambda a, w: _usage("config needs a subcommand: sample"), "robot.ini"
+    )
+    config_verbs = config_verb.add_subparsers(title="subcommands", metavar="SUBCOMMAND")
+    sample = config_verbs.add_parser(
+        "sample", help="print the commented sample robot.ini (to start one from)"
+    )
+    sample.set_defaults(handler=cmd_config_sample)
 
     web = verb("web", cmd_web, "the operators' console: a web page beside `run`")
     web.add_argument("--listen", metavar="HOST:PORT", help="default: [web] listen (127.0.0.1:8025)")
@@ -432,9 +441,12 @@ def cmd_change(args: argparse.Namespace, wiring: Wiring) -> int:
 
 def cmd_status(args: argparse.Namespace, wiring: Wiring) -> int:
 
-    rate = wiring.settings().robot.rate
+    robot = wiring.settings().robot
     status = wiring.outbox().status(batch=args.batch)
-    print(status_json(status, rate) if args.json else status_text(status, rate, args.batch))
+    if args.json:
+        print(status_json(status, robot.rate, robot.redirect_to))
+    else:
+        print(status_text(status, robot.rate, args.batch, robot.redirect_to))
     return EXIT_OK
 
 
@@ -534,6 +546,11 @@ def cmd_check(args: argparse.Namespace, wiring: Wiring) -> int:
 def cmd_accounts(args: argparse.Namespace, wiring: Wiring) -> int:
 
     print(accounts_table(wiring.settings().accounts))
+    return EXIT_OK
+
+
+def cmd_config_sample(args: argparse.Namespace, wiring: Wiring) -> int:
+    print(sample_ini(), end="")
     return EXIT_OK
 
 

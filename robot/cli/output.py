@@ -204,14 +204,28 @@ class Estimate:
     all_done_at: datetime | None  # every waiting row, the scheduled ones included
 
 
+MIN_RATE_SECONDS = 1.0  # the shortest time an observed rate is measured over
+
+
 def estimate(status: QueueStatus, configured_rate: float) -> Estimate:
     """The ETA of the backlog: at the observed sending rate of the last minutes, capped by
-    the configured `rate`; at the configured rate when nothing was sent lately."""
-    observed = status.sent_recently / RECENT_SECONDS
+    the configured `rate`; at the configured rate when nothing was sent lately.
+
+    The observed rate is the rows sent in the last RECENT_SECONDS over the time from the
+    first of them to now (at least a second): a drain that took 2 s is not spread over the
+    whole window."""
+    span = float(RECENT_SECONDS)
+    if status.first_sent_recently is not None:
+        since_first = (status.now - status.first_sent_recently).total_seconds()
+        span = min(span, max(MIN_RATE_SECONDS, since_first))
+    observed = status.sent_recently / span
     if observed > 0 and configured_rate > 0:
         rate, basis = min(observed, configured_rate), "observed, capped by [robot] rate"
     elif observed > 0:
-        rate, basis = observed, f"observed over the last {RECENT_SECONDS // 60} minutes"
+        rate, basis = (
+            observed,
+            f"observed: {status.sent_recently} sent in the last {countdown(span)}",
+        )
     elif configured_rate > 0:
         rate, basis = configured_rate, "[robot] rate"
     else:
@@ -224,10 +238,22 @@ def estimate(status: QueueStatus, configured_rate: float) -> Estimate:
     return Estimate(rate, basis, due_done, all_done)
 
 
-def status_text(status: QueueStatus, configured_rate: float, batch: str | None = None) -> str:
-    """`email-robot status`: counts, backlog and ETA."""
+def status_text(
+    status: QueueStatus,
+    configured_rate: float,
+    batch: str | None = None,
+    redirect_to: str | None = None,
+) -> str:
+    """`email-robot status`: counts, backlog and ETA (and a warning when [robot] redirect_to
+    sends every message to one address)."""
     title = f"batch {batch!r}" if batch is not None else "outbox"
     lines = [f"{title} at {status.now:%Y-%m-%d %H:%M:%S} UTC"]
+    if redirect_to:
+        lines.insert(
+            0,
+            f"WARNING: [robot] redirect_to: every message goes to {redirect_to} "
+            "instead of its recipients",
+        )
     for name in ORDER:
         if status.counts.get(name):
             lines.append(f"  {name:<11}{status.counts[name]:>10}")
@@ -251,12 +277,13 @@ def status_text(status: QueueStatus, configured_rate: float, batch: str | None =
     return "\n".join(lines)
 
 
-def status_json(status: QueueStatus, configured_rate: float) -> str:
+def status_json(status: QueueStatus, configured_rate: float, redirect_to: str | None = None) -> str:
     """The same as a JSON object."""
     eta = estimate(status, configured_rate)
     return json.dumps(
         {
             "now": _iso(status.now),
+            "redirect_to": redirect_to,
             "counts": status.counts,
             "due": status.due,
             "later": status.later,

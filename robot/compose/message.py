@@ -67,6 +67,7 @@ class Composed:
     recipients: tuple[str, ...]  # To, Cc and Bcc addresses, each once
     data: bytes
     message_id: str
+    redirected_from: tuple[str, ...] = ()  # the row's recipients, when sent to redirect_to
 
 
 def compose(
@@ -78,11 +79,14 @@ def compose(
     max_body_mb: float = 10.0,
     bounces: BounceSettings | None = None,
     rendered: Rendered | None = None,
+    redirect_to: str | None = None,
 ) -> Composed:
     """Build the message of `row` sent from `account`. Raises BadRowError.
 
     A row with a context is rendered here unless `rendered` brings its templates already
-    rendered (by a process that bounds the time they take: robot.daemon.rendering)."""
+    rendered (by a process that bounds the time they take: robot.daemon.rendering). With
+    `redirect_to` (staging), the message goes to that address alone and names the row's
+    recipients in X-Redirected-From."""
     if row.problem:  # a value the outbox could not read as its column's type
         raise BadRowError(row.problem)
     check_values(row, max_body_mb)
@@ -124,6 +128,8 @@ def compose(
         ("Message-ID", row.message_id),
         *extra,
     ]
+    if redirect_to is not None:
+        headers.append(("X-Redirected-From", _redirected_from(to, cc, bcc)))
     own = any(name.lower() == "list-unsubscribe" for name, _ in extra)  # the row's wins
     if sender.list_unsubscribe and not row.transactional and not own:
         headers += list_unsubscribe(sender.list_unsubscribe, to[1], row.id)
@@ -151,7 +157,23 @@ def compose(
     if bounces is not None and bounces.verp:
         domain = bounces.verp_domain or from_address.rpartition("@")[2]
         envelope_from = f"bounces+{row.id}@{domain}"
+    if redirect_to is not None:
+        return Composed(
+            envelope_from, (redirect_to,), data, row.message_id, redirected_from=tuple(recipients)
+        )
     return Composed(envelope_from, tuple(recipients), data, row.message_id)
+
+
+def _redirected_from(to: Mailbox, cc: list[Mailbox], bcc: list[Mailbox]) -> str:
+    """`to a; cc b, c; bcc d`: the recipients a redirected message would have gone to.
+
+    Bcc is listed too: a redirected message goes to the one QA address and to none of the
+    row's recipients, so no To or Cc recipient can see it, and QA needs it to check the row."""
+    parts = [f"to {to[1]}"]
+    for name, boxes in (("cc", cc), ("bcc", bcc)):
+        if boxes:
+            parts.append(f"{name} {', '.join(address for _, address in boxes)}")
+    return "; ".join(parts)
 
 
 Mailbox = tuple[str, str]  # (display name, address)
@@ -320,21 +342,23 @@ def _clean(value: str) -> str:
     return value
 
 
-def _address(value: str, field: str) -> str:
+def _address(value: str, field: str, as_written: str | None = None) -> str:
     """A bare address, validated (syntax only: no DNS). An internationalised domain comes
     back in its ASCII form; a non-ASCII local part is refused: it needs SMTPUTF8, which the
-    robot does not use."""
+    robot does not use. Errors quote `as_written`, the field as the row holds it (the parser
+    may have kept only a piece of it: 'not' of 'not an address')."""
     _clean(value)
     value = value.strip()
     if _plainly_valid(value):
         return value
+    shown = value if as_written is None else as_written
     try:
         valid = validate_email(value, check_deliverability=False, globally_deliverable=False)
     except EmailNotValidError as exc:
-        raise BadRowError(f"{field}: invalid address {value!r}: {exc}") from None
+        raise BadRowError(f"{field}: invalid address {shown!r}: {exc}") from None
     if not valid.local_part.isascii():
         raise BadRowError(
-            f"{field}: {value!r} has a non-ASCII local part, which needs SMTPUTF8 "
+            f"{field}: {shown!r} has a non-ASCII local part, which needs SMTPUTF8 "
             "(not supported: write the address in ASCII)"
         )
     return valid.ascii_email or valid.normalized  # IDN domains in their ASCII form
@@ -365,7 +389,7 @@ def _mailbox(value: str, field: str) -> Mailbox:
     name, addr = split_mailbox(value)
     if not addr:
         raise BadRowError(f"{field}: invalid address {value!r}")
-    return name, _address(addr, field)
+    return name, _address(addr, field, value)
 
 
 def _refuse_a_list(value: str, field: str) -> None:
@@ -415,7 +439,7 @@ def _mailbox_list(value: str | None, field: str) -> list[Mailbox]:
     found = [(name, addr) for name, addr in getaddresses([value]) if name or addr]
     if not found or any(not addr for _, addr in found):
         raise BadRowError(f"{field}: invalid address list {value!r}")
-    return [(name, _address(addr, field)) for name, addr in found]
+    return [(name, _address(addr, field, value)) for name, addr in found]
 
 
 def _extra_headers(raw: str | None) -> list[tuple[str, str]]:

@@ -149,6 +149,12 @@ class Robot:
             watch = asyncio.create_task(self._watch_supervisor(), name="supervisor-watch")
         scheduler.start()
         notify("READY=1")
+        if self.settings.robot.redirect_to:
+            self.log.warning(
+                "robot.redirecting",
+                redirect_to=self.settings.robot.redirect_to,
+                detail="staging: every message goes to this address instead of its recipients",
+            )
         self.log.info(
             "robot.started",
             connections=self.settings.robot.connections,

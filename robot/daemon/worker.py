@@ -25,7 +25,7 @@ from robot.errors import BadRowError
 from robot.outbox.group_commit import AsyncGroupCommit, GroupCommit
 from robot.outbox.rows import Finish, HistoryLine, OutboxRow
 from robot.outbox.schema import Status
-from robot.outcome.judge import all_suppressed, failed, judge, suppressed_line
+from robot.outcome.judge import all_suppressed, failed, judge, redirected_line, suppressed_line
 from robot.outcome.replies import Outcome
 from robot.send.attempt import Attempt
 from robot.send.direct import deliver as deliver_direct
@@ -151,6 +151,7 @@ class Worker:
                 max_body_mb=setup.settings.robot.max_body_mb,
                 bounces=setup.settings.bounces,
                 rendered=rendered,
+                redirect_to=setup.settings.robot.redirect_to,
             )
             signer = setup.signers.get(account.name)
             if signer is not None:
@@ -160,12 +161,21 @@ class Worker:
         except Exception as exc:  # a value compose did not foresee must not stop the robot
             log.exception("compose.crashed")
             return failed(row.id, f"cannot build the message: {type(exc).__name__}: {exc}")
+        redirected = message.redirected_from
+        lines = (redirected_line(message.recipients, redirected),) if redirected else ()
         if not row.suppressed:
-            return message, ()
-        kept = tuple(r for r in message.recipients if r.lower() not in row.suppressed)
+            return message, lines
+        # Staging: the row's own recipients are suppressed as usual; the rest go to QA.
+        kept = tuple(
+            r
+            for r in message.redirected_from or message.recipients
+            if r.lower() not in row.suppressed
+        )
         if not kept:
             return all_suppressed(row.id, row.suppressed)
-        return dataclasses.replace(message, recipients=kept), (suppressed_line(row.suppressed),)
+        if not message.redirected_from:
+            message = dataclasses.replace(message, recipients=kept)
+        return message, (*lines, suppressed_line(row.suppressed))
 
     async def send(self, account: Account, message: Composed, setup: Setup, log: Any) -> Attempt:
         """Wait for the robot's rate (the dispatcher handed out the row with a token of its

@@ -204,13 +204,13 @@ class Operations(OutboxTables):
                     readable(func.max(waiting.c.due_at)),
                 )
             ).one()
-            recent = conn.execute(
-                select(func.count()).where(
+            recent, first_sent = conn.execute(
+                select(func.count(), readable(func.min(outbox.c.sent_at))).where(
                     *of_batch,
                     outbox.c.status == Status.SENT.value,
                     outbox.c.sent_at >= self.statements.now_plus(-RECENT_SECONDS),
                 )
-            ).scalar_one()
+            ).one()
         return QueueStatus(
             now=now,
             counts=counts,
@@ -220,6 +220,7 @@ class Operations(OutboxTables):
             last_due=_as_time(last_due),
             sent_recently=recent,
             sending=counts.get(Status.SENDING.value, 0),
+            first_sent_recently=_as_time(first_sent),
         )
 
     # -- operator control ----------------------------------------------------------------

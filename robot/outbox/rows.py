@@ -303,3 +303,4 @@ class QueueStatus:
     last_due: datetime | None
     sent_recently: int  # rows sent in the last RECENT_SECONDS
     sending: int
+    first_sent_recently: datetime | None = None  # when the first of those was sent

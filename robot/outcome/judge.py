@@ -101,6 +101,13 @@ def suppressed_line(addresses: frozenset[str]) -> HistoryLine:
     return HistoryLine("suppressed", f"not sent to {', '.join(sorted(addresses))}")
 
 
+def redirected_line(sent_to: tuple[str, ...], recipients: tuple[str, ...]) -> HistoryLine:
+    """The history line of a message sent to [robot] redirect_to instead of its recipients."""
+    return HistoryLine(
+        "redirected", f"sent to {', '.join(sent_to)} instead of {', '.join(recipients)}"
+    )
+
+
 def _refused_lines(refusals: tuple[Refusal, ...]) -> tuple[HistoryLine, ...]:
     """A 'refused' line per refusal; 'unknown' for recipients whose message may have been
     delivered although no reply said so."""

@@ -463,6 +463,25 @@ def test_bad_rows(account: Account, changes: dict[str, Any], words: list[str]) -
 
 
 @pytest.mark.parametrize(
+    ("changes", "quoted"),
+    [
+        ({"recipient": "not an address"}, "recipient: invalid address 'not an address': "),
+        ({"recipient": "Ann <bad@@x>"}, "recipient: invalid address 'Ann <bad@@x>'"),
+        ({"cc": "bad@@x"}, "cc: invalid address 'bad@@x': "),
+        ({"cc": "ok@example.org, not an address"}, "invalid address 'ok@example.org, not an "),
+        ({"bcc": "nobody here"}, "bcc: invalid address 'nobody here': "),
+        ({"reply_to": "the desk"}, "reply_to: invalid address 'the desk': "),
+    ],
+)
+def test_address_errors_quote_the_value_as_the_row_holds_it(
+    account: Account, changes: dict[str, str], quoted: str
+) -> None:
+    """The parser keeps a piece of a bad value ('not' of 'not an address', '@x' of
+    'bad@@x'): the error quotes the whole value, which is what the host can look for."""
+    assert quoted in bad_row(account, **changes)
+
+
+@pytest.mark.parametrize(
     "name",
     ["From", "to", "CC", "Bcc", "Subject", "Date", "Message-ID", "Content-Type",
      "MIME-Version", "Content-Transfer-Encoding", "Sender", "Reply-To", "Return-Path"],

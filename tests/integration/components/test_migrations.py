@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import ast
 import re
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect
+from sqlalchemy.exc import IntegrityError
 
 from robot.cli.main import main
 from robot.outbox.engine import make_engine, migrations_dir, schema_is_current, upgrade
@@ -120,3 +124,71 @@ def test_db_upgrade_command_on_an_empty_postgresql_database(
     host_sql(url, "INSERT INTO outbox (recipient, subject, body_text) VALUES ('a@b.org', 's', 't')")
     assert host_sql(url, "SELECT status FROM outbox") == [("pending",)]
     pg_cluster.drop_database("fresh_upgrade")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of each kind, without a schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/empty.db"
+        return
+    from tests.support.pg import PgCluster
+
+    cluster = request.getfixturevalue("pg_cluster")
+    assert isinstance(cluster, PgCluster)
+    name = f"e_{uuid.uuid4().hex[:12]}"
+    yield cluster.create_database(name)
+    cluster.drop_database(name)
+
+
+def test_db_upgrade_gives_the_status_check_the_models_name_and_keeps_the_rows(
+    empty_db_url: str, write_ini: WriteIni
+) -> None:
+    """0001 named it ck_outbox_ck_outbox_status (the naming convention applied twice)."""
+    engine = make_engine(empty_db_url)
+    upgrade(engine, "0004")
+    assert status_check_names(engine) == ["ck_outbox_ck_outbox_status"]
+    schema_before = sqlite_schema(engine)
+    host_sql(empty_db_url, "INSERT INTO outbox (recipient, body_text) VALUES ('a@b.org', 'x')")
+    host_sql(
+        empty_db_url,
+        "INSERT INTO outbox_attachment (outbox_id, filename, content) VALUES (1, 'a.txt', ?)",
+        [b"abc"],
+    )
+    host_sql(empty_db_url, "INSERT INTO outbox_event (outbox_id, kind) VALUES (1, 'held')")
+    ini = write_ini(empty_db_url.replace("postgresql+psycopg://", "postgresql://"))
+
+    assert main(["-c", str(ini), "db", "upgrade"]) == 0
+
+    assert schema_is_current(engine)
+    assert status_check_names(engine) == ["ck_outbox_status"]
+    assert host_sql(empty_db_url, "SELECT count(*) FROM outbox_attachment") == [(1,)]
+    assert host_sql(empty_db_url, "SELECT count(*) FROM outbox_event") == [(1,)]
+    if engine.dialect.name == "sqlite":  # the same schema but for the name, and sound
+        assert sqlite_schema(engine) == [
+            sql.replace("ck_outbox_ck_outbox_status", "ck_outbox_status") for sql in schema_before
+        ]
+        assert host_sql(empty_db_url, "PRAGMA integrity_check") == [("ok",)]
+    with pytest.raises(IntegrityError, match="ck_outbox_status"):
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO outbox (recipient, body_text, status) VALUES ('a@b.org', 'x', 'bogus')"
+            )
+    engine.dispose()
+
+
+def status_check_names(engine: Engine) -> list[str | None]:
+    return [check["name"] for check in inspect(engine).get_check_constraints("outbox")]
+
+
+def sqlite_schema(engine: Engine) -> list[str]:
+    """The CREATE statements of a SQLite database but the version table's (empty elsewhere)."""
+    if engine.dialect.name != "sqlite":
+        return []
+    with engine.connect() as connection:
+        return list(
+            connection.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL "
+                "AND name != 'alembic_version' ORDER BY name"
+            ).scalars()
+        )
