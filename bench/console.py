@@ -7,7 +7,7 @@ process and read over a socket with httpx, as a signed-in admin's browser does.
 
 Each request is made 3 times to warm up, then timed `--requests` times (median and p95, ms).
 Also prints the query plans of the page's queries (EXPLAIN) at that size.
-Writes bench/results/console.json.
+Writes bench/results/console.json (a database not run keeps its figures there).
 """
 
 from __future__ import annotations
@@ -412,7 +412,10 @@ def main() -> None:
             finally:
                 cluster.stop()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "console.json").write_text(json.dumps(results, indent=2) + "\n")
+    path = RESULTS / "console.json"
+    if path.exists():  # a database not run this time keeps its figures
+        results = {**json.loads(path.read_text()), **results}
+    path.write_text(json.dumps(results, indent=2) + "\n")
     for database in ("sqlite", "postgresql"):
         for name, found in results.get(database, {}).get("plans", {}).items():
             for query in found:
