@@ -3,8 +3,8 @@ batch's newest rows from the index. On (batch) alone PostgreSQL walked the prima
 and stepped over every newer row of other batches (600,000 of them for an old batch of a
 1,000,000-row outbox: half a second). SQLite's index entries carry the rowid already.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-01
 """
 
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0004"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
