@@ -183,9 +183,10 @@ Index(
     postgresql_where=text("status = 'sending'"),
     sqlite_where=text("status = 'sending'"),
 )
-Index(
+Index(  # (batch, id): the console's page of a batch, newest first, straight from the index
     "ix_outbox_batch",
     outbox.c.batch,
+    outbox.c.id,
     postgresql_where=text("batch IS NOT NULL"),
     sqlite_where=text("batch IS NOT NULL"),
 )

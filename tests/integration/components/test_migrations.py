@@ -92,6 +92,13 @@ def test_upgrade_twice_is_harmless_and_creates_the_queue_index(engine: Engine) -
     assert {"ix_outbox_queue", "ix_outbox_lease", "ix_outbox_batch"} <= names
 
 
+def test_the_batch_index_holds_the_id_too(engine: Engine) -> None:
+    """The console's page of a batch, newest first, reads it from the index (PostgreSQL
+    otherwise walks the primary key over every newer row of other batches)."""
+    found = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("outbox")}
+    assert found["ix_outbox_batch"] == ["batch", "id"]
+
+
 def test_db_upgrade_command_creates_an_empty_sqlite_database(
     tmp_path: Path, write_ini: WriteIni
 ) -> None:
