@@ -533,6 +533,28 @@ class Operations(OutboxTables):
         with self.engine.connect() as conn:
             return self._counts(conn, *where)
 
+    def left_where(
+        self,
+        where: Sequence[ColumnElement[bool]],
+        statuses: Sequence[str],
+        *,
+        besides: Sequence[int] = (),
+        limit: int,
+    ) -> list[tuple[int, str]]:
+        """(id, status), oldest first, of at most `limit` rows matching `where` whose status
+        is none of `statuses` and whose id is not in `besides`: the rows of a filter that
+        had left before an action on it was confirmed."""
+        query = (
+            select(outbox.c.id, outbox.c.status)
+            .where(*where, outbox.c.status.not_in(list(statuses)))
+            .order_by(outbox.c.id)
+            .limit(limit + len(besides))
+        )
+        skip = set(besides)
+        with self.engine.connect() as conn:
+            found = [(int(i), str(s)) for i, s in conn.execute(query) if i not in skip]
+        return found[:limit]
+
     def ids_where(
         self, where: Sequence[ColumnElement[bool]], statuses: Sequence[str], *, limit: int
     ) -> list[int]:

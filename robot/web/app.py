@@ -16,7 +16,7 @@ from datetime import datetime
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import ColumnElement, Engine
@@ -58,6 +58,7 @@ MAX_IDS = 5000  # rows one action may name (a filter's confirmation takes the fi
 SESSION_SECONDS = 8 * 3600
 SESSION_COOKIE = "robot_console"
 VERBS = ("retract", "hold", "release", "retry")
+REPORTS_LEFT = ("retract", "hold")  # on a filter, rows that left before it are too late too
 LABELS = {"retract": "Retract", "hold": "Hold", "release": "Release", "retry": "Retry"}
 PAST = {"retract": "retracted", "hold": "held", "release": "released", "retry": "retried"}
 FILTER_KEYS = ("status", "batch", "account", "q")
@@ -299,6 +300,19 @@ class Console:
         if not ids:
             raise HTTPException(400, "choose at least one row")
         change = self.ops.transition(verb, ids=ids, reason=f"{verb} by {user.name} (console)")
+        matching = str(form.get("filter", ""))
+        if matching and verb in REPORTS_LEFT:
+            # Everything matching a filter: the rows of it that had left before the
+            # confirmation are too late as well, as `email-robot retract --batch` says.
+            chosen = QueueFilter.from_values(dict(parse_qsl(matching)))
+            move = TRANSITIONS[verb]
+            left = self.ops.left_where(
+                chosen.where(self.ops),
+                (*move.sources, *move.already),
+                besides=ids,
+                limit=MAX_IDS,
+            )
+            change = Change(change.changed, change.unchanged, sorted([*change.too_late, *left]))
         self.audit.write(
             user.name, _client(request), verb, len(change.changed), _change_text(verb, change)
         )

@@ -652,3 +652,35 @@ def test_signing_out_or_a_new_password_ends_copies_of_the_session(console: Conso
     assert again.get("/").url.path == "/"  # signing in again works
     assert Users(console.engine).set_password("olga", "brand-new-pass-1")
     assert again.get("/").url.path == "/login"
+
+
+def test_retract_everything_in_a_batch_lists_the_rows_that_had_left_too_late(
+    console: Console,
+) -> None:
+    """As `email-robot retract --batch` does: rows of the filter that left before the
+    confirmation are too late as well as those that leave between confirmation and click."""
+    mine = pending(console, 4, batch="june")
+    other = pending(console, 1, batch="july")
+    set_status(console, mine[0], "sent")
+    client = console.signed_in("olga")
+    confirm = client.get("/confirm?verb=retract&batch=june")
+    confirmed = re.search(r'name="confirmed" value="([^"]*)"', confirm.text)
+    assert confirmed is not None and confirmed[1] == ",".join(map(str, mine[1:]))
+    set_status(console, mine[1], "sending")
+    response = client.post(
+        "/act",
+        data={
+            "verb": "retract",
+            "confirmed": confirmed[1],
+            "filter": "batch=june",
+            "csrf": csrf_of(client),
+        },
+    )
+    assert "Retracted: 2" in response.text and "Too late: 2" in response.text
+    assert f"{mine[0]}</a> (sent)" in response.text
+    assert f"{mine[1]}</a> (sending)" in response.text
+    late = re.search(r'<section class="too-late">(.*?)</section>', response.text, re.S)
+    assert late is not None
+    assert re.findall(r'href="/row/(\d+)"', late[1]) == [str(mine[0]), str(mine[1])]
+    assert console.status(other[0]) == "pending"
+    assert [console.status(i) for i in mine] == ["sent", "sending", "retracted", "retracted"]
