@@ -72,6 +72,7 @@ class Dispatcher:
         self.looks_queued = 0  # LOOK_AT_HELD items in the queue
         self.in_flight = 0
         self.leased: set[int] = set()  # claimed rows queued or on a wire: their leases renewed
+        self.claimed_at: dict[int, float] = {}  # of those rows: when their claim began
         self.to_release: list[int] = []  # taken from the queue after stop: released, not sent
         self.wake_times: set[float] = set()  # wake-up timers set (monotonic, rounded)
 
@@ -87,6 +88,7 @@ class Dispatcher:
                 await self.room.wait()
                 continue
             self.wake.clear()
+            claim_began = time.monotonic()
             try:
                 rows = await self._claim(high_water - self.queue.qsize())
                 outage.reset()
@@ -104,6 +106,7 @@ class Dispatcher:
                 return
             for row in rows:
                 self.leased.add(row.id)
+                self.claimed_at[row.id] = claim_began
                 self.queue.put_nowait(row)
             if rows:
                 self.log.debug("claimed", rows=len(rows))
@@ -238,6 +241,7 @@ class Dispatcher:
     def done(self, row: OutboxRow) -> None:
         """A worker is through with `row` (recorded, released or given up)."""
         self.leased.discard(row.id)
+        self.claimed_at.pop(row.id, None)
         self.in_flight -= 1
         if self.drain and self.nothing_left():
             self.wake.set()
@@ -251,6 +255,7 @@ class Dispatcher:
         )
         for row_id in ids:
             self.leased.discard(row_id)
+            self.claimed_at.pop(row_id, None)
         return released or 0
 
     # -- stopping and waking -------------------------------------------------------------

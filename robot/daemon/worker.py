@@ -21,6 +21,7 @@ from robot.daemon.metrics import Metrics
 from robot.daemon.pauses import AccountPauses
 from robot.daemon.rendering import RenderProcessError, TemplateRenderers
 from robot.daemon.setup import Setup
+from robot.daemon.shared_pauses import SharedPauses
 from robot.errors import BadRowError
 from robot.outbox.group_commit import AsyncGroupCommit, GroupCommit
 from robot.outbox.rows import Finish, HistoryLine, OutboxRow
@@ -49,6 +50,7 @@ class Worker:
         current: Callable[[], Setup],
         group_commit: GroupCommit | AsyncGroupCommit,
         pauses: AccountPauses,
+        shared: SharedPauses,
         metrics: Metrics,
         tally: Tally,
         renderers: TemplateRenderers,
@@ -58,6 +60,7 @@ class Worker:
         self.current = current
         self.group_commit = group_commit
         self.pauses = pauses
+        self.shared = shared
         self.metrics = metrics
         self.tally = tally
         self.renderers = renderers
@@ -87,6 +90,12 @@ class Worker:
         if self.pauses.is_paused(account.name):
             await self.dispatcher.release([row.id], "account paused after a transport fault")
             return
+        claimed_at = self.dispatcher.claimed_at.get(row.id, float("inf"))
+        operator_pause = self.pauses.by_operator(account.name, claimed_at)
+        if operator_pause is not None:  # claimed before the pause: given back untried
+            detail = f"not tried: account {account.name} {operator_pause}"
+            await self.dispatcher.release([row.id], detail)
+            return
         rendered: Rendered | None = None
         if row.context is not None:  # templates: rendered apart, under a deadline
             outcome = await self.render(row, setup, log)
@@ -106,7 +115,8 @@ class Worker:
         if attempt.fault is not None:
             await self.transport_fault(account, row, attempt.fault)
             return
-        self.pauses.sent(account.name)
+        if self.pauses.sent(account.name):  # the end of a run of faults: say so once
+            await self.shared.sent_again(account.name)
         await self.record(row, judge(attempt, row.id, row.attempts, setup.retry, history), log)
 
     async def render(self, row: OutboxRow, setup: Setup, log: Any) -> Rendered | Finish | None:
@@ -216,5 +226,6 @@ class Worker:
         if was_sending:
             self.log.error("account.fault", account=account.name, reason=reason, retry_in=seconds)
         await self.dispatcher.release([row.id], f"transport fault: {reason}")
+        await self.shared.fault(account.name, reason, seconds)
         if self.dispatcher.drain:
             self.dispatcher.wake.set()
