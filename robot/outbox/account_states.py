@@ -6,9 +6,10 @@ first message sent after one); an operator pauses until a time or until resumed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, Connection, Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -60,6 +61,34 @@ class AccountState:
         if self.by_operator:
             return f"paused by {self.paused_by or 'an operator'} {until}{why}"
         return f"paused after a fault {until}{why}"
+
+
+DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def pause_end(text: str, now: datetime) -> datetime:
+    """When an operator's pause is to end, in UTC: 'HH:MM' (the next such time), an ISO
+    date and time ('YYYY-MM-DD HH:MM', UTC unless it says otherwise), or a duration ('30m',
+    '2h', '1d'). Raises ValueError for anything else, or a time that has passed. Pure."""
+    value = text.strip()
+    duration = DURATION.fullmatch(value)
+    if duration:
+        return now + timedelta(seconds=float(duration[1]) * DURATION_UNITS[duration[2]])
+    clock = re.fullmatch(r"(\d{1,2}):(\d\d)", value)
+    if clock and int(clock[1]) < 24 and int(clock[2]) < 60:
+        at = now.replace(hour=int(clock[1]), minute=int(clock[2]), second=0, microsecond=0)
+        return at if at > now else at + timedelta(days=1)
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"not a time: {text!r} (give 'HH:MM', 'YYYY-MM-DD HH:MM' in UTC, or '30m', '2h')"
+        ) from None
+    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    if at <= now:
+        raise ValueError(f"{text!r} is in the past")
+    return at
 
 
 def operator_paused_now() -> ColumnElement[bool]:

@@ -191,19 +191,33 @@ class Operations(OutboxTables):
         """Counts per status, the due backlog and its spread, and the recent sending rate,
         of the whole outbox or of one batch."""
         of_batch = [outbox.c.batch == batch] if batch is not None else []
-        waiting = select(self.due_at().label("due_at")).where(WAITING, *of_batch).subquery()
+        waiting = (
+            select(
+                self.due_at().label("due_at"),
+                func.coalesce(outbox.c.account, "default").label("account"),
+            )
+            .where(WAITING, *of_batch)
+            .subquery()
+        )
         readable = self.statements.readable_time
         with self.reading() as conn:
             now = conn.execute(select(utcnow())).scalar_one()
             counts = self._counts(conn, *of_batch)
-            due, later, next_due, last_due = conn.execute(
+            # One pass over the waiting rows, by account: rows of a paused account wait.
+            by_account = conn.execute(
                 select(
+                    waiting.c.account,
                     func.count().filter(waiting.c.due_at <= now),
                     func.count().filter(waiting.c.due_at > now),
                     readable(func.min(waiting.c.due_at).filter(waiting.c.due_at > now)),
                     readable(func.max(waiting.c.due_at)),
-                )
-            ).one()
+                ).group_by(waiting.c.account)
+            ).all()
+            due_by_account = {str(r[0]): int(r[1]) for r in by_account if r[1]}
+            due = sum(int(r[1]) for r in by_account)
+            later = sum(int(r[2]) for r in by_account)
+            next_due = min((t for r in by_account if (t := _as_time(r[3]))), default=None)
+            last_due = max((t for r in by_account if (t := _as_time(r[4]))), default=None)
             recent, first_sent = conn.execute(
                 select(func.count(), readable(func.min(outbox.c.sent_at))).where(
                     *of_batch,
@@ -216,11 +230,12 @@ class Operations(OutboxTables):
             counts=counts,
             due=due,
             later=later,
-            next_due=_as_time(next_due),
-            last_due=_as_time(last_due),
+            next_due=next_due,
+            last_due=last_due,
             sent_recently=recent,
             sending=counts.get(Status.SENDING.value, 0),
             first_sent_recently=_as_time(first_sent),
+            due_by_account=due_by_account,
         )
 
     # -- operator control ----------------------------------------------------------------
