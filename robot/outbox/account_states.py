@@ -57,7 +57,9 @@ class AccountState:
             else f"until {self.paused_until:%Y-%m-%d %H:%M:%S} UTC"
         )
         if not self.paused:
-            return f"sending (last fault{why})" if not self.by_operator else "sending"
+            if self.by_operator or not self.reason:
+                return "sending"
+            return f"sending (last fault: {self.reason})"
         if self.by_operator:
             return f"paused by {self.paused_by or 'an operator'} {until}{why}"
         return f"paused after a fault {until}{why}"
