@@ -131,22 +131,26 @@ async def test_an_operator_pause_stops_one_account_while_another_sends_until_res
 ) -> None:
     news_server = TestSMTPServer()
     await news_server.start()
+    # The account's server stalls after 5 messages until the pause is read: the robot is
+    # then mid-way, its connections on the wire and rows of the account claimed in hand.
+    gate = news_server.hold_after(5)
     ini = write_ini(
         db_url,
         smtp_server.port,
-        f"[account:news]\naddress = news@example.net\nport = {news_server.port}\nrate = 20\n",
+        f"[account:news]\naddress = news@example.net\nport = {news_server.port}\n",
     )
     robot = await RobotProcess(ini, "run").start()
     try:
         await robot.wait_for_event("robot.started")
         insert_rows(db_url, 200, "news")
-        await news_server.wait_for(5, timeout=30)  # under way: rows claimed, on the wire
+        await news_server.wait_for(5, timeout=30)
 
         code, out, err = await acli(
             "-c", str(ini), "account", "pause", "news", "--reason", "list cleanup"
         )
         assert code == 0 and "paused by" in out and "(list cleanup)" in out, (out, err)
-        # Within poll_seconds the robot gives back what it held of the account, untried.
+        await robot.wait_for_event("account.paused_by_operator")
+        gate.set()  # the messages on the wire finish; what the robot holds goes back
         await wait_until(
             lambda: statuses(db_url, "news").get("sending", 0) == 0,
             30,
@@ -176,6 +180,7 @@ async def test_an_operator_pause_stops_one_account_while_another_sends_until_res
         assert code == 0 and "resumed (it was paused by" in out, (out, err)
         await news_server.wait_for(200, timeout=60)
     finally:
+        gate.set()
         await robot.terminate()
         await news_server.stop()
     assert statuses(db_url, "news") == {"sent": 200}
