@@ -205,3 +205,38 @@ def test_account_commands_refuse_an_unknown_account_with_exit_2(
     assert later.returncode == 0 and "paused by" in later.stdout and "(why)" in later.stdout
     listing = json.loads(cli("-c", ini, "account", "list", "--json").stdout)
     assert listing["default"]["paused_by_operator"] and listing["default"]["reason"] == "why"
+
+
+async def test_the_fault_pause_is_cleared_when_the_account_sends_again_by_itself(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer, tmp_path: Path
+) -> None:
+    """No operator: the robot tries again when its pause ends, sends, and clears the row."""
+    news_server = TestSMTPServer(auth={"news@example.net": SECRET})
+    await news_server.start()
+    password = tmp_path / "news-pw"
+    password.write_text("not-the-password\n")
+    ini = write_ini(db_url, smtp_server.port, news_account(news_server.port, password))
+    robot = await RobotProcess(ini, "run").start()
+    try:
+        insert_rows(db_url, 2, "news")
+        await robot.wait_for_event("account.fault")
+        await wait_until(
+            lambda: (
+                host_sql(db_url, "SELECT kind, paused_by FROM account_state")
+                == [("fault", robot.named("robot.started")[0]["robot"])]
+            ),
+            30,
+            "the fault pause written",
+        )
+        password.write_text(SECRET + "\n")  # read again at the next try (10 s later)
+        await news_server.wait_for(2, timeout=60)
+        await wait_until(
+            lambda: host_sql(db_url, "SELECT count(*) FROM account_state") == [(0,)],
+            30,
+            "the fault pause cleared",
+        )
+    finally:
+        await robot.terminate()
+        await news_server.stop()
+    assert statuses(db_url, "news") == {"sent": 2}
+    assert len(robot.named("account.fault")) == 1
