@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trustme
 from sqlalchemy import Engine
 
@@ -117,6 +119,41 @@ async def test_max_per_connection_reconnects_with_helo_name(
     assert max(per_session.values()) <= 3
     assert set(smtp_server.helos) == {"robot.test.example"}
     assert [r[1] for r in rows(db_url)] == ["sent"] * 10
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
+async def test_a_pipelining_server_gets_a_body_and_the_next_envelope_in_one_write(
+    db_url: str, write_ini: WriteIni, pipelining: bool
+) -> None:
+    """One round trip a message (RFC 2920 §3.1): the body, its final dot and the next
+    message's MAIL, RCPT and DATA arrive in one read; never an envelope for a message the
+    connection does not carry (the last before max_per_connection). Without PIPELINING,
+    one command a write."""
+    server = TestSMTPServer(pipelining=pipelining)
+    await server.start()
+    try:
+        for n in range(10):
+            host_sql(
+                db_url, f"INSERT INTO outbox (recipient, body_text) VALUES ('r{n}@x.org', 'x')"
+            )
+        extra = "[smtp]\nmax_per_connection = 4\n[robot]\nconnections = 1\n"
+        code, _ = await drain(write_ini(db_url, server.port, extra))
+    finally:
+        await server.stop()
+    assert code == 0
+    assert [r[1] for r in rows(db_url)] == ["sent"] * 10
+    carried = Counter(r.session_id for r in server.received)
+    assert sorted(carried.values()) == [2, 4, 4]
+    for session, chunks in server.reads.items():
+        messages = carried[session]
+        assert sum(chunk.count(b"MAIL FROM:") for chunk in chunks) == messages
+        body_then_envelope = [c for c in chunks if b"\r\n.\r\nMAIL FROM:" in c]
+        if pipelining:  # EHLO, the first envelope, each body with the next envelope, QUIT
+            assert len(body_then_envelope) == messages - 1
+            assert len(chunks) == messages + 3, chunks
+        else:  # EHLO, MAIL, RCPT, DATA and the body for each message, QUIT
+            assert body_then_envelope == []
+            assert len(chunks) == 4 * messages + 2, chunks
 
 
 async def test_starttls_verified_and_auth(
