@@ -110,14 +110,14 @@ class Worker:
                 await self.deliver(current, self.then(current, following))
                 current, following = following, None
                 if current is not None and self.dispatcher.stopping.is_set():
-                    await self.give_back(current.row, "robot stopping", current.message)
-                    current = None
+                    unsent, current = current, None
+                    await self.give_back(unsent.row, "robot stopping", unsent.message)
                 if current is None:
                     current = await self.next_ready(wait=True)
         finally:
-            for unsent in (current, following):  # only when cancelled: leases bring them back
-                if unsent is not None:
-                    self.dispatcher.done(unsent.row)
+            for held in (current, following):  # only when cancelled: leases bring them back
+                if held is not None:
+                    self.dispatcher.done(held.row)
             await self.settle()
             await self.relay.close()
 
@@ -322,7 +322,5 @@ class Worker:
         may wait in its DATA (its envelope went ahead)."""
         if message is not None:
             await self.relay.drop_unsent(message)
-        try:
-            await self.dispatcher.release([row.id], reason)
-        finally:
-            self.dispatcher.done(row)
+        await self.dispatcher.release([row.id], reason)
+        self.dispatcher.done(row)
