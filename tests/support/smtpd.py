@@ -84,6 +84,10 @@ class _SMTP(SMTP):
         self.session_id = session_id
         super().__init__(*args, **kw)
 
+    def data_received(self, data: bytes) -> None:
+        self.owner.reads.setdefault(self.session_id, []).append(data)
+        super().data_received(data)
+
 
 def _is_ok(reply: str) -> bool:
     return reply.startswith("2")
@@ -261,6 +265,7 @@ class TestSMTPServer:
         self.pipelining = pipelining  # advertise PIPELINING (RFC 2920) in the EHLO reply
         self.received: list[Received] = []
         self.connections = 0
+        self.reads: dict[int, list[bytes]] = {}  # by connection: the chunks as they came
         self.helos: list[str] = []
         self.auth_attempts: list[tuple[str, bool]] = []
         self.rcpt_replies: dict[str, str] = {}
