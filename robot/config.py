@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import ipaddress
 import os
+import pwd
 import re
 import socket
 import types
@@ -701,10 +702,22 @@ def _read_secret(path: Path, account: str) -> str:
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError as exc:
+        # Name the user: a file only root can read is the usual mistake (the service runs as
+        # email-robot), and the line must say so to whoever runs check or reads the journal.
         raise ConfigError(
-            f"password file of account {account} unreadable: {path}: {exc.strerror}",
+            f"password file of account {account} unreadable: {path}: {exc.strerror} "
+            f"(read as user {_user_name()})",
             key="password_file",
         ) from None
+
+
+def _user_name() -> str:
+    """The effective user's name, from the user database (never from $USER)."""
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 IMAP_PORTS = {"imaps": 993, "imap": 143}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -306,6 +308,25 @@ name = Newsletter
     assert news.read_password() == "s3cret"
     # The default account is untouched by the other.
     assert settings.default_account.sender.name == "Robot"
+
+
+def test_an_unreadable_password_file_names_the_file_and_the_user(tmp_path: Path) -> None:
+    """A file the service user cannot read (root's mode 600) must say who could not read it."""
+    secret = write_ini(tmp_path, "s3cret\n", name="smtp_password")
+    settings = load(
+        tmp_path,
+        f"[smtp]\nusername = robot@example.org\npassword_file = {secret}\n"
+        "[sender]\naddress = robot@example.org\n",
+    )
+    secret.unlink()  # rotated away after start: read anew at each login, so it is missed then
+    with pytest.raises(ConfigError) as error:
+        settings.default_account.read_password()
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    assert str(error.value).startswith(
+        f"password file of account default unreadable: {secret}: No such file or directory "
+        f"(read as user {user})"
+    )
+    assert error.value.key == "password_file"
 
 
 def test_account_with_own_username_inherits_no_password(tmp_path: Path) -> None:
