@@ -50,9 +50,14 @@ for dir in /etc /opt /var/lib; do
         -o "lowerdir=$dir,upperdir=$scratch/upper$name,workdir=$scratch/work$name" "$dir"
 done
 say "throwaway root: /etc, /opt and /var/lib are overlays on $scratch"
-if getent passwd email-robot >/dev/null || [ -e /opt/email-robot ] || [ -e /etc/email-robot ]; then
-    fail "this machine already has an email-robot installation; the walk-through needs a clean one"
-fi
+# A real installation on this machine is hidden under empty folders, so that the steps start
+# from nothing (an existing email-robot user is used as it is).
+for dir in /etc/email-robot /opt/email-robot /var/lib/email-robot; do
+    if [ -e "$dir" ]; then
+        mount -t tmpfs -o mode=755 tmpfs "$dir"
+        say "hid this machine's $dir"
+    fi
+done
 
 pids=()
 cleanup() {
