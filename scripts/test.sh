@@ -22,9 +22,14 @@ if [ "$(id -u)" = 0 ]; then
     if [ -n "${ROBOT_TEST_ROOT_ONLY:-}" ]; then
         echo "test.sh: ROBOT_TEST_ROOT_ONLY is set: no walk-through, no run as an ordinary user"
     else
+        echo "== test.sh: checks as root done in ${SECONDS}s"
         echo "== test.sh: the README's production section, walked through (scripts/walkthrough.sh)"
+        started=$SECONDS
         ./scripts/walkthrough.sh
+        echo "== test.sh: walk-through done in $((SECONDS - started))s"
         echo "== test.sh: the same checks as an ordinary user with Debian's Python, from a fresh clone (scripts/test-as-user.sh)"
+        started=$SECONDS
         ./scripts/test-as-user.sh "$@"
+        echo "== test.sh: run as an ordinary user done in $((SECONDS - started))s; all of make test in ${SECONDS}s"
     fi
 fi
