@@ -376,6 +376,7 @@ def _build(raw: RawConfig, path: str) -> Settings:
     for section in raw:
         if section not in SECTIONS and not section.startswith("account:"):
             raise ConfigError(f"{path}: unknown section [{section}]", path=path)
+    _files_from_the_ini_folder(raw, path)
     parts: dict[str, typing.Any] = {
         name: _section(cls, raw.get(name, {}), name, path) for name, cls in SECTIONS.items()
     }
@@ -399,6 +400,23 @@ def _build(raw: RawConfig, path: str) -> Settings:
         accounts=accounts,
         **{name: value for name, value in parts.items() if name != "smtp"},
     )
+
+
+def _files_from_the_ini_folder(raw: RawConfig, path: str) -> None:
+    """A relative path in a `*_file` key (password_file, ca_file, dkim_key_file, ...) is taken
+    from robot.ini's folder, as a relative SQLite path is: the service (in its state
+    directory) and an admin's command (anywhere) must read the same file."""
+    if not path:
+        return
+    folder = Path(path).resolve().parent
+    for values in raw.values():
+        for key, value in values.items():
+            if key.endswith("_file") and value.strip() and not Path(value).is_absolute():
+                resolved = str(folder / value.strip())
+                if isinstance(value, FromEnvironment):
+                    values[key] = FromEnvironment.of(resolved, value.variable)
+                else:
+                    values[key] = resolved
 
 
 def _account(section: str, values: dict[str, str], raw: RawConfig, path: str) -> Account:

@@ -329,6 +329,28 @@ def test_an_unreadable_password_file_names_the_file_and_the_user(tmp_path: Path)
     assert error.value.key == "password_file"
 
 
+def test_a_relative_password_file_is_taken_from_the_ini_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As with SQLite: the service runs in its state directory, an admin anywhere; both must
+    read the file next to robot.ini."""
+    write_ini(tmp_path, "s3cret\n", name="smtp_password")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(
+        write_ini(
+            tmp_path,
+            "[smtp]\nusername = robot@example.org\npassword_file = smtp_password\n"
+            "[sender]\naddress = robot@example.org\n",
+        ),
+        environ={"ROBOT_BOUNCES_CA_FILE": "ca.pem"},
+    )
+    assert settings.default_account.smtp.password_file == str(tmp_path / "smtp_password")
+    assert settings.default_account.read_password() == "s3cret"
+    assert settings.bounces.ca_file == str(tmp_path / "ca.pem")
+
+
 def test_account_with_own_username_inherits_no_password(tmp_path: Path) -> None:
     secret = write_ini(tmp_path, "robot-secret\n", name="smtp_password")
     settings = load(
