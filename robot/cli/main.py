@@ -46,7 +46,7 @@ from robot.daemon.supervisor import (
     supervisor_pid,
 )
 from robot.errors import ConfigError, RobotError
-from robot.logs import configure_logging, first_line, get_logger
+from robot.logs import configure_logging, drop_what_a_closed_pipe_gets, first_line, get_logger
 from robot.outbox.engine import (
     make_engine,
     missing_sqlite_file,
@@ -733,7 +733,7 @@ def _complain(message: str) -> None:
     try:
         print(f"email-robot: {message}", file=sys.stderr, flush=True)
     except OSError:
-        pass
+        drop_what_a_closed_pipe_gets(sys.stderr)  # or the exit code becomes 120
 
 
 def _positive(text: str) -> int:
