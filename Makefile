@@ -19,8 +19,8 @@ bench:
 
 lint:
 	./scripts/setup-venv.sh
-	.venv/bin/ruff check robot tests migrations
-	.venv/bin/ruff format --check robot tests migrations
+	.venv/bin/ruff check robot tests migrations scripts
+	.venv/bin/ruff format --check robot tests migrations scripts
 	.venv/bin/mypy
 	.venv/bin/lint-imports
 

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import ipaddress
 import os
+import pwd
 import re
 import socket
 import types
@@ -375,6 +376,7 @@ def _build(raw: RawConfig, path: str) -> Settings:
     for section in raw:
         if section not in SECTIONS and not section.startswith("account:"):
             raise ConfigError(f"{path}: unknown section [{section}]", path=path)
+    _files_from_the_ini_folder(raw, path)
     parts: dict[str, typing.Any] = {
         name: _section(cls, raw.get(name, {}), name, path) for name, cls in SECTIONS.items()
     }
@@ -398,6 +400,23 @@ def _build(raw: RawConfig, path: str) -> Settings:
         accounts=accounts,
         **{name: value for name, value in parts.items() if name != "smtp"},
     )
+
+
+def _files_from_the_ini_folder(raw: RawConfig, path: str) -> None:
+    """A relative path in a `*_file` key (password_file, ca_file, dkim_key_file, ...) is taken
+    from robot.ini's folder, as a relative SQLite path is: the service (in its state
+    directory) and an admin's command (anywhere) must read the same file."""
+    if not path:
+        return
+    folder = Path(path).resolve().parent
+    for values in raw.values():
+        for key, value in values.items():
+            if key.endswith("_file") and value.strip() and not Path(value).is_absolute():
+                resolved = str(folder / value.strip())
+                if isinstance(value, FromEnvironment):
+                    values[key] = FromEnvironment.of(resolved, value.variable)
+                else:
+                    values[key] = resolved
 
 
 def _account(section: str, values: dict[str, str], raw: RawConfig, path: str) -> Account:
@@ -701,10 +720,22 @@ def _read_secret(path: Path, account: str) -> str:
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError as exc:
+        # Name the user: a file only root can read is the usual mistake (the service runs as
+        # email-robot), and the line must say so to whoever runs check or reads the journal.
         raise ConfigError(
-            f"password file of account {account} unreadable: {path}: {exc.strerror}",
+            f"password file of account {account} unreadable: {path}: {exc.strerror} "
+            f"(read as user {_user_name()})",
             key="password_file",
         ) from None
+
+
+def _user_name() -> str:
+    """The effective user's name, from the user database (never from $USER)."""
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 IMAP_PORTS = {"imaps": 993, "imap": 143}

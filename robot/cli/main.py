@@ -50,7 +50,7 @@ from robot.daemon.supervisor import (
     supervisor_pid,
 )
 from robot.errors import ConfigError, RobotError
-from robot.logs import configure_logging, first_line, get_logger
+from robot.logs import configure_logging, drop_what_a_closed_pipe_gets, first_line, get_logger
 from robot.outbox.account_states import AccountState, AccountStates, pause_end
 from robot.outbox.engine import (
     make_engine,
@@ -826,7 +826,7 @@ def _complain(message: str) -> None:
     try:
         print(f"email-robot: {message}", file=sys.stderr, flush=True)
     except OSError:
-        pass
+        drop_what_a_closed_pipe_gets(sys.stderr)  # or the exit code becomes 120
 
 
 def _positive(text: str) -> int:

@@ -183,6 +183,8 @@ def test_a_start_up_error_with_nobody_reading_stderr_still_exits_2(tmp_path: Pat
         stderr=write_end,
         stdout=subprocess.DEVNULL,
         timeout=60,
+        # As an ordinary shell has it: PYTHONUNBUFFERED would hide the failed flush at exit.
+        env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
     )
     os.close(write_end)
     assert proc.returncode == 2
