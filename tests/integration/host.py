@@ -7,19 +7,42 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+import pymysql
 from sqlalchemy.engine import make_url
+
+MYSQL = ("mysql", "mariadb")
+
+
+def is_mysql(url: str) -> bool:
+    """Whether `url` is a MariaDB/MySQL database."""
+    return make_url(url).get_backend_name() in MYSQL
 
 
 def host_sql(url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    """Run one statement with the plain driver (sqlite3 or psycopg), commit, return rows.
+    """Run one statement with the plain driver (sqlite3, psycopg or PyMySQL), commit,
+    return rows.
 
-    Write placeholders as `?`; they are turned into `%s` for psycopg.
+    Write placeholders as `?`; they are turned into `%s` for psycopg and PyMySQL. A MariaDB
+    session keeps the server's time zone, as a host's does (the columns' defaults are UTC).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         with sqlite3.connect(parsed.database or ":memory:", timeout=30) as conn:
             cursor = conn.execute(sql, tuple(params))
             return cursor.fetchall()
+    if parsed.get_backend_name() in MYSQL:
+        with pymysql.connect(
+            host=parsed.host,
+            port=parsed.port or 3306,
+            user=parsed.username,
+            password=parsed.password or "",
+            database=parsed.database,
+            charset="utf8mb4",
+        ) as my, my.cursor() as my_cursor:
+            my_cursor.execute(sql.replace("%", "%%").replace("?", "%s"), tuple(params))
+            found = list(my_cursor.fetchall()) if my_cursor.description else []
+            my.commit()
+            return found
     dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(dsn) as pg:
         pg_cursor = pg.execute(sql.replace("?", "%s"), tuple(params))
@@ -32,6 +55,8 @@ def now_plus_sql(url: str, seconds: float) -> str:
     """SQL for 'the database clock plus `seconds`' in the host's dialect."""
     if url.startswith("sqlite"):
         return f"strftime('%Y-%m-%d %H:%M:%f', 'now', '{seconds:+} seconds')"
+    if is_mysql(url):
+        return f"(utc_timestamp(6) + INTERVAL {round(seconds * 1_000_000)} MICROSECOND)"
     return f"now() + interval '{seconds} seconds'"
 
 
@@ -42,6 +67,9 @@ def insert_many(url: str, n: int, batch: str | None = None, extra: str = "") -> 
     if url.startswith("sqlite"):
         source = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) "
         source += f"SELECT 'r' || i || '@example.org', 'x', {batch_sql} {extra} FROM n"
+    elif is_mysql(url):
+        source = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) "
+        source += f"SELECT concat('r', i, '@example.org'), 'x', {batch_sql} {extra} FROM n"
     else:
         source = f"SELECT 'r' || i || '@example.org', 'x', {batch_sql} {extra} "
         source += f"FROM generate_series(1, {n}) AS i"

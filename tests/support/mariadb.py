@@ -9,6 +9,7 @@ and on a private socket in that directory, never on the system's. As root it run
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import pwd
 import shutil
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import pymysql
@@ -173,7 +175,7 @@ class MariaDbServer:
 
     def _wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        last: Exception | None = None
+        last = ""
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
@@ -183,8 +185,12 @@ class MariaDbServer:
                     cur.execute("SELECT 1")
                 return
             except pymysql.Error as exc:
-                last = exc
-                time.sleep(0.1)
+                last = str(exc)  # not exc: its traceback holds the failed connection
+            # PyMySQL leaves the socket of a failed connect to the garbage collector.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                gc.collect()
+            time.sleep(0.1)
         raise self._fail(f"waiting for the server to accept connections ({last})")
 
     def _kill(self) -> None:
@@ -235,8 +241,8 @@ class MariaDbServer:
     # -- databases -------------------------------------------------------------------------
 
     def url(self, name: str) -> str:
-        """The robot's URL for database `name` on this server."""
-        return f"mysql://root@127.0.0.1:{self.port}/{name}"
+        """The robot's URL for database `name` on this server (as robot.config writes it)."""
+        return f"mysql+pymysql://root@127.0.0.1:{self.port}/{name}?charset=utf8mb4"
 
     def execute(self, *statements: str) -> None:
         """Run statements as root, in autocommit mode."""
@@ -248,6 +254,72 @@ class MariaDbServer:
         """Create database `name` (utf8mb4) and return its URL."""
         self.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
         return self.url(name)
+
+    def template(self, name: str) -> list[str]:
+        """The statements that create database `name`'s tables and rows of alembic_version
+        again in another database: parents before children (their foreign keys)."""
+        with self._admin() as conn, conn.cursor() as cur:
+            cur.execute(f"USE `{name}`")
+            cur.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                (name,),
+            )
+            tables = [str(row[0]) for row in cur.fetchall()]
+            cur.execute(
+                "SELECT table_name, referenced_table_name FROM "
+                "information_schema.referential_constraints WHERE constraint_schema = %s",
+                (name,),
+            )
+            parents: dict[str, set[str]] = {t: set() for t in tables}
+            for child, parent in cur.fetchall():
+                parents[str(child)].add(str(parent))
+            ordered: list[str] = []
+            while len(ordered) < len(tables):
+                ordered += sorted(
+                    t for t in tables if t not in ordered and parents[t] <= set(ordered)
+                )
+            statements = []
+            for table in ordered:
+                cur.execute(f"SHOW CREATE TABLE `{table}`")
+                statements.append(str(cur.fetchone()[1]))  # type: ignore[index]
+            cur.execute("SELECT version_num FROM alembic_version")
+            statements += [
+                f"INSERT INTO alembic_version VALUES ('{row[0]}')" for row in cur.fetchall()
+            ]
+        return statements
+
+    def create_from(self, name: str, template: list[str]) -> str:
+        """Create database `name` with the statements of `template` (MariaDB cannot copy a
+        database); its URL."""
+        self.execute(
+            f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+            f"USE `{name}`",
+            *template,
+        )
+        return self.url(name)
+
+    def empty(self, name: str, version: str) -> bool:
+        """Empty every table of database `name` (ids start at 1 again) and say whether it is
+        as a fresh copy would be: schema at Alembic `version`. False when it cannot be
+        emptied in 10 s (a session of a test still holds a table) or its revision changed:
+        then it is no use again."""
+        try:
+            with self._admin() as conn, conn.cursor() as cur:
+                cur.execute(f"USE `{name}`")
+                cur.execute("SET SESSION lock_wait_timeout = 10, foreign_key_checks = 0")
+                cur.execute("SELECT version_num FROM alembic_version")
+                if [row[0] for row in cur.fetchall()] != [version]:
+                    return False
+                cur.execute(
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = %s AND table_name != 'alembic_version'",
+                    (name,),
+                )
+                for (table,) in cur.fetchall():
+                    cur.execute(f"TRUNCATE TABLE `{table}`")
+        except pymysql.Error:
+            return False
+        return True
 
     def drop_database(self, name: str) -> None:
         """Drop database `name` if it exists."""
