@@ -1,5 +1,5 @@
 """The robot's side of the outbox: claim due rows under a lease, renew, release or reap
-leases, and record how each attempt ended. Claiming is atomic: PostgreSQL
+leases, and record how each attempt ended. Claiming is atomic: PostgreSQL and MariaDB/MySQL
 `FOR UPDATE SKIP LOCKED`, SQLite one `BEGIN IMMEDIATE` write transaction."""
 
 from __future__ import annotations
@@ -281,25 +281,20 @@ class Claims(OutboxTables):
         if not ids:
             return 0
         with self.engine.begin() as conn:
-            released = (
-                conn.execute(
-                    update(outbox)
-                    .where(
-                        outbox.c.id.in_(list(ids)),
-                        outbox.c.claimed_by == worker,
-                        outbox.c.status == Status.SENDING.value,
-                    )
-                    .values(
-                        status=self._waiting_status(),
-                        attempts=outbox.c.attempts - 1,
-                        claimed_by=None,
-                        claimed_until=None,
-                        updated_at=utcnow(),
-                    )
-                    .returning(outbox.c.id)
-                )
-                .scalars()
-                .all()
+            released = self.statements.update_ids(
+                conn,
+                [
+                    outbox.c.id.in_(list(ids)),
+                    outbox.c.claimed_by == worker,
+                    outbox.c.status == Status.SENDING.value,
+                ],
+                {
+                    "status": self._waiting_status(),
+                    "attempts": outbox.c.attempts - 1,
+                    "claimed_by": None,
+                    "claimed_until": None,
+                    "updated_at": utcnow(),
+                },
             )
             insert_events(conn, released, "unclaimed", reason)
         return len(released)
@@ -350,33 +345,27 @@ class Claims(OutboxTables):
                     expired.append(outbox.c.id.not_in(keep))
             failed: list[int] = []
             if max_errors is not None:
-                failed = list(
-                    conn.execute(
-                        update(outbox)
-                        .where(*expired, outbox.c.attempts >= max_errors)
-                        .values(
-                            status=Status.FAILED.value,
-                            claimed_by=None,
-                            claimed_until=None,
-                            updated_at=utcnow(),
-                            last_error=LEASE_GIVE_UP,
-                        )
-                        .returning(outbox.c.id)
-                    ).scalars()
+                failed = self.statements.update_ids(
+                    conn,
+                    [*expired, outbox.c.attempts >= max_errors],
+                    {
+                        "status": Status.FAILED.value,
+                        "claimed_by": None,
+                        "claimed_until": None,
+                        "updated_at": utcnow(),
+                        "last_error": LEASE_GIVE_UP,
+                    },
                 )
                 insert_events(conn, failed, "failed", LEASE_GIVE_UP)
-            reaped = list(
-                conn.execute(
-                    update(outbox)
-                    .where(*expired)
-                    .values(
-                        status=self._waiting_status(),
-                        claimed_by=None,
-                        claimed_until=None,
-                        updated_at=utcnow(),
-                    )
-                    .returning(outbox.c.id)
-                ).scalars()
+            reaped = self.statements.update_ids(
+                conn,
+                expired,
+                {
+                    "status": self._waiting_status(),
+                    "claimed_by": None,
+                    "claimed_until": None,
+                    "updated_at": utcnow(),
+                },
             )
             insert_events(conn, reaped, "lease-expired", "the robot holding it stopped answering")
         return reaped, failed

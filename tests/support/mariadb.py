@@ -33,7 +33,9 @@ _SERVERS = ("mariadbd", "mysqld")
 def find_server() -> tuple[Path, Path]:
     """The install tool and the server binary (mariadb-install-db, mariadbd)."""
     search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin"])
-    tool = next((shutil.which(t, path=search) for t in _TOOLS if shutil.which(t, path=search)), None)
+    tool = next(
+        (shutil.which(t, path=search) for t in _TOOLS if shutil.which(t, path=search)), None
+    )
     server = next(
         (shutil.which(s, path=search) for s in _SERVERS if shutil.which(s, path=search)), None
     )

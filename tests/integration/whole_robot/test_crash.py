@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import WriteIni
-from tests.integration.host import host_sql
+from tests.integration.host import host_sql, series_sql
 from tests.support.pg import PgCluster
 from tests.support.pg_outage import pg_down, pg_up
 from tests.support.robot_proc import RobotProcess, wait_until
@@ -36,16 +36,10 @@ def robot_ini(extra: str = "") -> str:
 
 def insert_rows(url: str, n: int) -> None:
     """n rows r1@example.org .. rN@example.org, with plain SQL as a host application would."""
-    if url.startswith("sqlite"):
-        numbers = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) "
-        source = "SELECT 'r' || i || '@example.org', 'crash ' || i, 'body ' || i FROM n"
-    else:
-        numbers = ""
-        source = (
-            "SELECT 'r' || i || '@example.org', 'crash ' || i, 'body ' || i "
-            f"FROM generate_series(1, {n}) AS i"
-        )
-    host_sql(url, f"INSERT INTO outbox (recipient, subject, body_text) {numbers}{source}")
+    source = (
+        f"SELECT 'r' || i || '@example.org', 'crash ' || i, 'body ' || i FROM {series_sql(url, n)}"
+    )
+    host_sql(url, f"INSERT INTO outbox (recipient, subject, body_text) {source}")
 
 
 def status_counts(url: str) -> dict[str, int]:
