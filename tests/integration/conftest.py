@@ -7,6 +7,7 @@ installed binaries; if one cannot start, the tests fail: they are never skipped.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,7 +18,9 @@ from sqlalchemy import Engine
 
 from robot.outbox.engine import make_engine, upgrade
 from tests.support.mariadb import MariaDbServer
+from tests.support.outage import RestartableDatabase
 from tests.support.pg import PgCluster
+from tests.support.pg_outage import pg_down, pg_up
 from tests.support.smtpd import TestSMTPServer
 
 TEMPLATE = "robot_template"
@@ -138,6 +141,28 @@ def ca_file(tls_ca: trustme.CA, tmp_path: Path) -> Path:
     path = tmp_path / "ca.pem"
     tls_ca.cert_pem.write_to_path(str(path))
     return path
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ],
+)
+def restartable_db(request: pytest.FixtureRequest) -> Iterator[RestartableDatabase]:
+    """A database on the throwaway PostgreSQL cluster or MariaDB server, with the server's
+    down and up (blocking: call them in a thread where an event loop must go on)."""
+    if request.param == "mariadb":
+        server: MariaDbServer = request.getfixturevalue("mariadb_server")
+        url = request.getfixturevalue("mariadb_url")
+        yield RestartableDatabase("mariadb", url, server.down, server.up)
+        server.up()  # a test that failed half way leaves it running again
+        return
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    url = request.getfixturevalue("pg_url")
+    yield RestartableDatabase(
+        "postgresql", url, functools.partial(pg_down, cluster), functools.partial(pg_up, cluster)
+    )
 
 
 @pytest.fixture

@@ -24,7 +24,8 @@ def host_sql(url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, 
 
     Write placeholders as `?`; they are turned into `%s` for psycopg and PyMySQL. A MariaDB
     session keeps the server's time zone, as a host's does (the columns' defaults are UTC),
-    and reads `||` as concatenation (PIPES_AS_CONCAT), so that tests write it once.
+    and reads `||` as concatenation and a backslash as itself (PIPES_AS_CONCAT,
+    NO_BACKSLASH_ESCAPES: standard SQL), so that tests write it once.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -40,7 +41,7 @@ def host_sql(url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, 
                 password=parsed.password or "",
                 database=parsed.database,
                 charset="utf8mb4",
-                init_command="SET SESSION sql_mode = concat(@@sql_mode, ',PIPES_AS_CONCAT')",
+                init_command="SET SESSION sql_mode = concat(@@sql_mode, ',PIPES_AS_CONCAT,NO_BACKSLASH_ESCAPES')",
             ) as my,
             my.cursor() as my_cursor,
         ):
