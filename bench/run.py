@@ -33,6 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from bench import ceiling, drain, latency, outbox, profile, report, two_robots
 from bench.drain import RobotConfig
 from bench.sink import SmtpSink, ensure_installed, postfix_version
@@ -40,7 +42,7 @@ from bench.sink import SmtpSink, ensure_installed, postfix_version
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PHASES = ("throughput", "latency", "large", "two", "profile")
-DATABASES = ("sqlite", "postgresql")
+DATABASES = ("sqlite", "postgresql", "mariadb")
 
 
 def log(message: str) -> None:
@@ -51,9 +53,10 @@ def log(message: str) -> None:
 class Outboxes:
     """Filled outboxes on demand: a template per (database, rows), fresh copies per run."""
 
-    def __init__(self, work: Path, pg_cluster: Any) -> None:
+    def __init__(self, work: Path, pg_cluster: Any, mariadb: Any = None) -> None:
         self.work = work
         self.pg = pg_cluster
+        self.mariadb = mariadb
         self.maker = outbox.RowMaker()
         self.templates: dict[tuple[str, int], str] = {}
         self.fill_seconds: dict[str, float] = {}
@@ -69,6 +72,9 @@ class Outboxes:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             url = f"sqlite:///{path}"
+        elif database == "mariadb":
+            self.mariadb.drop_database(name)
+            url = self.mariadb.create_database(name)
         else:
             self.pg.drop_database(name)
             url = self.pg.create_database(name)
@@ -81,6 +87,8 @@ class Outboxes:
         log(f"filling {database} {name} with {rows} rows")
         if database == "sqlite":
             seconds = outbox.sqlite_fill(outbox.sqlite_path(url), rows, self.maker)
+        elif database == "mariadb":
+            seconds = outbox.mysql_fill(url, rows, self.maker)
         else:
             seconds = outbox.pg_fill(url, rows, self.maker)
         self.fill_seconds[f"{database}:{rows}"] = round(seconds, 2)
@@ -97,6 +105,9 @@ class Outboxes:
             dest = self.work / f"{name}.db"
             outbox.sqlite_copy(outbox.sqlite_path(template), dest)
             return f"sqlite:///{dest}"
+        if database == "mariadb":
+            name_of_template = make_url(template).database or ""
+            return outbox.mysql_clone(template, name_of_template, name)
         return outbox.pg_clone(self.pg.url(), template.rsplit("/", 1)[1], name)
 
     def drop(self, url: str) -> None:
@@ -105,6 +116,8 @@ class Outboxes:
             path = outbox.sqlite_path(url)
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
+        elif outbox.is_mysql(url):
+            self.mariadb.drop_database(make_url(url).database)
         else:
             self.pg.drop_database(url.rsplit("/", 1)[1])
 
@@ -322,8 +335,13 @@ def _git(rev: str | None) -> str:
         return "?"
 
 
-def environment(args: argparse.Namespace, pg_cluster: Any) -> dict[str, Any]:
+def environment(args: argparse.Namespace, pg_cluster: Any, mariadb: Any = None) -> dict[str, Any]:
     """The machine, the versions and the command of this run."""
+    mariadb_version = "-"
+    if mariadb is not None:
+        with outbox.mysql_connect(mariadb.url("mysql")) as my, my.cursor() as cur:
+            cur.execute("SELECT version()")
+            mariadb_version = str(cur.fetchone()[0])
     pg_version = "-"
     if pg_cluster is not None:
         import psycopg
@@ -349,6 +367,10 @@ def environment(args: argparse.Namespace, pg_cluster: Any) -> dict[str, Any]:
         "postgresql": pg_version,
         "postgresql_settings": "throwaway cluster of tests/support/pg.py: fsync, "
         "synchronous_commit and full_page_writes off",
+        "mariadb": mariadb_version,
+        "mariadb_settings": "throwaway server of tests/support/mariadb.py: "
+        "innodb_flush_log_at_trx_commit 2, doublewrite off, no binary log",
+        "pymysql": _version("pymysql"),
         "postfix_smtp_sink": postfix_version(),
         "py_spy": _version("py-spy"),
         "settings": {
@@ -439,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="robot-bench-"))
     work.chmod(0o755)  # smtp-sink writes its dump as an unprivileged user
     pg_cluster = None
+    mariadb = None
     timings: dict[str, float] = {}
     try:
         if args.rev:
@@ -464,9 +487,14 @@ def main(argv: list[str] | None = None) -> int:
 
             pg_cluster = PgCluster()
             pg_cluster.start()
-        env = environment(args, pg_cluster)
+        if "mariadb" in args.databases or "mariadb" in args.large_databases:
+            from tests.support.mariadb import MariaDbServer
+
+            mariadb = MariaDbServer()
+            mariadb.start()
+        env = environment(args, pg_cluster, mariadb)
         (args.out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
-        boxes = Outboxes(work, pg_cluster)
+        boxes = Outboxes(work, pg_cluster, mariadb)
         for phase in args.phases:
             log(f"phase {phase}")
             t0 = time.perf_counter()
@@ -481,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if pg_cluster is not None:
             pg_cluster.stop()
+        if mariadb is not None:
+            mariadb.stop()
         shutil.rmtree(work, ignore_errors=True)
     if not args.no_report:
         doc = [] if args.out == RESULTS else ["--doc", str(args.out / "benchmarks.md")]

@@ -46,7 +46,7 @@ Address = sa.Text().with_variant(sa.String(320), *MYSQL)
 Long = sa.Text().with_variant(mysql.LONGTEXT(), *MYSQL)
 Medium = sa.Text().with_variant(mysql.MEDIUMTEXT(), *MYSQL)
 Bytes = sa.LargeBinary().with_variant(mysql.LONGBLOB(), *MYSQL)
-MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+MYSQL_TABLE: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 # The name databases got from this revision: Alembic passed "ck_outbox_status" through the
 # models' naming convention ("ck_%(table_name)s_%(constraint_name)s"). op.f() keeps it as is,
 # whatever naming convention migrations/env.py hands to Alembic now or later.
@@ -99,7 +99,7 @@ def upgrade() -> None:
     on_mysql = op.get_bind().dialect.name in MYSQL
     # MariaDB/MySQL have no partial index: a virtual column says whether a row waits, and
     # the queue index starts with it (the claim asks for queue_waiting = 1).
-    queue_column = (
+    queue_column: list[sa.Column[Any]] = (
         [sa.Column("queue_waiting", sa.Boolean(), sa.Computed(WAITING.text, persisted=False))]
         if on_mysql
         else []

@@ -32,7 +32,7 @@ BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 MYSQL = ("mysql", "mariadb")
 Key = sa.Text().with_variant(sa.String(255), *MYSQL)
 Medium = sa.Text().with_variant(mysql.MEDIUMTEXT(), *MYSQL)
-MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+MYSQL_TABLE: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 
 class UTCDateTime(TypeDecorator[datetime]):

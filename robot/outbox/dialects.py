@@ -30,6 +30,7 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
+from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.exc import OperationalError
 
 from robot.outbox.engine import lenient_text
@@ -134,7 +135,10 @@ class Statements(ABC):
         """Tell listening robots that rows became due (after an operator's release or retry)."""
 
     def update_ids(
-        self, conn: Connection, where: Sequence[ColumnElement[bool]], values: dict[str, Any]
+        self,
+        conn: Connection,
+        where: Sequence[ColumnElement[bool] | TextClause],
+        values: dict[str, Any],
     ) -> list[int]:
         """UPDATE outbox SET `values` WHERE `where`, in the transaction of `conn`: the ids
         of the rows it changed (UPDATE ... RETURNING)."""
@@ -547,7 +551,10 @@ class MysqlStatements(Statements):
         pass  # no LISTEN on MariaDB/MySQL: robots poll
 
     def update_ids(
-        self, conn: Connection, where: Sequence[ColumnElement[bool]], values: dict[str, Any]
+        self,
+        conn: Connection,
+        where: Sequence[ColumnElement[bool] | TextClause],
+        values: dict[str, Any],
     ) -> list[int]:
         """No UPDATE ... RETURNING: lock and read the rows `where` picks (a locking read
         sees the last committed version, and nobody changes them until this transaction
@@ -560,7 +567,9 @@ class MysqlStatements(Statements):
 
 def _mysql_plus(when: ColumnElement[Any], seconds: float) -> ColumnElement[Any]:
     """`when` plus `seconds`, to the microsecond (MariaDB/MySQL)."""
-    micros = literal_column(f"INTERVAL {round(seconds * 1_000_000)} MICROSECOND")
+    micros: ColumnElement[Any] = literal_column(
+        f"INTERVAL {round(seconds * 1_000_000)} MICROSECOND"
+    )
     return func.date_add(when, micros)
 
 

@@ -104,6 +104,7 @@ class Operations(OutboxTables):
             # The key the database gave (RETURNING, or the driver's last insert id on
             # MariaDB/MySQL, which have no INSERT ... RETURNING all alike).
             inserted = conn.execute(insert(outbox).values(**fields)).inserted_primary_key
+            assert inserted is not None  # a single-row INSERT always has its key
             row_id = int(inserted[0])
             if attachments:
                 conn.execute(

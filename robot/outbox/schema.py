@@ -150,16 +150,20 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite: INTEGER PRIMAR
 # MariaDB/MySQL: TEXT is at most 64 KiB and cannot be a key or be indexed whole. Columns that
 # are keys or indexed are VARCHARs there; bodies and the like are LONGTEXT (4 GiB: a row may
 # hold up to max_body_mb = 100 MB), other texts that a server's reply fills MEDIUMTEXT.
-Key = Text().with_variant(String(255), *MYSQL)
-MessageIdText = Text().with_variant(String(700), *MYSQL)  # indexed whole: 2,800 bytes
-StatusText = Text().with_variant(String(16), *MYSQL)
-Address = Text().with_variant(String(320), *MYSQL)  # 64 + @ + 255: the longest address
-Long = Text().with_variant(mysql.LONGTEXT(), *MYSQL)
-Medium = Text().with_variant(mysql.MEDIUMTEXT(), *MYSQL)
-Bytes = LargeBinary().with_variant(mysql.LONGBLOB(), *MYSQL)
+Key: TypeEngine[str] = Text().with_variant(String(255), *MYSQL)
+MessageIdText: TypeEngine[str] = Text().with_variant(
+    String(700), *MYSQL
+)  # indexed whole: 2,800 bytes
+StatusText: TypeEngine[str] = Text().with_variant(String(16), *MYSQL)
+Address: TypeEngine[str] = Text().with_variant(
+    String(320), *MYSQL
+)  # 64 + @ + 255: the longest address
+Long: TypeEngine[str] = Text().with_variant(mysql.LONGTEXT(), *MYSQL)
+Medium: TypeEngine[str] = Text().with_variant(mysql.MEDIUMTEXT(), *MYSQL)
+Bytes: TypeEngine[bytes] = LargeBinary().with_variant(mysql.LONGBLOB(), *MYSQL)
 # Every table of MariaDB/MySQL in utf8mb4 (an emoji in a subject), compared byte by byte as
 # PostgreSQL and SQLite compare text (the default collations ignore case: 'A' = 'a').
-MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+MYSQL_TABLE: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 # MariaDB/MySQL have no partial index: migration 0001 gives outbox a generated column,
 # queue_waiting (1 for a pending or deferred row, else 0), in front of ix_outbox_queue there.
 # It is not in these models (no other database has it); Statements.lock_for_claim names it.
