@@ -30,8 +30,8 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.sql.elements import TextClause
 
 from robot.outbox.engine import lenient_text
 from robot.outbox.rows import Finish
