@@ -38,14 +38,14 @@ OUTAGE_STATES = frozenset({"25006"})  # read_only_sql_transaction
 # shutting down (1053, 1317 interrupted, 1927 connection killed), network errors (1152,
 # 1158-1161), a lock wait timeout or a deadlock (1205, 1213: the transaction was rolled
 # back, the same work again goes through), a server or transaction that is read-only for now
-# (1290, 1792, 1836), a connection closed for idleness (4031). Client errors (2000 and up)
-# are all about the connection. Every other number refuses the statement: PyMySQL reports
-# many of those (a failed CHECK, a bad date) as OperationalError too, so the class alone
-# cannot tell.
+# (1290, 1792, 1836), a connection closed for idleness (4031). Client errors (2000 to 2999)
+# are all about the connection; server errors go on past 3000 (MySQL 3xxx, MariaDB 4xxx).
+# Every other number refuses the statement: PyMySQL reports many of those (a failed CHECK,
+# a bad date) as OperationalError too, so the class alone cannot tell.
 MYSQL_OUTAGE_ERRNOS = frozenset(
     {1040, 1053, 1152, 1158, 1159, 1160, 1161, 1205, 1213, 1290, 1317, 1792, 1836, 1927, 4031}
 )
-MYSQL_CLIENT_ERRNOS = 2000  # CR_* numbers: the client lost or could not reach the server
+MYSQL_CLIENT_ERRNOS = range(2000, 3000)  # CR_*: the client lost or could not reach the server
 MYSQL_SESSION = "SET time_zone = '+00:00'"  # NOW() and friends in UTC, as the columns are
 # What a statement can fail with: the database's errors through SQLAlchemy or psycopg, and
 # the drivers' own refusal to send a string that is not valid Unicode (a lone surrogate).
@@ -168,7 +168,7 @@ def _mysql_outage(exc: pymysql.MySQLError) -> bool:
     if isinstance(exc, pymysql.InterfaceError):  # PyMySQL's "the connection is closed"
         return True
     errno = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
-    return errno >= MYSQL_CLIENT_ERRNOS or errno in MYSQL_OUTAGE_ERRNOS
+    return errno in MYSQL_CLIENT_ERRNOS or errno in MYSQL_OUTAGE_ERRNOS
 
 
 def reconnecting(method: Callable[P, T]) -> Callable[P, T]:
