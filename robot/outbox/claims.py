@@ -99,7 +99,6 @@ class Claims(OutboxTables):
         )
         if exclude_accounts:
             pick = pick.where(func.coalesce(outbox.c.account, "default").not_in(exclude_accounts))
-        pick = self.statements.lock_for_claim(pick)
         # Two transactions, so that SQLite's write lock is held only for the first: lease
         # the rows and fix their Message-IDs (pick, then one UPDATE: one new version of
         # each row), then read what sending needs (a read, which WAL runs beside writers).
@@ -128,7 +127,7 @@ class Claims(OutboxTables):
     ) -> list[int]:
         """Pick rows with `pick` (locked), lease them to `worker` with their Message-IDs in
         one UPDATE, and write their claimed events; the leased ids."""
-        refs = [ClaimRef(*r) for r in conn.execute(pick)]
+        refs = [ClaimRef(*r) for r in self.statements.pick_for_claim(conn, pick)]
         if not refs:
             return []
         # One statement each for all rows (not executemany): this runs while the claim holds
