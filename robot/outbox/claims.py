@@ -23,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import NullType
 
+from robot.outbox.dialects import NotAllLeased
 from robot.outbox.engine import reconnecting
 from robot.outbox.message_ids import MessageIds
 from robot.outbox.rows import NOT_RETURNED_BY_CLAIM, Decision, Finish, HistoryLine, OutboxRow
@@ -242,9 +243,14 @@ class Claims(OutboxTables):
                 autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
                 recorded = {row[0] for row in autocommit.exec_driver_sql(*alone)}
             return [o.row_id in recorded for o in outcomes]
-        with self.engine.begin() as conn:
-            recorded = self.statements.record_finishes(conn, worker, outcomes)
-            self._suppress_bounced(conn, outcomes, recorded)
+        try:
+            with self.engine.begin() as conn:
+                recorded = self.statements.record_finishes(conn, worker, outcomes)
+                self._suppress_bounced(conn, outcomes, recorded)
+        except NotAllLeased:  # rolled back: again, looking at each row first
+            with self.engine.begin() as conn:
+                recorded = self.statements.record_finishes(conn, worker, outcomes, careful=True)
+                self._suppress_bounced(conn, outcomes, recorded)
         return [o.row_id in recorded for o in outcomes]
 
     def finish_statement(

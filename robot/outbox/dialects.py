@@ -66,6 +66,11 @@ SelectT = TypeVar("SelectT", bound="Select[Any]")
 OpenConnection = Callable[[], AbstractContextManager[Connection]]
 
 
+class NotAllLeased(Exception):
+    """A finish found a row no longer leased and cannot tell which: roll back, record again
+    with `careful` (Statements.record_finishes)."""
+
+
 class Statements(ABC):
     """The statements of one database: the parts of the outbox's SQL that differ by dialect.
     The plain-SQL texts (lease, finish) are written once here from each dialect's clock and
@@ -132,11 +137,12 @@ class Statements(ABC):
 
     @abstractmethod
     def record_finishes(
-        self, conn: Connection, worker: str, outcomes: Sequence[Finish]
+        self, conn: Connection, worker: str, outcomes: Sequence[Finish], *, careful: bool = False
     ) -> set[int]:
         """In the transaction of `conn`, record `outcomes` whose rows are still leased to
         `worker`, with their history lines (those they carry, then the closing one); their
-        ids."""
+        ids. Raises NotAllLeased when the transaction must be rolled back and the outcomes
+        recorded again with `careful` (MariaDB/MySQL, when a row was no longer leased)."""
 
     @abstractmethod
     def wake_robots(self, conn: Connection) -> None:
@@ -268,14 +274,17 @@ class SqliteStatements(Statements):
         return None  # the database thread's transaction does it (record_finishes)
 
     def record_finishes(
-        self, conn: Connection, worker: str, outcomes: Sequence[Finish]
+        self, conn: Connection, worker: str, outcomes: Sequence[Finish], *, careful: bool = False
     ) -> set[int]:
         recorded: set[int] = set()
         for start in range(0, len(outcomes), FINISH_CHUNK):
-            recorded |= self._finish_chunk(conn, worker, outcomes[start : start + FINISH_CHUNK])
+            chunk = outcomes[start : start + FINISH_CHUNK]
+            recorded |= self._finish_chunk(conn, worker, chunk, careful=careful)
         return recorded
 
-    def _finish_chunk(self, conn: Connection, worker: str, chunk: Sequence[Finish]) -> set[int]:
+    def _finish_chunk(
+        self, conn: Connection, worker: str, chunk: Sequence[Finish], *, careful: bool = False
+    ) -> set[int]:
         """Update the rows of `chunk` still leased to `worker` and add their history lines
         (those the outcome carries, then the closing one); return their ids."""
         ids = [o.row_id for o in chunk]
@@ -368,7 +377,7 @@ class PostgresStatements(Statements):
         return self._one_statement(worker, outcomes)
 
     def record_finishes(
-        self, conn: Connection, worker: str, outcomes: Sequence[Finish]
+        self, conn: Connection, worker: str, outcomes: Sequence[Finish], *, careful: bool = False
     ) -> set[int]:
         leased = self._still_leased(conn, worker, [o.row_id for o in outcomes])
         self._history(conn, [o for o in outcomes if o.row_id in leased])
@@ -525,37 +534,52 @@ class MysqlStatements(Statements):
         return None  # the group commit's thread does it in a transaction (record_finishes)
 
     def record_finishes(
-        self, conn: Connection, worker: str, outcomes: Sequence[Finish]
+        self, conn: Connection, worker: str, outcomes: Sequence[Finish], *, careful: bool = False
     ) -> set[int]:
         recorded: set[int] = set()
         for start in range(0, len(outcomes), FINISH_CHUNK):
-            recorded |= self._finish_chunk(conn, worker, outcomes[start : start + FINISH_CHUNK])
+            chunk = outcomes[start : start + FINISH_CHUNK]
+            recorded |= self._finish_chunk(conn, worker, chunk, careful=careful)
         return recorded
 
-    def _finish_chunk(self, conn: Connection, worker: str, chunk: Sequence[Finish]) -> set[int]:
-        """Lock the rows of `chunk` still leased to `worker`, update them, add their history
-        lines (those the outcome carries, then the closing one); their ids."""
+    def _finish_chunk(
+        self, conn: Connection, worker: str, chunk: Sequence[Finish], *, careful: bool = False
+    ) -> set[int]:
+        """Update the rows of `chunk` still leased to `worker`, add their history lines
+        (those the outcome carries, then the closing one); their ids.
+
+        At first without looking: the UPDATE's count of matched rows (the client flag
+        FOUND_ROWS, which SQLAlchemy sets) says whether every row was still leased, the
+        usual case, in two statements. When one was not, the count cannot say which:
+        NotAllLeased rolls the transaction back, and the `careful` way locks and reads the
+        leased rows first (SELECT ... FOR UPDATE), then updates those."""
         ids = [o.row_id for o in chunk]
-        found = conn.exec_driver_sql(
-            f"SELECT id FROM outbox WHERE id IN ({', '.join(['%s'] * len(ids))}) "
-            "AND claimed_by = %s AND status = 'sending' FOR UPDATE",
-            (*ids, worker),
-        )
-        recorded = {int(row[0]) for row in found}
-        done = [o for o in chunk if o.row_id in recorded]
-        if done:
-            values = tuple(value for o in done for value in _finish_row(o))
-            conn.exec_driver_sql(self._finish_sql(len(done)), (*values, worker))
-            lines = [(o.row_id, h.kind, h.smtp_code, h.detail) for o in done for h in o.history] + [
-                (o.row_id, o.decision.event, o.smtp_code, _event_detail(o)) for o in done
-            ]
-            if any(o.history for o in done):  # in order: a row's lines, then its closing one
-                lines.sort(key=lambda line: ids.index(line[0]))
-            conn.exec_driver_sql(
-                "INSERT INTO outbox_event (outbox_id, kind, smtp_code, detail) VALUES "
-                + ", ".join(["(%s, %s, %s, %s)"] * len(lines)),
-                tuple(v for line in lines for v in line),
+        if careful:
+            found = conn.exec_driver_sql(
+                f"SELECT id FROM outbox WHERE id IN ({', '.join(['%s'] * len(ids))}) "
+                "AND claimed_by = %s AND status = 'sending' FOR UPDATE",
+                (*ids, worker),
             )
+            recorded = {int(row[0]) for row in found}
+            done = [o for o in chunk if o.row_id in recorded]
+        else:
+            recorded, done = set(ids), list(chunk)
+        if not done:
+            return recorded
+        values = tuple(value for o in done for value in _finish_row(o))
+        matched = conn.exec_driver_sql(self._finish_sql(len(done)), (*values, worker)).rowcount
+        if matched != len(done):
+            raise NotAllLeased(f"{matched} of {len(done)} rows still leased")
+        lines = [(o.row_id, h.kind, h.smtp_code, h.detail) for o in done for h in o.history] + [
+            (o.row_id, o.decision.event, o.smtp_code, _event_detail(o)) for o in done
+        ]
+        if any(o.history for o in done):  # in order: a row's lines, then its closing one
+            lines.sort(key=lambda line: ids.index(line[0]))
+        conn.exec_driver_sql(
+            "INSERT INTO outbox_event (outbox_id, kind, smtp_code, detail) VALUES "
+            + ", ".join(["(%s, %s, %s, %s)"] * len(lines)),
+            tuple(v for line in lines for v in line),
+        )
         return recorded
 
     def _finish_sql(self, rows: int) -> str:
