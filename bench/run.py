@@ -10,7 +10,8 @@ Phases (each writes bench/results/PHASE.json as soon as it ends):
               MariaDB: --databases); medians and ratios
   latency     pickup latency at --latency-rate rows/s for --latency-seconds, each database
   large       one drain of a --large-rows backlog (peak RSS, throughput against --rows)
-  two         two robots on one PostgreSQL outbox against one robot, exactly-once check
+  two         two robots on one PostgreSQL (--two-database) outbox against one robot,
+              exactly-once check
   profile     one SQLite drain of --rows rows under py-spy
 Then bench/report.py renders docs/benchmarks.md and docs/benchmarks-throughput.png.
 Never run in CI: the figures are only comparable within one run on one machine.
@@ -244,15 +245,17 @@ def phase_two(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -> dict[
     conns = max(args.connections)
     work = boxes.work
 
-    def fresh(name: str) -> str:
-        return boxes.fresh("postgresql", rows, name)
+    database = args.two_database
 
-    log(f"two robots: {rows} rows, c={conns} each")
+    def fresh(name: str) -> str:
+        return boxes.fresh(database, rows, name)
+
+    log(f"two robots on {database}: {rows} rows, c={conns} each")
     result = two_robots.measure(sink_bin, fresh, work, rows=rows, connections=conns)
     for key in ("1_robot", "2_robots"):
         r = result[key]
         log(f"{key}: {r['msgs_per_s']} msgs/s, exactly once: {r['check']['exactly_once']}")
-    return {"rows": rows, **result}
+    return {"rows": rows, "database": database, **result}
 
 
 def phase_profile(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -> dict[str, Any]:
@@ -424,6 +427,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="latency robots' poll")
     parser.add_argument("--two-rows", type=int, default=0, help="two-robot backlog (--rows)")
+    parser.add_argument(
+        "--two-database", default="postgresql", help="the two robots' outbox (or mariadb)"
+    )
     parser.add_argument("--only", type=names, default=None, help=",".join(PHASES))
     parser.add_argument("--skip", type=names, default=[])
     parser.add_argument(
@@ -458,7 +464,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     sink_bin = ensure_installed()
-    needs_pg = "postgresql" in args.databases or "two" in args.phases
+    needs_pg = "postgresql" in args.databases or (
+        "two" in args.phases and args.two_database == "postgresql"
+    )
     needs_pg = needs_pg or "postgresql" in args.large_databases
     work = Path(tempfile.mkdtemp(prefix="robot-bench-"))
     work.chmod(0o755)  # smtp-sink writes its dump as an unprivileged user
@@ -489,7 +497,10 @@ def main(argv: list[str] | None = None) -> int:
 
             pg_cluster = PgCluster()
             pg_cluster.start()
-        if "mariadb" in args.databases or "mariadb" in args.large_databases:
+        mariadb_phases = [*args.databases, *args.large_databases]
+        if "two" in args.phases:
+            mariadb_phases.append(args.two_database)
+        if "mariadb" in mariadb_phases:
             from tests.support.mariadb import MariaDbServer
 
             mariadb = MariaDbServer()
