@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pymysql
+import pytest
 from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import DBAPIError
 
@@ -20,6 +21,7 @@ from robot.outbox.shared import WAITING
 from tests.integration.host import host_sql, series_sql
 from tests.support.mariadb import MariaDbServer
 
+pytestmark = pytest.mark.mariadb
 mid = MessageIds(fallback=AccountDomain("robot@example.org", "example.org"))
 EMOJI_SUBJECT = "📬 Post für Zoë: ✅ 🎉"  # four-byte characters: utf8mb3 would refuse them
 

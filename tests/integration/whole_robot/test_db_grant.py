@@ -112,6 +112,7 @@ def connect_as_account(url: str, user: str) -> pymysql.Connection[pymysql.cursor
     )
 
 
+@pytest.mark.mariadb
 def test_a_mariadb_writer_inserts_and_reads_but_changes_nothing(
     mariadb_url: str, mariadb_server: MariaDbServer, write_ini: WriteIni
 ) -> None:
@@ -148,6 +149,7 @@ def test_a_mariadb_writer_inserts_and_reads_but_changes_nothing(
         mariadb_server.execute("DROP USER 'school_app'@'127.0.0.1'")
 
 
+@pytest.mark.mariadb
 def test_a_mariadb_reporting_account_only_reads(
     mariadb_url: str, mariadb_server: MariaDbServer, write_ini: WriteIni
 ) -> None:
