@@ -146,3 +146,26 @@ def test_server_errors_are_outages_or_refusals_by_their_number(
         assert not is_outage(pymysql.err.OperationalError(4025, "CONSTRAINT failed"))
     finally:
         engine.dispose()
+
+
+def test_a_claim_beside_another_robots_open_claim_takes_the_next_rows(mariadb_url: str) -> None:
+    """The claim reads its candidates without a lock, so while another robot's claim holds
+    the first rows (its transaction still open) they come back as candidates and are
+    skipped: the claim then reads the next ones instead of coming back empty."""
+    host_sql(
+        mariadb_url,
+        "INSERT INTO outbox (recipient, body_text) "
+        f"SELECT 'r' || i || '@example.org', 'x' FROM {series_sql(mariadb_url, 30)}",
+    )
+    engine, box = open_outbox(mariadb_url)
+    try:
+        with engine.begin() as other:  # another robot, mid-claim: the first 10 rows locked
+            held = other.exec_driver_sql(
+                "SELECT id FROM outbox ORDER BY id LIMIT 10 FOR UPDATE"
+            ).scalars()
+            held_ids = list(held)
+            claimed = box.claim("robot", 10, mid)
+            assert [r.id for r in claimed] == list(range(11, 21))
+        assert set(held_ids).isdisjoint(r.id for r in claimed)
+    finally:
+        engine.dispose()
