@@ -6,6 +6,7 @@ is allowed only for the message on the wire when the robot died, with the row's 
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import WriteIni
 from tests.integration.host import host_sql, series_sql
+from tests.support.mariadb import MariaDbServer
 from tests.support.outage import RestartableDatabase
 from tests.support.pg import PgCluster
 from tests.support.pg_outage import pg_down, pg_up
@@ -442,3 +444,56 @@ async def test_postgresql_restart_reconnects_without_an_error(
     assert {e["doing"] for e in reconnected} >= {"record"}, robot.tail()
     assert all(e["level"] == "info" for e in reconnected)
     check_delivery(tally(db_url, smtp_server), 0, "PostgreSQL restart")
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize("db_url", ["mariadb"], indirect=True)
+async def test_mariadb_restart_reconnects_without_an_error(
+    db_url: str,
+    mariadb_server: MariaDbServer,
+    write_ini: WriteIni,
+    smtp_server: TestSMTPServer,
+) -> None:
+    """As on PostgreSQL: the server restarts between two bursts of rows, its pooled
+    connections die with it, and the next statement on one is done again at once on a new
+    connection, logged at info level, never as an error. MariaDB has no NOTIFY: with polling
+    every 60 s (so that nothing touches the database during the restart), a SIGHUP wakes the
+    robot for the second burst."""
+    quiet = "[robot]\npoll_seconds = 60\nlease_seconds = 300\n[log]\nformat = json\nlevel = info\n"
+    ini = write_ini(db_url, smtp_server.port, quiet)
+    robot = await RobotProcess(ini, "run").start()
+    try:
+        await robot.wait_for_event("robot.started", 60)
+        insert_rows(db_url, 10)
+        robot.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        await wait_until(
+            lambda: all_sent(db_url, 10) or not robot.alive,
+            60,
+            "the first 10 rows sent",
+            interval=0.1,
+            describe=lambda: f"{status_counts(db_url)}; {robot.tail(10)}",
+        )
+        await asyncio.to_thread(mariadb_server.down)
+        await asyncio.to_thread(mariadb_server.up)
+        host_sql(
+            db_url,
+            "INSERT INTO outbox (recipient, subject, body_text) "
+            f"SELECT 'after' || i || '@example.org', 'after', 'x' FROM {series_sql(db_url, 10)}",
+        )
+        robot.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        await wait_until(
+            lambda: all_sent(db_url, 20) or not robot.alive,
+            60,
+            "the 10 rows of after the restart sent",
+            interval=0.1,
+            describe=lambda: f"{status_counts(db_url)}; {robot.tail(10)}",
+        )
+        assert await robot.terminate() == 0, robot.tail()
+    finally:
+        await robot.close()
+    errors = [e for e in robot.events if e.get("level") == "error"]
+    assert errors == [], robot.tail()
+    reconnected = robot.named("database.reconnected")
+    assert reconnected, robot.tail()
+    assert all(e["level"] == "info" for e in reconnected)
+    check_delivery(tally(db_url, smtp_server), 0, "MariaDB restart")
