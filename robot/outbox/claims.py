@@ -23,11 +23,12 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import NullType
 
+from robot.outbox.account_states import operator_paused_now
 from robot.outbox.dialects import NotAllLeased
 from robot.outbox.engine import reconnecting
 from robot.outbox.message_ids import MessageIds
 from robot.outbox.rows import NOT_RETURNED_BY_CLAIM, Decision, Finish, HistoryLine, OutboxRow
-from robot.outbox.schema import Status, outbox, outbox_event, utcnow
+from robot.outbox.schema import Status, account_state, outbox, outbox_event, utcnow
 from robot.outbox.shared import (
     MIB,
     WAITING,
@@ -90,7 +91,8 @@ class Claims(OutboxTables):
         """Lease up to `limit` due rows to `worker`, best first; fix their Message-IDs.
 
         Rows of `exclude_accounts` ("default" for NULL) are left alone: those accounts are
-        paused after a transport fault.
+        paused after a transport fault, or waiting for their rate; so are the rows of
+        accounts an operator paused (account_state).
         """
         pick = (
             select(outbox.c.id, outbox.c.account, outbox.c.sender, outbox.c.message_id)
@@ -98,8 +100,13 @@ class Claims(OutboxTables):
             .order_by(*CLAIM_ORDER)
             .limit(limit)
         )
+        account = func.coalesce(outbox.c.account, "default")
         if exclude_accounts:
-            pick = pick.where(func.coalesce(outbox.c.account, "default").not_in(exclude_accounts))
+            pick = pick.where(account.not_in(exclude_accounts))
+        # An operator's pause counts from the moment it is written (a small table).
+        pick = pick.where(
+            account.not_in(select(account_state.c.account).where(operator_paused_now()))
+        )
         # Two transactions, so that SQLite's write lock is held only for the first: lease
         # the rows and fix their Message-IDs (pick, then one UPDATE: one new version of
         # each row), then read what sending needs (a read, which WAL runs beside writers).

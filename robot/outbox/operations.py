@@ -194,20 +194,34 @@ class Operations(OutboxTables):
         """Counts per status, the due backlog and its spread, and the recent sending rate,
         of the whole outbox or of one batch."""
         of_batch = [outbox.c.batch == batch] if batch is not None else []
-        waiting = select(self.due_at().label("due_at")).where(WAITING, *of_batch).subquery()
+        waiting = (
+            select(
+                self.due_at().label("due_at"),
+                func.coalesce(outbox.c.account, "default").label("account"),
+            )
+            .where(WAITING, *of_batch)
+            .subquery()
+        )
         readable = self.statements.readable_time
         with self.reading() as conn:
             now = conn.execute(select(utcnow())).scalar_one()
             counts = self._counts(conn, *of_batch)
-            due, later, next_due, last_due = conn.execute(
-                # count(CASE ...) rather than FILTER (WHERE ...): MariaDB/MySQL have no FILTER.
+            # One pass over the waiting rows, by account: rows of a paused account wait.
+            # count(CASE ...) rather than FILTER (WHERE ...): MariaDB/MySQL have no FILTER.
+            by_account = conn.execute(
                 select(
+                    waiting.c.account,
                     func.count(case((waiting.c.due_at <= now, 1))),
                     func.count(case((waiting.c.due_at > now, 1))),
                     readable(func.min(case((waiting.c.due_at > now, waiting.c.due_at)))),
                     readable(func.max(waiting.c.due_at)),
-                )
-            ).one()
+                ).group_by(waiting.c.account)
+            ).all()
+            due_by_account = {str(r[0]): int(r[1]) for r in by_account if r[1]}
+            due = sum(int(r[1]) for r in by_account)
+            later = sum(int(r[2]) for r in by_account)
+            next_due = min((t for r in by_account if (t := _as_time(r[3]))), default=None)
+            last_due = max((t for r in by_account if (t := _as_time(r[4]))), default=None)
             recent, first_sent = conn.execute(
                 select(func.count(), readable(func.min(outbox.c.sent_at))).where(
                     *of_batch,
@@ -220,11 +234,12 @@ class Operations(OutboxTables):
             counts=counts,
             due=due,
             later=later,
-            next_due=_as_time(next_due),
-            last_due=_as_time(last_due),
+            next_due=next_due,
+            last_due=last_due,
             sent_recently=recent,
             sending=counts.get(Status.SENDING.value, 0),
             first_sent_recently=_as_time(first_sent),
+            due_by_account=due_by_account,
         )
 
     # -- operator control ----------------------------------------------------------------
@@ -522,6 +537,28 @@ class Operations(OutboxTables):
         """Number of rows matching `where` in each status."""
         with self.engine.connect() as conn:
             return self._counts(conn, *where)
+
+    def left_where(
+        self,
+        where: Sequence[ColumnElement[bool]],
+        statuses: Sequence[str],
+        *,
+        besides: Sequence[int] = (),
+        limit: int,
+    ) -> list[tuple[int, str]]:
+        """(id, status), oldest first, of at most `limit` rows matching `where` whose status
+        is none of `statuses` and whose id is not in `besides`: the rows of a filter that
+        had left before an action on it was confirmed."""
+        query = (
+            select(outbox.c.id, outbox.c.status)
+            .where(*where, outbox.c.status.not_in(list(statuses)))
+            .order_by(outbox.c.id)
+            .limit(limit + len(besides))
+        )
+        skip = set(besides)
+        with self.engine.connect() as conn:
+            found = [(int(i), str(s)) for i, s in conn.execute(query) if i not in skip]
+        return found[:limit]
 
     def ids_where(
         self, where: Sequence[ColumnElement[bool]], statuses: Sequence[str], *, limit: int

@@ -1,4 +1,5 @@
-"""The public tables (outbox, outbox_attachment, outbox_event, suppression) as SQLAlchemy Core.
+"""The public tables (outbox, outbox_attachment, outbox_event, suppression, account_state) and
+the console's (web_user, web_audit, web_setting) as SQLAlchemy Core.
 
 Times are UTC from the database clock: `timestamptz` on PostgreSQL, text
 `YYYY-MM-DD HH:MM:SS.fff` on SQLite (what `datetime('now')` writes, plus milliseconds),
@@ -286,6 +287,33 @@ suppression = Table(
     Column("reason", Medium),
     Column("created_at", UTCDateTime(), nullable=False, server_default=utcnow()),
     Column("outbox_id", BigInteger().with_variant(Integer(), "sqlite")),
+    **MYSQL_TABLE,
+)
+
+# -- the sender accounts' state, shared by robots, the command line and the console -----------
+
+
+class PauseKind(enum.StrEnum):
+    """Why an account is paused (account_state.kind)."""
+
+    FAULT = "fault"  # a robot met a transport fault: it tries again at paused_until
+    OPERATOR = "operator"  # an operator paused it: until paused_until, or until resumed
+
+
+ACCOUNT_NAME_LENGTH = 200
+PAUSE_REASON_LENGTH = 1000
+
+# One row per account that is or was paused; no row: the account sends. Plain types and
+# lengths, no partial index: the same table suits MySQL/MariaDB.
+account_state = Table(
+    "account_state",
+    metadata,
+    Column("account", String(ACCOUNT_NAME_LENGTH), primary_key=True),
+    Column("kind", String(20), nullable=False),
+    Column("paused_until", UTCDateTime()),  # NULL: until an operator resumes it
+    Column("reason", String(PAUSE_REASON_LENGTH)),
+    Column("paused_by", String(ACCOUNT_NAME_LENGTH)),  # the robot, or the operator's name
+    Column("updated_at", UTCDateTime(), nullable=False, server_default=utcnow()),
     **MYSQL_TABLE,
 )
 
