@@ -4,7 +4,7 @@
 run:
 	./scripts/try-it.sh
 
-# Set up everything and run ruff, mypy, lint-imports and every test (SQLite and PostgreSQL).
+# Set up everything and run ruff, mypy, lint-imports and every test (SQLite, PostgreSQL, MariaDB).
 test:
 	./scripts/test.sh
 
@@ -15,6 +15,7 @@ bench:
 	.venv/bin/python -m pip install --quiet -e ".[dev,bench]"
 	./scripts/ensure-smtp-sink.sh
 	./scripts/ensure-postgres.sh
+	./scripts/ensure-mariadb.sh
 	.venv/bin/python -m bench.run $(BENCH_ARGS)
 
 lint:

@@ -6,10 +6,12 @@
 
 Phases (each writes bench/results/PHASE.json as soon as it ends):
   throughput  rounds x connections: the bare aiosmtplib ceiling, smtp-source, then the robot
-              draining a fresh outbox of --rows rows on each database; medians and ratios
+              draining a fresh outbox of --rows rows on each database (SQLite, PostgreSQL,
+              MariaDB: --databases); medians and ratios
   latency     pickup latency at --latency-rate rows/s for --latency-seconds, each database
   large       one drain of a --large-rows backlog (peak RSS, throughput against --rows)
-  two         two robots on one PostgreSQL outbox against one robot, exactly-once check
+  two         two robots on one PostgreSQL (--two-database) outbox against one robot,
+              exactly-once check
   profile     one SQLite drain of --rows rows under py-spy
 Then bench/report.py renders docs/benchmarks.md and docs/benchmarks-throughput.png.
 Never run in CI: the figures are only comparable within one run on one machine.
@@ -33,6 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from bench import ceiling, drain, latency, outbox, profile, report, two_robots
 from bench.drain import RobotConfig
 from bench.sink import SmtpSink, ensure_installed, postfix_version
@@ -40,7 +44,7 @@ from bench.sink import SmtpSink, ensure_installed, postfix_version
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PHASES = ("throughput", "latency", "large", "two", "profile")
-DATABASES = ("sqlite", "postgresql")
+DATABASES = ("sqlite", "postgresql", "mariadb")
 
 
 def log(message: str) -> None:
@@ -51,9 +55,10 @@ def log(message: str) -> None:
 class Outboxes:
     """Filled outboxes on demand: a template per (database, rows), fresh copies per run."""
 
-    def __init__(self, work: Path, pg_cluster: Any) -> None:
+    def __init__(self, work: Path, pg_cluster: Any, mariadb: Any = None) -> None:
         self.work = work
         self.pg = pg_cluster
+        self.mariadb = mariadb
         self.maker = outbox.RowMaker()
         self.templates: dict[tuple[str, int], str] = {}
         self.fill_seconds: dict[str, float] = {}
@@ -69,6 +74,9 @@ class Outboxes:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             url = f"sqlite:///{path}"
+        elif database == "mariadb":
+            self.mariadb.drop_database(name)
+            url = self.mariadb.create_database(name)
         else:
             self.pg.drop_database(name)
             url = self.pg.create_database(name)
@@ -81,6 +89,8 @@ class Outboxes:
         log(f"filling {database} {name} with {rows} rows")
         if database == "sqlite":
             seconds = outbox.sqlite_fill(outbox.sqlite_path(url), rows, self.maker)
+        elif database == "mariadb":
+            seconds = outbox.mysql_fill(url, rows, self.maker)
         else:
             seconds = outbox.pg_fill(url, rows, self.maker)
         self.fill_seconds[f"{database}:{rows}"] = round(seconds, 2)
@@ -97,6 +107,9 @@ class Outboxes:
             dest = self.work / f"{name}.db"
             outbox.sqlite_copy(outbox.sqlite_path(template), dest)
             return f"sqlite:///{dest}"
+        if database == "mariadb":
+            name_of_template = make_url(template).database or ""
+            return outbox.mysql_clone(template, name_of_template, name)
         return outbox.pg_clone(self.pg.url(), template.rsplit("/", 1)[1], name)
 
     def drop(self, url: str) -> None:
@@ -105,6 +118,8 @@ class Outboxes:
             path = outbox.sqlite_path(url)
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
+        elif outbox.is_mysql(url):
+            self.mariadb.drop_database(make_url(url).database)
         else:
             self.pg.drop_database(url.rsplit("/", 1)[1])
 
@@ -230,15 +245,17 @@ def phase_two(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -> dict[
     conns = max(args.connections)
     work = boxes.work
 
-    def fresh(name: str) -> str:
-        return boxes.fresh("postgresql", rows, name)
+    database = args.two_database
 
-    log(f"two robots: {rows} rows, c={conns} each")
+    def fresh(name: str) -> str:
+        return boxes.fresh(database, rows, name)
+
+    log(f"two robots on {database}: {rows} rows, c={conns} each")
     result = two_robots.measure(sink_bin, fresh, work, rows=rows, connections=conns)
     for key in ("1_robot", "2_robots"):
         r = result[key]
         log(f"{key}: {r['msgs_per_s']} msgs/s, exactly once: {r['check']['exactly_once']}")
-    return {"rows": rows, **result}
+    return {"rows": rows, "database": database, **result}
 
 
 def phase_profile(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -> dict[str, Any]:
@@ -322,8 +339,13 @@ def _git(rev: str | None) -> str:
         return "?"
 
 
-def environment(args: argparse.Namespace, pg_cluster: Any) -> dict[str, Any]:
+def environment(args: argparse.Namespace, pg_cluster: Any, mariadb: Any = None) -> dict[str, Any]:
     """The machine, the versions and the command of this run."""
+    mariadb_version = "-"
+    if mariadb is not None:
+        with outbox.mysql_connect(mariadb.url("mysql")) as my, my.cursor() as cur:
+            cur.execute("SELECT version()")
+            mariadb_version = str(cur.fetchone()[0])
     pg_version = "-"
     if pg_cluster is not None:
         import psycopg
@@ -349,6 +371,10 @@ def environment(args: argparse.Namespace, pg_cluster: Any) -> dict[str, Any]:
         "postgresql": pg_version,
         "postgresql_settings": "throwaway cluster of tests/support/pg.py: fsync, "
         "synchronous_commit and full_page_writes off",
+        "mariadb": mariadb_version,
+        "mariadb_settings": "throwaway server of tests/support/mariadb.py: "
+        "innodb_flush_log_at_trx_commit 2, doublewrite off, no binary log",
+        "pymysql": _version("pymysql"),
         "postfix_smtp_sink": postfix_version(),
         "py_spy": _version("py-spy"),
         "settings": {
@@ -389,7 +415,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=ints, default=[1, 4, 16], help="e.g. 1,4,16")
     parser.add_argument("--databases", type=names, default=list(DATABASES))
     parser.add_argument("--large-rows", type=int, default=1_000_000)
-    parser.add_argument("--large-databases", type=names, default=list(DATABASES))
+    # MariaDB's 1,000,000-row fill alone takes minutes: its large drain only when asked.
+    parser.add_argument("--large-databases", type=names, default=["sqlite", "postgresql"])
     parser.add_argument(
         "--large-seconds",
         type=float,
@@ -400,6 +427,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="latency robots' poll")
     parser.add_argument("--two-rows", type=int, default=0, help="two-robot backlog (--rows)")
+    parser.add_argument(
+        "--two-database", default="postgresql", help="the two robots' outbox (or mariadb)"
+    )
     parser.add_argument("--only", type=names, default=None, help=",".join(PHASES))
     parser.add_argument("--skip", type=names, default=[])
     parser.add_argument(
@@ -434,11 +464,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     sink_bin = ensure_installed()
-    needs_pg = "postgresql" in args.databases or "two" in args.phases
+    needs_pg = "postgresql" in args.databases or (
+        "two" in args.phases and args.two_database == "postgresql"
+    )
     needs_pg = needs_pg or "postgresql" in args.large_databases
     work = Path(tempfile.mkdtemp(prefix="robot-bench-"))
     work.chmod(0o755)  # smtp-sink writes its dump as an unprivileged user
     pg_cluster = None
+    mariadb = None
     timings: dict[str, float] = {}
     try:
         if args.rev:
@@ -464,9 +497,17 @@ def main(argv: list[str] | None = None) -> int:
 
             pg_cluster = PgCluster()
             pg_cluster.start()
-        env = environment(args, pg_cluster)
+        mariadb_phases = [*args.databases, *args.large_databases]
+        if "two" in args.phases:
+            mariadb_phases.append(args.two_database)
+        if "mariadb" in mariadb_phases:
+            from tests.support.mariadb import MariaDbServer
+
+            mariadb = MariaDbServer()
+            mariadb.start()
+        env = environment(args, pg_cluster, mariadb)
         (args.out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
-        boxes = Outboxes(work, pg_cluster)
+        boxes = Outboxes(work, pg_cluster, mariadb)
         for phase in args.phases:
             log(f"phase {phase}")
             t0 = time.perf_counter()
@@ -481,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if pg_cluster is not None:
             pg_cluster.stop()
+        if mariadb is not None:
+            mariadb.stop()
         shutil.rmtree(work, ignore_errors=True)
     if not args.no_report:
         doc = [] if args.out == RESULTS else ["--doc", str(args.out / "benchmarks.md")]

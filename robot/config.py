@@ -8,6 +8,7 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import difflib
+import importlib.util
 import ipaddress
 import os
 import pwd
@@ -630,14 +631,19 @@ def _anchored_sqlite(parsed: URL, path: str) -> str:
 
 # The drivers the robot ships with, by database; every other spelling of these databases is
 # rewritten to them or refused with what to write instead.
-SUPPORTED_URLS = "sqlite:///PATH or postgresql://USER@HOST/DB"
+SUPPORTED_URLS = (
+    "sqlite:///PATH, postgresql://USER@HOST/DB or mysql://USER@HOST/DB (MariaDB, MySQL)"
+)
+MYSQL_BACKENDS = ("mysql", "mariadb")
+MYSQL_URL = "mysql+pymysql"  # MariaDB too: the dialect tells the servers apart when it connects
 
 
 def database_url(url: str, path: str) -> str:
     """`[database] url` as the robot uses it: `postgres://` (what Heroku-style platforms hand
-    out) and `postgresql://` become psycopg 3's `postgresql+psycopg://`. Raises ConfigError,
-    naming the key and what to write, for anything else than SQLite or PostgreSQL with
-    psycopg 3."""
+    out) and `postgresql://` become psycopg 3's `postgresql+psycopg://`; `mysql://`,
+    `mariadb://` and `mysql+pymysql://` become PyMySQL's `mysql+pymysql://` with the
+    character set utf8mb4. Raises ConfigError, naming the key and what to write, for
+    anything else than SQLite, PostgreSQL with psycopg 3, or MariaDB/MySQL with PyMySQL."""
 
     def refuse(problem: str) -> ConfigError:
         return ConfigError(
@@ -659,6 +665,21 @@ def database_url(url: str, path: str) -> str:
         return url
     if backend == "postgresql":
         raise refuse(f"the driver {driver!r} is not installed with email-robot (psycopg 3 is)")
+    if backend in MYSQL_BACKENDS:
+        # `mysql://` alone means mysqlclient (MySQLdb) to SQLAlchemy: the robot means PyMySQL.
+        given = url.split("://", 1)[0]
+        if "+" in given and driver != "pymysql":
+            raise refuse(
+                f"the driver {driver!r} is not installed with email-robot (PyMySQL is: "
+                "mysql+pymysql://)"
+            )
+        if importlib.util.find_spec("pymysql") is None:
+            raise refuse("the MariaDB/MySQL driver PyMySQL is not installed (pip install PyMySQL)")
+        if not parsed.database:
+            raise refuse("no database name after the host")
+        query = {k: v for k, v in parsed.query.items() if k != "charset"}
+        parsed = parsed.set(drivername=MYSQL_URL, query={**query, "charset": "utf8mb4"})
+        return parsed.render_as_string(hide_password=False)
     raise refuse(f"{backend!r} databases are not supported")
 
 

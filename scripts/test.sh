@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Set up and run every check: ruff, mypy, lint-imports, and the whole test suite on SQLite, on a
-# throwaway PostgreSQL cluster and against a Dovecot IMAP server (both started by the tests
-# themselves from Debian's packages, installed here when missing; never skipped), and in a
-# headless Chromium for the console (also from Debian's packages). As root it then also walks
-# through the README's production section (scripts/walkthrough.sh) and runs all of this again
-# as an ordinary user with Debian's Python from a fresh clone (scripts/test-as-user.sh);
-# ROBOT_TEST_ROOT_ONLY=1 leaves those two out.
+# throwaway PostgreSQL cluster, on a throwaway MariaDB server and against a Dovecot IMAP server
+# (all started by the tests themselves from Debian's packages, installed here when missing;
+# never skipped), and in a headless Chromium for the console (also from Debian's packages). As
+# root it then also walks through the README's production section (scripts/walkthrough.sh)
+# and runs all of this again as an ordinary user with Debian's Python from a fresh clone
+# (scripts/test-as-user.sh); ROBOT_TEST_ROOT_ONLY=1 leaves those two out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-venv.sh
 ./scripts/ensure-postgres.sh
+./scripts/ensure-mariadb.sh
 ./scripts/ensure-dovecot.sh
 ./scripts/ensure-chromium.sh
 bin=.venv/bin

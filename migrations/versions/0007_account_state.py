@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import FunctionElement
@@ -26,6 +27,9 @@ depends_on: str | Sequence[str] | None = None
 
 # Frozen as written: nothing is imported from robot (see 0001).
 
+MYSQL = ("mysql", "mariadb")
+MYSQL_TABLE: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """UTC times: timestamptz on PostgreSQL, `YYYY-MM-DD HH:MM:SS.fff` text on SQLite."""
@@ -36,6 +40,8 @@ class UTCDateTime(TypeDecorator[datetime]):
     def load_dialect_impl(self, dialect: sa.Dialect) -> TypeEngine[Any]:
         if dialect.name == "sqlite":
             return dialect.type_descriptor(sa.Text())
+        if dialect.name in MYSQL:
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
         return dialect.type_descriptor(sa.DateTime(timezone=True))
 
 
@@ -49,6 +55,12 @@ class utcnow(FunctionElement[datetime]):
 @compiles(utcnow, "sqlite")
 def _utcnow_sqlite(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
     return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+
+@compiles(utcnow, "mysql")
+@compiles(utcnow, "mariadb")
+def _utcnow_mysql(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
+    return "(utc_timestamp(6))"  # UTC whatever the session's zone; () for MySQL's defaults
 
 
 @compiles(utcnow)
@@ -66,6 +78,7 @@ def upgrade() -> None:
         sa.Column("paused_by", sa.String(200)),
         sa.Column("updated_at", UTCDateTime(), nullable=False, server_default=utcnow()),
         sa.PrimaryKeyConstraint("account", name="pk_account_state"),
+        **MYSQL_TABLE,
     )
 
 

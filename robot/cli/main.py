@@ -157,9 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     db_grant = db_verbs.add_parser(
         "grant",
         parents=[config],
-        help="the least rights of a host application's role (PostgreSQL); --print to review",
+        help="the least rights of a host application's role (PostgreSQL, MariaDB/MySQL)",
     )
-    db_grant.add_argument("role", help="an existing PostgreSQL role")
+    db_grant.add_argument(
+        "role", help="an existing PostgreSQL role, or MariaDB/MySQL account NAME or NAME@HOST"
+    )
     db_grant.add_argument(
         "--read-only", action="store_true", help="a reporting role: SELECT only, no INSERT"
     )
@@ -385,7 +387,7 @@ def cmd_db_upgrade(args: argparse.Namespace, wiring: Wiring) -> int:
 def cmd_db_grant(args: argparse.Namespace, wiring: Wiring) -> int:
     """GRANT a host application's role (or a read-only one) what it needs, and no more."""
     engine = wiring.engine()
-    if engine.dialect.name != "postgresql":
+    if engine.dialect.name == "sqlite":
         raise UsageError(f"db grant: {engine.dialect.name} has no roles to grant rights to")
     statements = grant_statements(engine, args.role, writer=not args.read_only)
     if args.print:

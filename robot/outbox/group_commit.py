@@ -1,13 +1,14 @@
-"""Group commit of outcomes: SQLite on a thread of its own, PostgreSQL on the event loop.
+"""Group commit of outcomes: SQLite and MariaDB/MySQL on a thread of their own, PostgreSQL on
+the event loop.
 
 A connection hands over the outcome of a message as soon as its reply came ("sent" is
 recorded as soon as DATA is accepted) and goes on sending; it waits for that commit before
 it hands over its next outcome (robot.daemon.worker). Every outcome waiting when a commit
 starts goes into it, so many connections cost one commit.
 
-`GroupCommit` (SQLite, and any database through Claims.finish_many): the loop that takes
-outcomes and commits them runs on the thread itself, so the next transaction starts as soon
-as the previous one ends, and the event loop hears of a batch once, when it is committed.
+`GroupCommit` (SQLite, MariaDB/MySQL, any database through Claims.finish_many): the loop that
+takes outcomes and commits them runs on the thread itself, so the next transaction starts as
+soon as the previous one ends, and the event loop hears of a batch once, when it is committed.
 
 `AsyncGroupCommit` (PostgreSQL): a task of the event loop over an asynchronous psycopg
 connection. A batch is one statement, one round trip; no thread to wake and no GIL to win

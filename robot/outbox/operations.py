@@ -15,6 +15,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    case,
     delete,
     func,
     insert,
@@ -100,9 +101,11 @@ class Operations(OutboxTables):
     def enqueue(self, fields: dict[str, Any], attachments: Sequence[Attachment] = ()) -> int:
         """Insert one row (and its attachments), as a host application would; returns its id."""
         with self.engine.begin() as conn:
-            row_id: int = conn.execute(
-                insert(outbox).values(**fields).returning(outbox.c.id)
-            ).scalar_one()
+            # The key the database gave (RETURNING, or the driver's last insert id on
+            # MariaDB/MySQL, which have no INSERT ... RETURNING all alike).
+            inserted = conn.execute(insert(outbox).values(**fields)).inserted_primary_key
+            assert inserted is not None  # a single-row INSERT always has its key
+            row_id = int(inserted[0])
             if attachments:
                 conn.execute(
                     insert(outbox_attachment),
@@ -204,12 +207,13 @@ class Operations(OutboxTables):
             now = conn.execute(select(utcnow())).scalar_one()
             counts = self._counts(conn, *of_batch)
             # One pass over the waiting rows, by account: rows of a paused account wait.
+            # count(CASE ...) rather than FILTER (WHERE ...): MariaDB/MySQL have no FILTER.
             by_account = conn.execute(
                 select(
                     waiting.c.account,
-                    func.count().filter(waiting.c.due_at <= now),
-                    func.count().filter(waiting.c.due_at > now),
-                    readable(func.min(waiting.c.due_at).filter(waiting.c.due_at > now)),
+                    func.count(case((waiting.c.due_at <= now, 1))),
+                    func.count(case((waiting.c.due_at > now, 1))),
+                    readable(func.min(case((waiting.c.due_at > now, waiting.c.due_at)))),
                     readable(func.max(waiting.c.due_at)),
                 ).group_by(waiting.c.account)
             ).all()
@@ -264,13 +268,10 @@ class Operations(OutboxTables):
         if not chosen:
             raise ValueError("transition needs ids, a batch or statuses")
         with self.engine.begin() as conn:
-            changed = list(
-                conn.execute(
-                    update(outbox)
-                    .where(*chosen, outbox.c.status.in_(move.sources))
-                    .values(**move.values, updated_at=utcnow())
-                    .returning(outbox.c.id)
-                ).scalars()
+            changed = self.statements.update_ids(
+                conn,
+                [*chosen, outbox.c.status.in_(move.sources)],
+                {**move.values, "updated_at": utcnow()},
             )
             insert_events(conn, changed, move.event, reason)
             if changed and move.values["status"] == Status.PENDING.value:
@@ -367,21 +368,10 @@ class Operations(OutboxTables):
         with self.engine.begin() as conn:
             for column in (outbox.c.created_at, outbox.c.send_after, outbox.c.next_attempt_at):
                 reason = UNSCHEDULABLE.format(column=column.name)
-                found = list(
-                    conn.execute(
-                        update(outbox)
-                        .where(
-                            WAITING,
-                            self.due_at().is_(None),
-                            self.statements.unreadable_time(column),
-                        )
-                        .values(
-                            status=Status.FAILED.value,
-                            updated_at=utcnow(),
-                            last_error=reason,
-                        )
-                        .returning(outbox.c.id)
-                    ).scalars()
+                found = self.statements.update_ids(
+                    conn,
+                    [WAITING, self.due_at().is_(None), self.statements.unreadable_time(column)],
+                    {"status": Status.FAILED.value, "updated_at": utcnow(), "last_error": reason},
                 )
                 insert_events(conn, found, "failed", reason)
                 failed += found

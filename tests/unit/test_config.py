@@ -492,6 +492,9 @@ def test_a_relative_sqlite_path_is_taken_from_robot_ini_s_folder(
         ("postgresql+psycopg2://robot@db/mail", "the driver 'psycopg2' is not installed"),
         ("postgresql+asyncpg://robot@db/mail", "the driver 'asyncpg' is not installed"),
         ("oracle://robot@db/mail", "'oracle' databases are not supported"),
+        ("mysql+mysqldb://robot@db/mail", "the driver 'mysqldb' is not installed"),
+        ("mariadb+asyncmy://robot@db/mail", "the driver 'asyncmy' is not installed"),
+        ("mysql://robot@db", "no database name after the host"),
     ],
 )
 def test_a_foreign_url_names_the_key_and_what_to_write(
@@ -500,7 +503,24 @@ def test_a_foreign_url_names_the_key_and_what_to_write(
     error = config_error(tmp_path, MINIMAL + f"[database]\nurl = {url}\n")
     assert error.key == "url"
     assert problem in str(error)
-    assert "write sqlite:///PATH or postgresql://USER@HOST/DB" in str(error)
+    assert (
+        "write sqlite:///PATH, postgresql://USER@HOST/DB or mysql://USER@HOST/DB (MariaDB, MySQL)"
+        in str(error)
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "normalised"),
+    [
+        ("mysql://robot@db.example.org/school", "mysql+pymysql://robot@db.example.org/school"),
+        ("mariadb://robot:pw@db:3307/school", "mysql+pymysql://robot:pw@db:3307/school"),
+        ("mysql+pymysql://robot@db/school", "mysql+pymysql://robot@db/school"),
+        ("mariadb+pymysql://robot@db/school?charset=latin1", "mysql+pymysql://robot@db/school"),
+    ],
+)
+def test_mysql_urls_use_pymysql_in_utf8mb4(tmp_path: Path, url: str, normalised: str) -> None:
+    settings = load(tmp_path, MINIMAL + f"[database]\nurl = {url}\n")
+    assert settings.database.url == normalised + "?charset=utf8mb4"
 
 
 def test_bad_database_url(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from robot.web.secret import session_secret
 from robot.web.throttle import LoginThrottle
 from robot.web.users import Users
 from tests.conftest import WriteIni
-from tests.integration.host import host_sql
+from tests.integration.host import host_sql, series_sql
 from tests.support.smtpd import TestSMTPServer
 
 PASSWORDS = {"viv": "viewer-pass-1", "olga": "operator-pass-1", "ada": "admin-pass-12"}
@@ -404,11 +404,7 @@ def test_the_queue_pages_by_id(console: Console) -> None:
     host_sql(
         console.url,
         "INSERT INTO outbox (recipient, body_text, status) "
-        + (
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 120) SELECT 'r' || i || '@example.org', 'x', 'sent' FROM n"
-            if console.url.startswith("sqlite")
-            else "SELECT 'r' || i || '@example.org', 'x', 'sent' FROM generate_series(1, 120) AS i"
-        ),
+        f"SELECT 'r' || i || '@example.org', 'x', 'sent' FROM {series_sql(console.url, 120)}",
     )
     client = console.signed_in("viv")
     seen: list[int] = []
