@@ -511,9 +511,35 @@ def phase_durable(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -> d
         "rounds": args.durable_rounds,
         "settings": settings,
         "filesystem": _filesystem(),
+        "fdatasync": fdatasync_probe(durable.base_dir.parent),
         "runs": runs,
         "medians": medians_of,
         "ratio_durable_to_fast": round(slow / fast, 3) if fast else None,
+    }
+
+
+def fdatasync_probe(folder: Path, seconds: float = 2.0) -> dict[str, Any]:
+    """How long one 8 KiB write + fdatasync takes in `folder` (the clusters' disk): what a
+    durable commit waits for at least."""
+    path = folder / "fdatasync-probe"
+    times = []
+    block = os.urandom(8192)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            os.pwrite(fd, block, 0)
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    return {
+        "syncs": len(times),
+        "median_ms": round(outbox.median(times) * 1000, 3),
+        "p90_ms": round(outbox.percentile(times, 90) * 1000, 3),
+        "per_s": round(len(times) / sum(times), 1) if times else 0.0,
     }
 
 
