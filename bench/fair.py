@@ -52,6 +52,10 @@ def b_alone(config: RobotConfig, work: Path, rows: int, *, tag: str) -> dict[str
 
     outbox.set_accounts(config.url, 0, "a", "b")
     result = drain(config, work, rows, tag=tag)
+    times = outbox.sent_times(config.url, "b")
+    seconds = _per_second(times, times[0], times[-1]) if times else []
+    result["b_per_second_min"] = min(seconds) if seconds else None
+    result["b_per_second_median"] = statistics.median(seconds) if seconds else None
     return result
 
 

@@ -551,12 +551,12 @@ def targets_15(res: dict[str, Any]) -> list[list[str]]:
                     ]
                 )
     durable = res.get("durable")
-    if durable:
-        ratio = durable["ratio_durable_to_fast"]
-        m = durable["medians"]
+    for rev, got in _durable_by_rev(durable).items():
+        ratio = got["ratio_durable_to_fast"]
+        m = got["medians"]
         rows.append(
             [
-                "PostgreSQL durable (fsync, synchronous_commit on) / fsync off",
+                f"PostgreSQL durable (fsync, synchronous_commit on) / fsync off{rev}",
                 "≥ 0.8",
                 f"{_n(ratio, 2)} ({_n(m['durable']['messages_per_commit'], 1)} against "
                 f"{_n(m['fsync off']['messages_per_commit'], 1)} messages a commit)",
@@ -626,6 +626,16 @@ def targets_15(res: dict[str, Any]) -> list[list[str]]:
                 ]
             )
     return rows
+
+
+def _durable_by_rev(durable: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The durable phase's medians and ratio by revision (', REV' labels; older results
+    hold one revision's only)."""
+    if not durable:
+        return {}
+    if "by_rev" not in durable:
+        return {"": durable}
+    return {f", {rev}": got for rev, got in durable["by_rev"].items()}
 
 
 def render_15(res: dict[str, Any]) -> list[str]:
@@ -735,27 +745,32 @@ def render_15(res: dict[str, Any]) -> list[str]:
             "",
         ]
         rows = []
-        for name in ("fsync off", "durable"):
-            m = durable["medians"][name]
-            st = durable["settings"].get(name, {})
-            rows.append(
-                [
-                    name,
-                    ", ".join(f"{k} {v}" for k, v in st.items()),
-                    _n(m["msgs_per_s"]),
-                    _n(m["commits_per_s"]),
-                    _n(m["messages_per_commit"], 1),
-                    _n(m["wal_syncs_per_s"]),
-                ]
-            )
+        for rev, got in _durable_by_rev(durable).items():
+            for name in ("fsync off", "durable"):
+                m = got["medians"][name]
+                st = durable["settings"].get(name, {})
+                rows.append(
+                    [
+                        f"{name}{rev}",
+                        ", ".join(f"{k} {v}" for k, v in st.items()),
+                        _n(m["msgs_per_s"]),
+                        _n(m["commits_per_s"]),
+                        _n(m["messages_per_commit"], 1),
+                        _n(m["wal_syncs_per_s"]),
+                    ]
+                )
         out += _table(
             ["cluster", "settings", "msgs/s", "commits/s", "messages a commit", "WAL syncs/s"],
             rows,
         )
+        ratios = ", ".join(
+            f"**{_n(got['ratio_durable_to_fast'], 2)}**{rev}"
+            for rev, got in _durable_by_rev(durable).items()
+        )
         probe = durable.get("fdatasync")
         out += [
             "",
-            f"Durable / fsync off: **{_n(durable['ratio_durable_to_fast'], 2)}**.",
+            f"Durable / fsync off: {ratios}.",
             "",
         ]
         if probe:
@@ -804,9 +819,11 @@ def render_15(res: dict[str, Any]) -> list[str]:
             "",
             *_measured(fair_res),
             "Every third row in claim order is a's. b alone: a drain of b's rows only. "
-            "Beside a: one robot (not draining) until b's last row is sent and 10 s more. "
-            "b's msgs/s over its own sending window; a's rate while b sent and over its own "
-            "window; b's sends per second (min / median) show whether workers stalled.",
+            "Beside a (right after, in each round): one robot (not draining) until b's "
+            "last row is sent and 10 s more. b's msgs/s over its own sending window; a's "
+            "rate while b sent and over its own window; b's sends per second (min / "
+            "median) show whether workers stalled. b's msgs/s of every round; the ratio is "
+            "of their medians; a's columns are the last round's.",
             "",
         ]
         rows = []
@@ -815,13 +832,16 @@ def render_15(res: dict[str, Any]) -> list[str]:
             if not got:
                 continue
             both = got["a_and_b"]
+            rounds = got.get("rounds", [got])
             rows.append(
                 [
                     DB_NAMES[database],
-                    _n(got["b_alone"]["msgs_per_s"]),
-                    _n(both["b_msgs_per_s"]),
+                    ", ".join(_n(r["b_alone"]["msgs_per_s"]) for r in rounds),
+                    ", ".join(_n(r["a_and_b"]["b_msgs_per_s"]) for r in rounds),
                     _n(got["b_ratio"], 2),
-                    f"{_n(both['b_per_second_min'])} / {_n(both['b_per_second_median'])}",
+                    f"{_n(both['b_per_second_min'])} / {_n(both['b_per_second_median'])} "
+                    f"(alone {_n(got['b_alone'].get('b_per_second_min'))} / "
+                    f"{_n(got['b_alone'].get('b_per_second_median'))})",
                     f"{_n(both['a_rate_in_b_window'], 2)}/s ({_n(both['a_sent_in_b_window'])})",
                     f"{_n(both['a_rate_own_window'], 2)}/s ({_n(both['a_sent'])} in "
                     f"{_n(both['a_seconds'], 1)} s)",

@@ -463,48 +463,55 @@ def phase_durable(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -> d
     try:
         with SmtpSink(sink_bin) as sink:
             for rnd in range(1, args.durable_rounds + 1):
-                for name, bx in clusters.items():
-                    url = bx.fresh("postgresql", args.rows, name="bench_durable")
-                    settings[name] = outbox.pg_settings(url, settings_shown)
-                    before = outbox.pg_counters(url)
-                    config = RobotConfig(url=url, port=sink.port, connections=conns)
-                    tag = f"durable-{name.replace(' ', '-')}-r{rnd}"
-                    result = drain.drain(config, work, args.rows, tag=tag)
-                    time.sleep(1.0)  # the robot's backends report their counts as they exit
-                    after = outbox.pg_counters(url)
-                    bx.drop(url)
-                    delta = {k: after[k] - before.get(k, 0) for k in after}
-                    commits = delta["xact_commit"] - 1  # our own reading of the counters
-                    window = result["window_seconds"]
-                    result |= {
-                        "commits": commits,
-                        "commits_per_s": round(commits / window, 1) if window else None,
-                        "messages_per_commit": round(result["sent"] / commits, 2)
-                        if commits
-                        else None,
-                        "wal_syncs": delta.get("wal_sync"),
-                        "wal_syncs_per_s": round(delta["wal_sync"] / window, 1)
-                        if window and "wal_sync" in delta
-                        else None,
-                        "wal_bytes_per_message": round(delta["wal_bytes"] / result["sent"])
-                        if "wal_bytes" in delta
-                        else None,
-                    }
-                    runs.append({"round": rnd, "cluster": name, "load1": _load1(), **result})
-                    log(
-                        f"durable r{rnd} {name}: {result['msgs_per_s']} msgs/s, "
-                        f"{commits} commits, {result['messages_per_commit']} msgs/commit"
-                    )
+                for label, tree in args.sources.items():
+                    drain.use_source(tree)
+                    for name, bx in clusters.items():
+                        url = bx.fresh("postgresql", args.rows, name="bench_durable")
+                        settings[name] = outbox.pg_settings(url, settings_shown)
+                        tag = f"durable-{name.replace(' ', '-')}-{len(runs)}"
+                        config = RobotConfig(url=url, port=sink.port, connections=conns)
+                        result = _counted_drain(config, work, args.rows, tag)
+                        bx.drop(url)
+                        runs.append(
+                            {
+                                "round": rnd,
+                                "rev": label or "working tree",
+                                "cluster": name,
+                                "load1": _load1(),
+                                **result,
+                            }
+                        )
+                        log(
+                            f"durable r{rnd} {label} {name}: {result['msgs_per_s']} msgs/s, "
+                            f"{result['commits']} commits, "
+                            f"{result['messages_per_commit']} msgs/commit"
+                        )
+        drain.use_source(args.sources[args.rev_labels[0]])
     finally:
         durable.stop()
-    medians_of = {
-        name: {
-            key: outbox.median([r[key] for r in runs if r["cluster"] == name and r[key]])
-            for key in ("msgs_per_s", "commits_per_s", "messages_per_commit", "wal_syncs_per_s")
+    by_rev = {}
+    for label in args.rev_labels:
+        rev = label or "working tree"
+        medians_of = {
+            name: {
+                key: outbox.median(
+                    [r[key] for r in runs if (r["rev"], r["cluster"]) == (rev, name) and r[key]]
+                )
+                for key in (
+                    "msgs_per_s",
+                    "commits_per_s",
+                    "messages_per_commit",
+                    "wal_syncs_per_s",
+                )
+            }
+            for name in clusters
         }
-        for name in clusters
-    }
-    fast, slow = medians_of["fsync off"]["msgs_per_s"], medians_of["durable"]["msgs_per_s"]
+        fast, slow = medians_of["fsync off"]["msgs_per_s"], medians_of["durable"]["msgs_per_s"]
+        by_rev[rev] = {
+            "medians": medians_of,
+            "ratio_durable_to_fast": round(slow / fast, 3) if fast else None,
+        }
+    first = by_rev[args.rev_labels[0] or "working tree"]
     return {
         "rows": args.rows,
         "connections": conns,
@@ -513,8 +520,31 @@ def phase_durable(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -> d
         "filesystem": _filesystem(),
         "fdatasync": fdatasync_probe(durable.base_dir.parent),
         "runs": runs,
-        "medians": medians_of,
-        "ratio_durable_to_fast": round(slow / fast, 3) if fast else None,
+        "by_rev": by_rev,
+        **first,
+    }
+
+
+def _counted_drain(config: RobotConfig, work: Path, rows: int, tag: str) -> dict[str, Any]:
+    """A PostgreSQL drain with its commits (pg_stat_database) and WAL syncs (pg_stat_wal)."""
+    before = outbox.pg_counters(config.url)
+    result = drain.drain(config, work, rows, tag=tag)
+    time.sleep(1.0)  # the robot's backends report their counts as they exit
+    after = outbox.pg_counters(config.url)
+    delta = {k: after[k] - before.get(k, 0) for k in after}
+    commits = delta["xact_commit"] - 1  # our own reading of the counters
+    window = result["window_seconds"]
+    return result | {
+        "commits": commits,
+        "commits_per_s": round(commits / window, 1) if window else None,
+        "messages_per_commit": round(result["sent"] / commits, 2) if commits else None,
+        "wal_syncs": delta.get("wal_sync"),
+        "wal_syncs_per_s": round(delta["wal_sync"] / window, 1)
+        if window and "wal_sync" in delta
+        else None,
+        "wal_bytes_per_message": round(delta["wal_bytes"] / result["sent"])
+        if "wal_bytes" in delta
+        else None,
     }
 
 
@@ -564,36 +594,47 @@ def phase_fair(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -> dict
     }
     with SmtpSink(sink_bin) as sink:
         for database in args.fair_databases:
-            url = boxes.fresh(database, args.fair_b_rows, name="bench_fair_b")
-            base = RobotConfig(url=url, port=sink.port, connections=conns)
-            config = fair.config_for(base, args.fair_rate)
-            alone = fair.b_alone(config, boxes.work, args.fair_b_rows, tag=f"fair-b-{database}")
-            alone["load1"] = _load1()
-            boxes.drop(url)
-            log(f"fair {database}: b alone {alone['msgs_per_s']} msgs/s")
-            total = args.fair_a_rows + args.fair_b_rows
-            url = boxes.fresh(database, total, name="bench_fair_ab")
-            config = fair.config_for(dataclasses.replace(base, url=url), args.fair_rate)
-            both = fair.a_and_b(
-                config,
-                boxes.work,
-                a_rows=args.fair_a_rows,
-                b_rows=args.fair_b_rows,
-                rate=args.fair_rate,
-                tag=f"fair-ab-{database}",
-            )
-            both["load1"] = _load1()
-            boxes.drop(url)
-            ratio = both["b_msgs_per_s"] / alone["msgs_per_s"] if alone["msgs_per_s"] else None
+            rounds: list[dict[str, Any]] = []
+            for rnd in range(1, args.fair_rounds + 1):
+                url = boxes.fresh(database, args.fair_b_rows, name="bench_fair_b")
+                base = RobotConfig(url=url, port=sink.port, connections=conns)
+                config = fair.config_for(base, args.fair_rate)
+                tag = f"fair-b-{database}-r{rnd}"
+                alone = fair.b_alone(config, boxes.work, args.fair_b_rows, tag=tag)
+                alone["load1"] = _load1()
+                boxes.drop(url)
+                log(f"fair {database} r{rnd}: b alone {alone['msgs_per_s']} msgs/s")
+                total = args.fair_a_rows + args.fair_b_rows
+                url = boxes.fresh(database, total, name="bench_fair_ab")
+                config = fair.config_for(dataclasses.replace(base, url=url), args.fair_rate)
+                both = fair.a_and_b(
+                    config,
+                    boxes.work,
+                    a_rows=args.fair_a_rows,
+                    b_rows=args.fair_b_rows,
+                    rate=args.fair_rate,
+                    tag=f"fair-ab-{database}-r{rnd}",
+                )
+                both["load1"] = _load1()
+                boxes.drop(url)
+                log(
+                    f"fair {database} r{rnd}: b beside a {both['b_msgs_per_s']} msgs/s, "
+                    f"a {both['a_rate_in_b_window']}/s in b's window"
+                )
+                rounds.append({"round": rnd, "b_alone": alone, "a_and_b": both})
+            alone_median = outbox.median([r["b_alone"]["msgs_per_s"] for r in rounds])
+            beside = outbox.median([r["a_and_b"]["b_msgs_per_s"] for r in rounds])
+            ratio = beside / alone_median if alone_median else None
             out[database] = {
-                "b_alone": alone,
-                "a_and_b": both,
+                "rounds": rounds,
+                "b_alone_median": alone_median,
+                "b_beside_a_median": beside,
                 "b_ratio": round(ratio, 3) if ratio else None,
+                # the last round in full, for the tables
+                "b_alone": rounds[-1]["b_alone"],
+                "a_and_b": rounds[-1]["a_and_b"],
             }
-            log(
-                f"fair {database}: b beside a {both['b_msgs_per_s']} msgs/s (ratio {ratio:.2f}),"
-                f" a {both['a_rate_in_b_window']}/s in b's window"
-            )
+            log(f"fair {database}: b beside a / b alone {out[database]['b_ratio']}")
     return out
 
 
@@ -771,6 +812,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fair-a-rows", type=int, default=10_000)
     parser.add_argument("--fair-b-rows", type=int, default=20_000)
     parser.add_argument("--fair-databases", type=names, default=list(DATABASES))
+    parser.add_argument("--fair-rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a small smoke pass")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     parser.add_argument("--no-report", action="store_true", help="do not render docs/")
@@ -779,7 +821,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.rows, args.rounds, args.connections = 2000, 1, [1, 16]
         args.large_rows, args.latency_seconds = 10_000, 5.0
         args.wan_seconds, args.wan_connections, args.durable_rounds = 3.0, [4], 1
-        args.fair_a_rows, args.fair_b_rows = 1000, 2000
+        args.fair_a_rows, args.fair_b_rows, args.fair_rounds = 1000, 2000, 1
         if args.only is None:
             args.skip = [*args.skip, "profile"]
         args.out = args.out or RESULTS / "quick"
