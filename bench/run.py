@@ -63,7 +63,7 @@ class Outboxes:
         self.work = work
         self.pg = pg_cluster
         self.maker = outbox.RowMaker()
-        self.templates: dict[tuple[str, int], str] = {}
+        self.templates: dict[tuple[str, int, str], str] = {}
         self.fill_seconds: dict[str, float] = {}
 
     def _schema(self, url: str, tag: str) -> None:
@@ -96,10 +96,13 @@ class Outboxes:
         return url
 
     def fresh(self, database: str, rows: int, name: str = "bench_run") -> str:
-        """A fresh copy of the template of (database, rows); its URL."""
-        key = (database, rows)
+        """A fresh copy of the template of (database, rows) with the schema of the robot
+        under test (revisions may differ by a migration); its URL."""
+        source = drain.SOURCE.name if drain.SOURCE else ""
+        key = (database, rows, source)
         if key not in self.templates:
-            self.templates[key] = self.filled(database, f"tmpl_{database}_{rows}", rows)
+            tag = f"tmpl_{database}_{rows}" + (f"_{source[-12:]}" if source else "")
+            self.templates[key] = self.filled(database, tag.replace("-", "_"), rows)
         template = self.templates[key]
         if database == "sqlite":
             dest = self.work / f"{name}.db"
