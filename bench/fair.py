@@ -47,25 +47,28 @@ def _per_second(times: list[datetime], start: datetime, end: datetime) -> list[i
 
 
 def b_alone(config: RobotConfig, work: Path, rows: int, *, tag: str) -> dict[str, Any]:
-    """Drain `rows` rows of account b alone (the outbox of `config` holds them)."""
-    from bench.drain import drain
-
-    outbox.set_accounts(config.url, 0, "a", "b")
-    result = drain(config, work, rows, tag=tag)
-    times = outbox.sent_times(config.url, "b")
-    seconds = _per_second(times, times[0], times[-1]) if times else []
-    result["b_per_second_min"] = min(seconds) if seconds else None
-    result["b_per_second_median"] = statistics.median(seconds) if seconds else None
+    """`rows` rows of account b alone (the outbox of `config` holds them), sent by a robot
+    run exactly as beside a (not draining, stopped once b's rows are sent), so that only
+    a's presence differs."""
+    result = a_and_b(config, work, a_rows=0, b_rows=rows, rate=0.0, tag=tag, tail=0.0)
+    result["msgs_per_s"] = result["b_msgs_per_s"]
     return result
 
 
 def a_and_b(
-    config: RobotConfig, work: Path, *, a_rows: int, b_rows: int, rate: float, tag: str
+    config: RobotConfig,
+    work: Path,
+    *,
+    a_rows: int,
+    b_rows: int,
+    rate: float,
+    tag: str,
+    tail: float = TAIL_SECONDS,
 ) -> dict[str, Any]:
     """Run one robot on an outbox of a_rows + b_rows rows, interleaved, until b's are sent
     and TAIL_SECONDS more."""
     total = a_rows + b_rows
-    every = round(total / a_rows) if a_rows else 0
+    every = round(total / a_rows) if a_rows else 0  # 0: every row is b's
     outbox.set_accounts(config.url, every, "a", "b")
     ini = config.write(work / f"{tag}.ini")
     robot = RobotProcess(ini, work / f"{tag}.log", drain=False)
@@ -78,7 +81,7 @@ def a_and_b(
                 break
             time.sleep(0.2)
         b_done_after = time.perf_counter() - robot.started
-        time.sleep(TAIL_SECONDS)
+        time.sleep(tail)
     finally:
         robot.terminate()
         code = robot.wait(60)

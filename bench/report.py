@@ -798,7 +798,7 @@ def render_15(res: dict[str, Any]) -> list[str]:
             [
                 [
                     str(r["round"]),
-                    r["cluster"],
+                    r["cluster"] + (f", {r['rev']}" if r.get("rev") else ""),
                     _n(r["msgs_per_s"]),
                     _n(r["wall_seconds"], 2),
                     _n(r["commits"]),
@@ -818,7 +818,8 @@ def render_15(res: dict[str, Any]) -> list[str]:
             f"{fair_res['connections']} connections",
             "",
             *_measured(fair_res),
-            "Every third row in claim order is a's. b alone: a drain of b's rows only. "
+            "Every third row in claim order is a's. b alone: b's rows only, the robot run "
+            "as beside a. "
             "Beside a (right after, in each round): one robot (not draining) until b's "
             "last row is sent and 10 s more. b's msgs/s over its own sending window; a's "
             "rate while b sent and over its own window; b's sends per second (min / "
