@@ -4,7 +4,7 @@
 run:
 	./scripts/try-it.sh
 
-# Set up everything and run ruff, mypy, lint-imports and every test (SQLite and PostgreSQL).
+# Set up everything and run ruff, mypy, lint-imports and every test (SQLite, PostgreSQL, MariaDB).
 test:
 	./scripts/test.sh
 
@@ -15,12 +15,13 @@ bench:
 	.venv/bin/python -m pip install --quiet -e ".[dev,bench]"
 	./scripts/ensure-smtp-sink.sh
 	./scripts/ensure-postgres.sh
+	./scripts/ensure-mariadb.sh
 	.venv/bin/python -m bench.run $(BENCH_ARGS)
 
 lint:
 	./scripts/setup-venv.sh
-	.venv/bin/ruff check robot tests migrations
-	.venv/bin/ruff format --check robot tests migrations
+	.venv/bin/ruff check robot tests migrations scripts
+	.venv/bin/ruff format --check robot tests migrations scripts
 	.venv/bin/mypy
 	.venv/bin/lint-imports
 

@@ -1,4 +1,5 @@
-"""Fill and inspect a benchmark outbox with plain SQL (sqlite3 / psycopg), as a host would.
+"""Fill and inspect a benchmark outbox with plain SQL (sqlite3 / psycopg / PyMySQL), as a host
+would.
 
 Rows are deterministic (fixed seed) and of fixed size: a realistic recipient and subject and
 a plain-text body of exactly BODY_CHARS ASCII characters in lines under 76, so that the robot
@@ -21,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pymysql
 from psycopg import sql
+from sqlalchemy.engine import make_url
 
 SEED = 5
 BODY_CHARS = 1700
@@ -189,6 +192,77 @@ def pg_drop(admin_url: str, name: str) -> None:
         )
 
 
+# -- MariaDB/MySQL ----------------------------------------------------------------------------
+
+
+def is_mysql(url: str) -> bool:
+    """Whether `url` is a MariaDB/MySQL database."""
+    return make_url(url).get_backend_name() in ("mysql", "mariadb")
+
+
+def mysql_connect(url: str, database: str | None = None) -> pymysql.Connection[Any]:
+    """A PyMySQL connection to the server of `url` (its database, or `database`)."""
+    parsed = make_url(url)
+    return pymysql.connect(
+        host=parsed.host,
+        port=parsed.port or 3306,
+        user=parsed.username,
+        password=parsed.password or "",
+        database=database if database is not None else parsed.database,
+        charset="utf8mb4",
+    )
+
+
+def mysql_fill(url: str, count: int, maker: RowMaker, start: int = 0) -> float:
+    """INSERT `count` rows (executemany: PyMySQL sends multi-row INSERTs), then ANALYZE."""
+    t0 = time.perf_counter()
+    with mysql_connect(url) as conn, conn.cursor() as cur:
+        for chunk in _chunks(maker.rows(count, start), CHUNK // 5):
+            cur.executemany(INSERT.format("%s"), chunk)
+            conn.commit()
+        cur.execute("ANALYZE TABLE outbox")
+    return time.perf_counter() - t0
+
+
+# The columns a copy takes over: all but the generated queue_waiting.
+COPIED = (
+    "id, created_at, send_after, status, priority, account, sender, sender_name, reply_to, "
+    "recipient, cc, bcc, subject, body_text, body_html, headers, context, batch, "
+    "transactional, attempts, next_attempt_at, claimed_by, claimed_until, message_id, "
+    "smtp_code, smtp_reply, last_error, sent_at, updated_at"
+)
+
+
+def mysql_clone(admin_url: str, template: str, name: str) -> str:
+    """A copy of database `template` as `name` (tables by SHOW CREATE TABLE, rows by INSERT
+    ... SELECT: MariaDB cannot copy a database); return its URL."""
+    with mysql_connect(admin_url, database="") as conn, conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+        for table in ("alembic_version", "outbox", "outbox_attachment", "outbox_event"):
+            cur.execute(f"SHOW CREATE TABLE `{template}`.`{table}`")
+            created = cur.fetchone()[1]
+            cur.execute(f"USE `{name}`")
+            cur.execute(created)
+        for table in ("suppression", "web_user", "web_audit", "web_setting"):
+            cur.execute(f"CREATE TABLE `{name}`.`{table}` LIKE `{template}`.`{table}`")
+        cur.execute(
+            f"INSERT INTO `{name}`.alembic_version SELECT * FROM `{template}`.alembic_version"
+        )
+        cur.execute(
+            f"INSERT INTO `{name}`.outbox ({COPIED}) SELECT {COPIED} FROM `{template}`.outbox"
+        )
+        cur.execute(f"ANALYZE TABLE `{name}`.outbox")
+        conn.commit()
+    return admin_url.rsplit("/", 1)[0] + "/" + name + "?charset=utf8mb4"
+
+
+def mysql_drop(admin_url: str, name: str) -> None:
+    """DROP DATABASE name."""
+    with mysql_connect(admin_url, database="") as conn, conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
 # -- inspection -------------------------------------------------------------------------------
 
 SENT_WINDOW = "SELECT count(*), min(sent_at), max(sent_at) FROM outbox WHERE status = 'sent'"
@@ -208,6 +282,10 @@ def _query(url: str, query: str) -> list[tuple[Any, ...]]:
             return list(conn.execute(query).fetchall())
         finally:
             conn.close()
+    if is_mysql(url):
+        with mysql_connect(url) as my, my.cursor() as cur:
+            cur.execute(query)
+            return list(cur.fetchall())
     with psycopg.connect(pg_dsn(url)) as pg:
         return list(pg.execute(query).fetchall())
 

@@ -6,10 +6,12 @@
 
 Phases (each writes bench/results/PHASE.json as soon as it ends):
   throughput  rounds x connections: the bare aiosmtplib ceiling, smtp-source, then the robot
-              draining a fresh outbox of --rows rows on each database; medians and ratios
+              draining a fresh outbox of --rows rows on each database (SQLite, PostgreSQL,
+              MariaDB: --databases); medians and ratios
   latency     pickup latency at --latency-rate rows/s for --latency-seconds, each database
   large       one drain of a --large-rows backlog (peak RSS, throughput against --rows)
-  two         two robots on one PostgreSQL outbox against one robot, exactly-once check
+  two         two robots on one PostgreSQL (--two-database) outbox against one robot,
+              exactly-once check
   profile     one SQLite drain of --rows rows under py-spy
   wan         through bench/netdelay.py at --wan-rtts ms of round-trip time, --wan-connections
               connections, to smtp-sink with and without PIPELINING: the robot (SQLite, each
@@ -41,6 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from bench import ceiling, drain, fair, latency, netdelay, outbox, profile, report, two_robots
 from bench.drain import RobotConfig
 from bench.sink import SmtpSink, ensure_installed, postfix_version
@@ -48,7 +52,7 @@ from bench.sink import SmtpSink, ensure_installed, postfix_version
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PHASES = ("throughput", "latency", "large", "two", "profile", "wan", "durable", "fair")
-DATABASES = ("sqlite", "postgresql")
+DATABASES = ("sqlite", "postgresql", "mariadb")
 
 
 def log(message: str) -> None:
@@ -59,9 +63,10 @@ def log(message: str) -> None:
 class Outboxes:
     """Filled outboxes on demand: a template per (database, rows), fresh copies per run."""
 
-    def __init__(self, work: Path, pg_cluster: Any) -> None:
+    def __init__(self, work: Path, pg_cluster: Any, mariadb: Any = None) -> None:
         self.work = work
         self.pg = pg_cluster
+        self.mariadb = mariadb
         self.maker = outbox.RowMaker()
         self.templates: dict[tuple[str, int, str], str] = {}
         self.fill_seconds: dict[str, float] = {}
@@ -77,6 +82,9 @@ class Outboxes:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             url = f"sqlite:///{path}"
+        elif database == "mariadb":
+            self.mariadb.drop_database(name)
+            url = self.mariadb.create_database(name)
         else:
             self.pg.drop_database(name)
             url = self.pg.create_database(name)
@@ -89,6 +97,8 @@ class Outboxes:
         log(f"filling {database} {name} with {rows} rows")
         if database == "sqlite":
             seconds = outbox.sqlite_fill(outbox.sqlite_path(url), rows, self.maker)
+        elif database == "mariadb":
+            seconds = outbox.mysql_fill(url, rows, self.maker)
         else:
             seconds = outbox.pg_fill(url, rows, self.maker)
         self.fill_seconds[f"{database}:{rows}"] = round(seconds, 2)
@@ -108,6 +118,9 @@ class Outboxes:
             dest = self.work / f"{name}.db"
             outbox.sqlite_copy(outbox.sqlite_path(template), dest)
             return f"sqlite:///{dest}"
+        if database == "mariadb":
+            name_of_template = make_url(template).database or ""
+            return outbox.mysql_clone(template, name_of_template, name)
         return outbox.pg_clone(self.pg.url(), template.rsplit("/", 1)[1], name)
 
     def drop(self, url: str) -> None:
@@ -116,6 +129,8 @@ class Outboxes:
             path = outbox.sqlite_path(url)
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
+        elif outbox.is_mysql(url):
+            self.mariadb.drop_database(make_url(url).database)
         else:
             self.pg.drop_database(url.rsplit("/", 1)[1])
 
@@ -252,15 +267,17 @@ def phase_two(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -> dict[
     conns = max(args.connections)
     work = boxes.work
 
-    def fresh(name: str) -> str:
-        return boxes.fresh("postgresql", rows, name)
+    database = args.two_database
 
-    log(f"two robots: {rows} rows, c={conns} each")
+    def fresh(name: str) -> str:
+        return boxes.fresh(database, rows, name)
+
+    log(f"two robots on {database}: {rows} rows, c={conns} each")
     result = two_robots.measure(sink_bin, fresh, work, rows=rows, connections=conns)
     for key in ("1_robot", "2_robots"):
         r = result[key]
         log(f"{key}: {r['msgs_per_s']} msgs/s, exactly once: {r['check']['exactly_once']}")
-    return {"rows": rows, **result}
+    return {"rows": rows, "database": database, **result}
 
 
 def phase_profile(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -> dict[str, Any]:
@@ -707,8 +724,13 @@ def _git(rev: str | None) -> str:
         return "?"
 
 
-def environment(args: argparse.Namespace, pg_cluster: Any) -> dict[str, Any]:
+def environment(args: argparse.Namespace, pg_cluster: Any, mariadb: Any = None) -> dict[str, Any]:
     """The machine, the versions and the command of this run."""
+    mariadb_version = "-"
+    if mariadb is not None:
+        with outbox.mysql_connect(mariadb.url("mysql")) as my, my.cursor() as cur:
+            cur.execute("SELECT version()")
+            mariadb_version = str(cur.fetchone()[0])
     pg_version = "-"
     if pg_cluster is not None:
         import psycopg
@@ -734,6 +756,10 @@ def environment(args: argparse.Namespace, pg_cluster: Any) -> dict[str, Any]:
         "postgresql": pg_version,
         "postgresql_settings": "throwaway cluster of tests/support/pg.py: fsync, "
         "synchronous_commit and full_page_writes off",
+        "mariadb": mariadb_version,
+        "mariadb_settings": "throwaway server of tests/support/mariadb.py: "
+        "innodb_flush_log_at_trx_commit 2, doublewrite off, no binary log",
+        "pymysql": _version("pymysql"),
         "postfix_smtp_sink": postfix_version(),
         "py_spy": _version("py-spy"),
         "settings": {
@@ -780,7 +806,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=ints, default=[1, 4, 16], help="e.g. 1,4,16")
     parser.add_argument("--databases", type=names, default=list(DATABASES))
     parser.add_argument("--large-rows", type=int, default=1_000_000)
-    parser.add_argument("--large-databases", type=names, default=list(DATABASES))
+    # MariaDB's 1,000,000-row fill alone takes minutes: its large drain only when asked.
+    parser.add_argument("--large-databases", type=names, default=["sqlite", "postgresql"])
     parser.add_argument(
         "--large-seconds",
         type=float,
@@ -791,6 +818,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="latency robots' poll")
     parser.add_argument("--two-rows", type=int, default=0, help="two-robot backlog (--rows)")
+    parser.add_argument(
+        "--two-database", default="postgresql", help="the two robots' outbox (or mariadb)"
+    )
     parser.add_argument("--only", type=names, default=None, help=",".join(PHASES))
     parser.add_argument("--skip", type=names, default=[])
     parser.add_argument(
@@ -814,7 +844,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fair-rate", type=float, default=5.0, help="account a's rate")
     parser.add_argument("--fair-a-rows", type=int, default=10_000)
     parser.add_argument("--fair-b-rows", type=int, default=20_000)
-    parser.add_argument("--fair-databases", type=names, default=list(DATABASES))
+    parser.add_argument("--fair-databases", type=names, default=["sqlite", "postgresql"])
     parser.add_argument("--fair-rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a small smoke pass")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
@@ -869,7 +899,7 @@ def main(argv: list[str] | None = None) -> int:
         "throughput": args.databases,
         "latency": args.databases,
         "large": args.large_databases,
-        "two": ["postgresql"],
+        "two": [args.two_database],
         "profile": [],
         "wan": args.wan_databases,
         "durable": ["postgresql"],
@@ -879,6 +909,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="robot-bench-"))
     work.chmod(0o755)  # smtp-sink writes its dump as an unprivileged user
     pg_cluster = None
+    mariadb = None
     timings: dict[str, float] = {}
     try:
         revs = []
@@ -897,9 +928,15 @@ def main(argv: list[str] | None = None) -> int:
 
             pg_cluster = PgCluster()
             pg_cluster.start()
-        env = environment(args, pg_cluster)
+        mariadb_phases = [db for phase in args.phases for db in wanted[phase]]
+        if "mariadb" in mariadb_phases:
+            from tests.support.mariadb import MariaDbServer
+
+            mariadb = MariaDbServer()
+            mariadb.start()
+        env = environment(args, pg_cluster, mariadb)
         (args.out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
-        boxes = Outboxes(work, pg_cluster)
+        boxes = Outboxes(work, pg_cluster, mariadb)
         for phase in args.phases:
             log(f"phase {phase}")
             t0 = time.perf_counter()
@@ -916,6 +953,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if pg_cluster is not None:
             pg_cluster.stop()
+        if mariadb is not None:
+            mariadb.stop()
         shutil.rmtree(work, ignore_errors=True)
     if not args.no_report:
         doc = [] if args.out == RESULTS else ["--doc", str(args.out / "benchmarks.md")]

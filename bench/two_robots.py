@@ -1,4 +1,5 @@
-"""Two robots draining one PostgreSQL outbox at once, against one robot on the same outbox.
+"""Two robots draining one PostgreSQL (or MariaDB) outbox at once, against one robot on the
+same outbox.
 
 Both runs go to an smtp-sink that dumps every transaction into one file (`-D FILE`), so the
 Message-IDs that reached the server can be counted: every sent row's Message-ID must be there

@@ -8,8 +8,10 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import difflib
+import importlib.util
 import ipaddress
 import os
+import pwd
 import re
 import socket
 import types
@@ -375,6 +377,7 @@ def _build(raw: RawConfig, path: str) -> Settings:
     for section in raw:
         if section not in SECTIONS and not section.startswith("account:"):
             raise ConfigError(f"{path}: unknown section [{section}]", path=path)
+    _files_from_the_ini_folder(raw, path)
     parts: dict[str, typing.Any] = {
         name: _section(cls, raw.get(name, {}), name, path) for name, cls in SECTIONS.items()
     }
@@ -398,6 +401,23 @@ def _build(raw: RawConfig, path: str) -> Settings:
         accounts=accounts,
         **{name: value for name, value in parts.items() if name != "smtp"},
     )
+
+
+def _files_from_the_ini_folder(raw: RawConfig, path: str) -> None:
+    """A relative path in a `*_file` key (password_file, ca_file, dkim_key_file, ...) is taken
+    from robot.ini's folder, as a relative SQLite path is: the service (in its state
+    directory) and an admin's command (anywhere) must read the same file."""
+    if not path:
+        return
+    folder = Path(path).resolve().parent
+    for values in raw.values():
+        for key, value in values.items():
+            if key.endswith("_file") and value.strip() and not Path(value).is_absolute():
+                resolved = str(folder / value.strip())
+                if isinstance(value, FromEnvironment):
+                    values[key] = FromEnvironment.of(resolved, value.variable)
+                else:
+                    values[key] = resolved
 
 
 def _account(section: str, values: dict[str, str], raw: RawConfig, path: str) -> Account:
@@ -611,14 +631,19 @@ def _anchored_sqlite(parsed: URL, path: str) -> str:
 
 # The drivers the robot ships with, by database; every other spelling of these databases is
 # rewritten to them or refused with what to write instead.
-SUPPORTED_URLS = "sqlite:///PATH or postgresql://USER@HOST/DB"
+SUPPORTED_URLS = (
+    "sqlite:///PATH, postgresql://USER@HOST/DB or mysql://USER@HOST/DB (MariaDB, MySQL)"
+)
+MYSQL_BACKENDS = ("mysql", "mariadb")
+MYSQL_URL = "mysql+pymysql"  # MariaDB too: the dialect tells the servers apart when it connects
 
 
 def database_url(url: str, path: str) -> str:
     """`[database] url` as the robot uses it: `postgres://` (what Heroku-style platforms hand
-    out) and `postgresql://` become psycopg 3's `postgresql+psycopg://`. Raises ConfigError,
-    naming the key and what to write, for anything else than SQLite or PostgreSQL with
-    psycopg 3."""
+    out) and `postgresql://` become psycopg 3's `postgresql+psycopg://`; `mysql://`,
+    `mariadb://` and `mysql+pymysql://` become PyMySQL's `mysql+pymysql://` with the
+    character set utf8mb4. Raises ConfigError, naming the key and what to write, for
+    anything else than SQLite, PostgreSQL with psycopg 3, or MariaDB/MySQL with PyMySQL."""
 
     def refuse(problem: str) -> ConfigError:
         return ConfigError(
@@ -640,6 +665,21 @@ def database_url(url: str, path: str) -> str:
         return url
     if backend == "postgresql":
         raise refuse(f"the driver {driver!r} is not installed with email-robot (psycopg 3 is)")
+    if backend in MYSQL_BACKENDS:
+        # `mysql://` alone means mysqlclient (MySQLdb) to SQLAlchemy: the robot means PyMySQL.
+        given = url.split("://", 1)[0]
+        if "+" in given and driver != "pymysql":
+            raise refuse(
+                f"the driver {driver!r} is not installed with email-robot (PyMySQL is: "
+                "mysql+pymysql://)"
+            )
+        if importlib.util.find_spec("pymysql") is None:
+            raise refuse("the MariaDB/MySQL driver PyMySQL is not installed (pip install PyMySQL)")
+        if not parsed.database:
+            raise refuse("no database name after the host")
+        query = {k: v for k, v in parsed.query.items() if k != "charset"}
+        parsed = parsed.set(drivername=MYSQL_URL, query={**query, "charset": "utf8mb4"})
+        return parsed.render_as_string(hide_password=False)
     raise refuse(f"{backend!r} databases are not supported")
 
 
@@ -701,10 +741,22 @@ def _read_secret(path: Path, account: str) -> str:
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError as exc:
+        # Name the user: a file only root can read is the usual mistake (the service runs as
+        # email-robot), and the line must say so to whoever runs check or reads the journal.
         raise ConfigError(
-            f"password file of account {account} unreadable: {path}: {exc.strerror}",
+            f"password file of account {account} unreadable: {path}: {exc.strerror} "
+            f"(read as user {_user_name()})",
             key="password_file",
         ) from None
+
+
+def _user_name() -> str:
+    """The effective user's name, from the user database (never from $USER)."""
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 IMAP_PORTS = {"imaps": 993, "imap": 143}

@@ -7,6 +7,8 @@ is one write, so the lines of several processes sharing a pipe never interleave.
 
 from __future__ import annotations
 
+import atexit
+import errno
 import logging
 import os
 import sys
@@ -41,7 +43,10 @@ class LineWriter:
                 data = line.encode("utf-8", "backslashreplace")
                 while data:
                     data = data[os.write(self._fd, data) :]
-        except (OSError, ValueError):  # broken pipe, closed stream: the line is lost
+        except OSError as exc:  # broken pipe: this line and every later one are lost
+            if exc.errno == errno.EPIPE:
+                drop_what_a_closed_pipe_gets(self._stream)
+        except ValueError:  # a closed stream object: the line is lost
             pass
 
     log = debug = info = warning = warn = error = err = critical = exception = fatal = msg
@@ -77,8 +82,38 @@ def configure_logging(
     )
     # Libraries log through stdlib logging: keep their warnings, drop their chatter.
     logging.basicConfig(stream=stream, level=logging.WARNING, format="%(name)s: %(message)s")
+    # What a library wrote last may still sit in the stream's buffer: flush it before the
+    # interpreter does, so that a reader gone away cannot turn the exit code into 120.
+    atexit.unregister(_flush_or_drop)
+    atexit.register(_flush_or_drop, stream)
     for noisy in ("apscheduler", "mail.log", "aiosmtplib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def drop_what_a_closed_pipe_gets(stream: TextIO) -> None:
+    """Point `stream`'s file descriptor at /dev/null: its reader went away, so what the stream
+    still buffers and whatever is written later is dropped instead of failing again. Without
+    this the interpreter's own flush of stderr at exit fails, and it exits 120 whatever the
+    exit code was meant to be (unless PYTHONUNBUFFERED happens to be set)."""
+    try:
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (AttributeError, OSError, ValueError):  # no file descriptor: nothing to redirect
+        return
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _flush_or_drop(stream: TextIO) -> None:
+    """At exit: flush `stream`, or drop what it holds when nobody reads it any more."""
+    try:
+        stream.flush()
+    except OSError:
+        drop_what_a_closed_pipe_gets(stream)
+    except ValueError:  # already closed
+        pass
 
 
 def _leave_out_empty_fields(

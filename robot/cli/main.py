@@ -15,6 +15,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from robot import __version__
 from robot.cli.output import (
+    account_state_text,
+    accounts_json,
+    accounts_state_table,
     accounts_table,
     change_text,
     rows_json,
@@ -46,7 +50,8 @@ from robot.daemon.supervisor import (
     supervisor_pid,
 )
 from robot.errors import ConfigError, RobotError
-from robot.logs import configure_logging, first_line, get_logger
+from robot.logs import configure_logging, drop_what_a_closed_pipe_gets, first_line, get_logger
+from robot.outbox.account_states import AccountState, AccountStates, pause_end
 from robot.outbox.engine import (
     make_engine,
     missing_sqlite_file,
@@ -152,9 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     db_grant = db_verbs.add_parser(
         "grant",
         parents=[config],
-        help="the least rights of a host application's role (PostgreSQL); --print to review",
+        help="the least rights of a host application's role (PostgreSQL, MariaDB/MySQL)",
     )
-    db_grant.add_argument("role", help="an existing PostgreSQL role")
+    db_grant.add_argument(
+        "role", help="an existing PostgreSQL role, or MariaDB/MySQL account NAME or NAME@HOST"
+    )
     db_grant.add_argument(
         "--read-only", action="store_true", help="a reporting role: SELECT only, no INSERT"
     )
@@ -232,6 +239,37 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--account", help="check only this account")
 
     verb("accounts", cmd_accounts, "configured sender accounts (no secrets)")
+
+    account = verb(
+        "account",
+        lambda a, w: _usage("account needs list, pause or resume"),
+        "an account's state: sending or paused; pause and resume it",
+    )
+    account_verbs = account.add_subparsers(title="subcommands", metavar="SUBCOMMAND")
+    account_list = account_verbs.add_parser(
+        "list", parents=[config], help="each account and its state (sending, or paused why)"
+    )
+    account_list.add_argument("--json", action="store_true")
+    account_list.set_defaults(handler=cmd_account_list)
+    pause = account_verbs.add_parser(
+        "pause",
+        parents=[config],
+        help="robots send none of its rows until it is resumed (or until --until)",
+    )
+    pause.add_argument("name", metavar="NAME")
+    pause.add_argument("--reason", help="why, shown in status and on the console")
+    pause.add_argument(
+        "--until",
+        type=_until,
+        metavar="WHEN",
+        help="UTC: 'HH:MM', 'YYYY-MM-DD HH:MM', or a duration '30m', '2h', '1d'",
+    )
+    pause.set_defaults(handler=cmd_account_pause)
+    resume = account_verbs.add_parser(
+        "resume", parents=[config], help="send its rows again (also ends a fault's pause: try now)"
+    )
+    resume.add_argument("name", metavar="NAME")
+    resume.set_defaults(handler=cmd_account_resume)
 
     config_verb = verb(
         "config", lambda a, w: _usage("config needs a subcommand: sample"), "robot.ini"
@@ -349,7 +387,7 @@ def cmd_db_upgrade(args: argparse.Namespace, wiring: Wiring) -> int:
 def cmd_db_grant(args: argparse.Namespace, wiring: Wiring) -> int:
     """GRANT a host application's role (or a read-only one) what it needs, and no more."""
     engine = wiring.engine()
-    if engine.dialect.name != "postgresql":
+    if engine.dialect.name == "sqlite":
         raise UsageError(f"db grant: {engine.dialect.name} has no roles to grant rights to")
     statements = grant_statements(engine, args.role, writer=not args.read_only)
     if args.print:
@@ -443,10 +481,11 @@ def cmd_status(args: argparse.Namespace, wiring: Wiring) -> int:
 
     robot = wiring.settings().robot
     status = wiring.outbox().status(batch=args.batch)
+    accounts = _account_states(wiring)
     if args.json:
-        print(status_json(status, robot.rate, robot.redirect_to))
+        print(status_json(status, robot.rate, robot.redirect_to, accounts))
     else:
-        print(status_text(status, robot.rate, args.batch, robot.redirect_to))
+        print(status_text(status, robot.rate, args.batch, robot.redirect_to, accounts))
     return EXIT_OK
 
 
@@ -547,6 +586,58 @@ def cmd_accounts(args: argparse.Namespace, wiring: Wiring) -> int:
 
     print(accounts_table(wiring.settings().accounts))
     return EXIT_OK
+
+
+def cmd_account_list(args: argparse.Namespace, wiring: Wiring) -> int:
+    accounts = _account_states(wiring)
+    print(
+        json.dumps(accounts_json(accounts), indent=2)
+        if args.json
+        else accounts_state_table(accounts)
+    )
+    return EXIT_OK
+
+
+def cmd_account_pause(args: argparse.Namespace, wiring: Wiring) -> int:
+    """An operator's pause: robots claim none of the account's rows, and give back the
+    ones they hold, until it is resumed (or until --until)."""
+    name = _known_account(wiring, args.name)
+    reason = args.reason.strip()[:1000] if args.reason and args.reason.strip() else None
+    wiring.account_states().pause(name, _operator(), reason, args.until)
+    print(f"account {name}: {account_state_text(_account_states(wiring)[name])}")
+    return EXIT_OK
+
+
+def cmd_account_resume(args: argparse.Namespace, wiring: Wiring) -> int:
+    name = _known_account(wiring, args.name)
+    was = wiring.account_states().resume(name)
+    if was is None:
+        print(f"account {name}: was not paused")
+    else:
+        print(f"account {name}: resumed (it was {account_state_text(was)})")
+    return EXIT_OK
+
+
+def _known_account(wiring: Wiring, name: str) -> str:
+    """`name` if robot.ini has that account; a usage error (exit 2) otherwise."""
+    accounts = wiring.settings().accounts
+    if name not in accounts:
+        raise UsageError(f"unknown account {name!r} (known: {', '.join(accounts)})")
+    return name
+
+
+def _account_states(wiring: Wiring) -> dict[str, AccountState | None]:
+    """robot.ini's accounts, each with its row of account_state (None: it sends)."""
+    found = wiring.account_states().states()
+    return {name: found.get(name) for name in wiring.settings().accounts}
+
+
+def _until(text: str) -> datetime:
+    """argparse type: when a pause ends (see pause_end)."""
+    try:
+        return pause_end(text, datetime.now(UTC))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_config_sample(args: argparse.Namespace, wiring: Wiring) -> int:
@@ -694,6 +785,10 @@ class Wiring:
         """The host's and operator's side of the outbox, on a current schema."""
         return operations_for(self.settings(), self.engine(migrate_sqlite=True))
 
+    def account_states(self) -> AccountStates:
+        """The accounts' state (account_state), on a current schema."""
+        return AccountStates(self.engine(migrate_sqlite=True))
+
     def close(self) -> None:
         """Close every database connection the command opened."""
         if self._engine is not None:
@@ -733,7 +828,7 @@ def _complain(message: str) -> None:
     try:
         print(f"email-robot: {message}", file=sys.stderr, flush=True)
     except OSError:
-        pass
+        drop_what_a_closed_pipe_gets(sys.stderr)  # or the exit code becomes 120
 
 
 def _positive(text: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from robot.config import Account
+from robot.outbox.account_states import AccountState
 from robot.outbox.rows import RECENT_SECONDS, Change, Event, OutboxRow, QueueStatus
 from robot.outbox.schema import WAITING
 
@@ -238,14 +240,35 @@ def estimate(status: QueueStatus, configured_rate: float) -> Estimate:
     return Estimate(rate, basis, due_done, all_done)
 
 
+AccountStates = Mapping[str, AccountState | None]  # robot.ini's accounts, each with its row
+
+
+def account_state_text(state: AccountState | None) -> str:
+    """'sending', 'paused after a fault until ... (reason)', 'paused by NAME ...'."""
+    return "sending" if state is None else state.describe()
+
+
+def paused_accounts(accounts: AccountStates) -> list[str]:
+    """The accounts paused now (after a fault or by an operator)."""
+    return [name for name, state in accounts.items() if state is not None and state.paused]
+
+
+def _waiting_for_paused(status: QueueStatus, accounts: AccountStates) -> tuple[int, list[str]]:
+    """The due rows that wait for a paused account, and the paused accounts they wait for."""
+    waiting = [name for name in paused_accounts(accounts) if status.due_by_account.get(name)]
+    return sum(status.due_by_account[name] for name in waiting), waiting
+
+
 def status_text(
     status: QueueStatus,
     configured_rate: float,
     batch: str | None = None,
     redirect_to: str | None = None,
+    accounts: AccountStates | None = None,
 ) -> str:
-    """`email-robot status`: counts, backlog and ETA (and a warning when [robot] redirect_to
-    sends every message to one address)."""
+    """`email-robot status`: counts, backlog and ETA, and each account's state (and a
+    warning when [robot] redirect_to sends every message to one address). Due rows of a
+    paused account are not in the ETA: they wait for the account."""
     title = f"batch {batch!r}" if batch is not None else "outbox"
     lines = [f"{title} at {status.now:%Y-%m-%d %H:%M:%S} UTC"]
     if redirect_to:
@@ -259,33 +282,56 @@ def status_text(
             lines.append(f"  {name:<11}{status.counts[name]:>10}")
     if not status.counts:
         lines.append("  (empty)")
-    lines.append(f"  {'due now':<11}{status.due:>10}")
+    held_back, waited_for = _waiting_for_paused(status, accounts or {})
+    due_line = f"  {'due now':<11}{status.due:>10}"
+    if held_back:
+        due_line += f"   {held_back} wait for paused accounts: {', '.join(waited_for)}"
+    lines.append(due_line)
     later = f"  {'due later':<11}{status.later:>10}"
     if status.next_due is not None:
         later += f"   next in {countdown((status.next_due - status.now).total_seconds())}"
     lines.append(later)
-    eta = estimate(status, configured_rate)
+    sendable = dataclasses.replace(status, due=status.due - held_back)
+    eta = estimate(sendable, configured_rate)
     if not (status.due or status.sending or status.later):
         lines.append("ETA: nothing is waiting")
     elif eta.rate is None:
         lines.append(f"ETA: {eta.basis}")
     else:
         lines.append(f"rate: {eta.rate:.1f}/s ({eta.basis})")
-        lines.append(f"ETA due now: {_when(eta.due_done_at, status.now)}")
+        if sendable.due or sendable.sending or not held_back:
+            lines.append(f"ETA due now: {_when(eta.due_done_at, status.now)}")
+        if held_back:
+            lines.append(
+                f"ETA paused: {held_back} due rows wait for their accounts "
+                f"({', '.join(waited_for)}), not sent before those send again"
+            )
         if status.later:
             lines.append(f"ETA all waiting: {_when(eta.all_done_at, status.now)}")
+    if accounts:
+        lines.append("accounts:")
+        width = max(map(len, accounts))
+        for name, state in accounts.items():
+            lines.append(f"  {name:<{width}}  {account_state_text(state)}")
     return "\n".join(lines)
 
 
-def status_json(status: QueueStatus, configured_rate: float, redirect_to: str | None = None) -> str:
+def status_json(
+    status: QueueStatus,
+    configured_rate: float,
+    redirect_to: str | None = None,
+    accounts: AccountStates | None = None,
+) -> str:
     """The same as a JSON object."""
-    eta = estimate(status, configured_rate)
+    held_back = _waiting_for_paused(status, accounts or {})[0]
+    eta = estimate(dataclasses.replace(status, due=status.due - held_back), configured_rate)
     return json.dumps(
         {
             "now": _iso(status.now),
             "redirect_to": redirect_to,
             "counts": status.counts,
             "due": status.due,
+            "due_waiting_for_paused_accounts": held_back,
             "later": status.later,
             "next_due": _iso(status.next_due),
             "last_due": _iso(status.last_due),
@@ -294,9 +340,34 @@ def status_json(status: QueueStatus, configured_rate: float, redirect_to: str | 
             "rate_basis": eta.basis,
             "eta_due": _iso(eta.due_done_at),
             "eta_all": _iso(eta.all_done_at),
+            "accounts": accounts_json(accounts or {}),
         },
         indent=2,
     )
+
+
+def accounts_json(accounts: AccountStates) -> dict[str, dict[str, Any]]:
+    """Each account's state as JSON values."""
+    return {
+        name: {
+            "state": "paused" if state is not None and state.paused else "sending",
+            "paused_by_operator": bool(state and state.paused and state.by_operator),
+            "paused_until": _iso(state.paused_until) if state and state.paused else None,
+            "reason": state.reason if state else None,
+            "paused_by": state.paused_by if state else None,
+            "text": account_state_text(state),
+        }
+        for name, state in accounts.items()
+    }
+
+
+def accounts_state_table(accounts: AccountStates) -> str:
+    """`email-robot account list`: each account and its state."""
+    width = max([len("ACCOUNT"), *map(len, accounts)])
+    lines = [f"{'ACCOUNT':<{width}}  STATE"]
+    for name, state in accounts.items():
+        lines.append(f"{name:<{width}}  {account_state_text(state)}")
+    return "\n".join(lines)
 
 
 ORDER = ("held", "pending", "deferred", "sending", "sent", "bounced", "failed", "retracted",

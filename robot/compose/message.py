@@ -7,6 +7,7 @@ reason a person can act on when the row cannot become a message.
 from __future__ import annotations
 
 import binascii
+import inspect
 import json
 import re
 import secrets
@@ -381,6 +382,28 @@ def _plainly_valid(address: str) -> bool:
     return len(local) <= 64 and top not in email_validator.SPECIAL_USE_DOMAIN_NAMES
 
 
+# Pythons with the fix for CVE-2023-27043 (3.11.10, 3.12.6 and later, and patched builds such
+# as Debian 12's 3.11.2) parse strictly by default: `bad@@x` or `a <a@x>; b@x` come back as
+# ('', '') where older ones split them. The robot checks every address itself and sends to
+# exactly the one it parsed, so it asks for the same lenient parse everywhere: a row gets the
+# same outcome, and the same words, whichever Python runs the robot.
+_LENIENT = "strict" in inspect.signature(getaddresses).parameters
+
+
+def lenient_getaddresses(value: str) -> list[tuple[str, str]]:
+    """email.utils.getaddresses of one header value, parsed as every Python version does."""
+    if _LENIENT:
+        return getaddresses([value], strict=False)
+    return getaddresses([value])
+
+
+def lenient_parseaddr(value: str) -> tuple[str, str]:
+    """email.utils.parseaddr, parsed as every Python version does."""
+    if _LENIENT:
+        return parseaddr(value, strict=False)
+    return parseaddr(value)
+
+
 def _mailbox(value: str, field: str) -> Mailbox:
     """`addr` or `Name <addr>` as (name, validated address); more than one is refused."""
     _clean(value)
@@ -395,7 +418,7 @@ def _mailbox(value: str, field: str) -> Mailbox:
 def _refuse_a_list(value: str, field: str) -> None:
     """Raise BadRowError when `value` holds more than one address (the parser would keep
     the first and drop the others without a word)."""
-    found = [addr or name for name, addr in getaddresses([value]) if name or addr]
+    found = [addr or name for name, addr in lenient_getaddresses(value) if name or addr]
     if len(found) <= 1:
         return
     hint = "" if all("@" in part for part in found) else " (a name with a comma goes in quotes)"
@@ -414,7 +437,7 @@ def split_mailbox(value: str) -> tuple[str, str]:
     named = NAMED_ADDRESS.fullmatch(value)
     if named is not None:
         return " ".join(named.group(1).split()), named.group(2)
-    return parseaddr(value)
+    return lenient_parseaddr(value)
 
 
 def addresses_in(values: list[str]) -> set[str]:
@@ -428,7 +451,7 @@ def addresses_in(values: list[str]) -> set[str]:
             if addr:
                 found.add(addr.lower())
             continue
-        found.update(addr.lower() for _, addr in getaddresses([value]) if addr)
+        found.update(addr.lower() for _, addr in lenient_getaddresses(value) if addr)
     return found
 
 
@@ -436,7 +459,7 @@ def _mailbox_list(value: str | None, field: str) -> list[Mailbox]:
     if not value or not value.strip():
         return []
     _clean(value)
-    found = [(name, addr) for name, addr in getaddresses([value]) if name or addr]
+    found = [(name, addr) for name, addr in lenient_getaddresses(value) if name or addr]
     if not found or any(not addr for _, addr in found):
         raise BadRowError(f"{field}: invalid address list {value!r}")
     return [(name, _address(addr, field, value)) for name, addr in found]

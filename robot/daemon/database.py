@@ -76,6 +76,8 @@ WRONG_URL_ANSWERS = (
     "does not exist",  # PostgreSQL: no such database, no such role
     "password authentication failed",
     "no pg_hba.conf entry",
+    "unknown database",  # MariaDB/MySQL: no such database
+    "access denied for user",  # MariaDB/MySQL: no such user, a wrong password, no grant
     "unable to open database file",  # SQLite: no such directory, no permission
 )
 

@@ -72,6 +72,7 @@ class Dispatcher:
         self.looks_queued = 0  # LOOK_AT_HELD items in the queue
         self.in_flight = 0
         self.leased: set[int] = set()  # claimed rows queued or on a wire: their leases renewed
+        self.claimed_at: dict[int, float] = {}  # of those rows: when their claim began
         self.to_release: list[int] = []  # taken from the queue after stop: released, not sent
         self.wake_times: set[float] = set()  # wake-up timers set (monotonic, rounded)
 
@@ -87,6 +88,7 @@ class Dispatcher:
                 await self.room.wait()
                 continue
             self.wake.clear()
+            claim_began = time.monotonic()
             try:
                 rows = await self._claim(high_water - self.queue.qsize())
                 outage.reset()
@@ -104,6 +106,7 @@ class Dispatcher:
                 return
             for row in rows:
                 self.leased.add(row.id)
+                self.claimed_at[row.id] = claim_began
                 self.queue.put_nowait(row)
             if rows:
                 self.log.debug("claimed", rows=len(rows))
@@ -157,23 +160,53 @@ class Dispatcher:
                 if held is not None:
                     self.in_flight += 1
                     return held
-            row = await self.queue.get()
-            if row is None:
+            item = await self.queue.get()
+            if item is None:
                 return None
-            if isinstance(row, LookAtHeld):
-                self.looks_queued -= 1
-                self.look_at = None
-                continue
-            setup = self.current()
-            if self.queue.qsize() <= setup.settings.robot.batch_size // 2:
-                self.room.set()
-            if self.stopping.is_set():
-                self.to_release.append(row.id)
-                continue
-            if setup.account_buckets and self._hold_for_rate(row, setup.account_buckets):
-                continue  # (no account with a rate: not even a look-up)
-            self.in_flight += 1
-            return row
+            row = self._admit(item)
+            if row is not None:
+                return row
+
+    def take_ready(self) -> OutboxRow | None:
+        """The next row as `take` gives it, if there is one at once, else None; never
+        waits. A worker takes its next row so while the current one is on the wire, to
+        write the next envelope with the current body. Nothing once stopping."""
+        while not self.stopping.is_set():
+            if self.held:
+                held = self._take_held()
+                if held is not None:
+                    self.in_flight += 1
+                    return held
+            try:
+                item = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return None
+            if item is None:  # an end-of-queue mark is for `take`
+                self.queue.put_nowait(None)
+                return None
+            row = self._admit(item)
+            if row is not None:
+                return row
+        return None
+
+    def _admit(self, item: OutboxRow | LookAtHeld) -> OutboxRow | None:
+        """`item` taken from the queue: the row to send (counted in flight), or None when
+        it is a look at the held rows, the robot is stopping (the row is to be released)
+        or the row's account has no token for it now (held)."""
+        if isinstance(item, LookAtHeld):
+            self.looks_queued -= 1
+            self.look_at = None
+            return None
+        setup = self.current()
+        if self.queue.qsize() <= setup.settings.robot.batch_size // 2:
+            self.room.set()
+        if self.stopping.is_set():
+            self.to_release.append(item.id)
+            return None
+        if setup.account_buckets and self._hold_for_rate(item, setup.account_buckets):
+            return None  # (no account with a rate: not even a look-up)
+        self.in_flight += 1
+        return item
 
     def _hold_for_rate(self, row: OutboxRow, buckets: dict[str, TokenBucket]) -> bool:
         """Hold `row` aside if its account has no token for it now (or has rows held
@@ -238,6 +271,7 @@ class Dispatcher:
     def done(self, row: OutboxRow) -> None:
         """A worker is through with `row` (recorded, released or given up)."""
         self.leased.discard(row.id)
+        self.claimed_at.pop(row.id, None)
         self.in_flight -= 1
         if self.drain and self.nothing_left():
             self.wake.set()
@@ -251,6 +285,7 @@ class Dispatcher:
         )
         for row_id in ids:
             self.leased.discard(row_id)
+            self.claimed_at.pop(row_id, None)
         return released or 0
 
     # -- stopping and waking -------------------------------------------------------------

@@ -19,6 +19,7 @@ from robot.daemon.database import DatabaseCalls
 from robot.daemon.dispatcher import Dispatcher
 from robot.daemon.metrics import Metrics
 from robot.daemon.setup import Setup
+from robot.daemon.shared_pauses import SharedPauses
 from robot.daemon.systemd import notify, watchdog_interval
 from robot.errors import ConfigError, MailboxError
 from robot.logs import first_line
@@ -44,6 +45,7 @@ class Jobs:
         current: Callable[[], Setup],
         dispatcher: Dispatcher,
         db: DatabaseCalls,
+        shared_pauses: SharedPauses,
         metrics: Metrics,
         open_connections: Callable[[], dict[str, int]],
         stopping: asyncio.Event,
@@ -54,6 +56,7 @@ class Jobs:
         self.current = current
         self.dispatcher = dispatcher
         self.db = db
+        self.shared_pauses = shared_pauses
         self.metrics = metrics
         self.open_connections = open_connections
         self.stopping = stopping
@@ -67,6 +70,9 @@ class Jobs:
         options: dict[str, Any] = {"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}
         scheduler.add_job(
             self.dispatcher.wake.set, "interval", seconds=robot.poll_seconds, **options
+        )
+        scheduler.add_job(  # an operator's pause or resume counts within poll_seconds
+            self.shared_pauses.read, "interval", seconds=robot.poll_seconds, **options
         )
         scheduler.add_job(
             self.reap,

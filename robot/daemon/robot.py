@@ -23,10 +23,12 @@ from robot.daemon.metrics import Metrics
 from robot.daemon.pauses import AccountPauses
 from robot.daemon.rendering import TemplateRenderers
 from robot.daemon.setup import Setup
+from robot.daemon.shared_pauses import SharedPauses
 from robot.daemon.systemd import notify
 from robot.daemon.worker import Tally, Worker
 from robot.errors import ConfigError
 from robot.logs import get_logger
+from robot.outbox.account_states import AccountStates
 from robot.outbox.both_sides import outbox_for
 from robot.outbox.engine import libpq_dsn
 from robot.outbox.group_commit import AsyncGroupCommit, GroupCommit
@@ -73,6 +75,14 @@ class Robot:
             self.log,
             drain=drain,
         )
+        self.shared_pauses = SharedPauses(
+            AccountStates(engine),
+            self.pauses,
+            self.db,
+            self.worker_id,
+            self.log,
+            self.dispatcher.wake.set,
+        )
         self.group_commit: GroupCommit | AsyncGroupCommit
         if engine.dialect.name == "postgresql":
             dsn = libpq_dsn(engine.url)
@@ -87,6 +97,7 @@ class Robot:
                 self.current,
                 self.group_commit,
                 self.pauses,
+                self.shared_pauses,
                 self.metrics,
                 self.tally,
                 self.renderers,
@@ -100,6 +111,7 @@ class Robot:
             self.current,
             self.dispatcher,
             self.db,
+            self.shared_pauses,
             self.metrics,
             self.open_connections,
             self.stopping,
@@ -135,6 +147,7 @@ class Robot:
             self.log.info("metrics.listening", url=self.metrics_url)
         await self.jobs.housekeeping()  # once at start, then hourly
         await self.jobs.measure()
+        await self.shared_pauses.read()  # accounts an operator paused
         dispatcher = asyncio.create_task(self._dispatch(), name="dispatcher")
         listener = None
         if self.outbox.engine.dialect.name == "postgresql":

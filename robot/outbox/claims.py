@@ -1,5 +1,5 @@
 """The robot's side of the outbox: claim due rows under a lease, renew, release or reap
-leases, and record how each attempt ended. Claiming is atomic: PostgreSQL
+leases, and record how each attempt ended. Claiming is atomic: PostgreSQL and MariaDB/MySQL
 `FOR UPDATE SKIP LOCKED`, SQLite one `BEGIN IMMEDIATE` write transaction."""
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import NullType
 
+from robot.outbox.account_states import operator_paused_now
+from robot.outbox.dialects import NotAllLeased
 from robot.outbox.engine import reconnecting
 from robot.outbox.message_ids import MessageIds
 from robot.outbox.rows import NOT_RETURNED_BY_CLAIM, Decision, Finish, HistoryLine, OutboxRow
-from robot.outbox.schema import Status, outbox, outbox_event, utcnow
+from robot.outbox.schema import Status, account_state, outbox, outbox_event, utcnow
 from robot.outbox.shared import (
     MIB,
     WAITING,
@@ -89,7 +91,8 @@ class Claims(OutboxTables):
         """Lease up to `limit` due rows to `worker`, best first; fix their Message-IDs.
 
         Rows of `exclude_accounts` ("default" for NULL) are left alone: those accounts are
-        paused after a transport fault.
+        paused after a transport fault, or waiting for their rate; so are the rows of
+        accounts an operator paused (account_state).
         """
         pick = (
             select(outbox.c.id, outbox.c.account, outbox.c.sender, outbox.c.message_id)
@@ -97,9 +100,13 @@ class Claims(OutboxTables):
             .order_by(*CLAIM_ORDER)
             .limit(limit)
         )
+        account = func.coalesce(outbox.c.account, "default")
         if exclude_accounts:
-            pick = pick.where(func.coalesce(outbox.c.account, "default").not_in(exclude_accounts))
-        pick = self.statements.lock_for_claim(pick)
+            pick = pick.where(account.not_in(exclude_accounts))
+        # An operator's pause counts from the moment it is written (a small table).
+        pick = pick.where(
+            account.not_in(select(account_state.c.account).where(operator_paused_now()))
+        )
         # Two transactions, so that SQLite's write lock is held only for the first: lease
         # the rows and fix their Message-IDs (pick, then one UPDATE: one new version of
         # each row), then read what sending needs (a read, which WAL runs beside writers).
@@ -128,7 +135,7 @@ class Claims(OutboxTables):
     ) -> list[int]:
         """Pick rows with `pick` (locked), lease them to `worker` with their Message-IDs in
         one UPDATE, and write their claimed events; the leased ids."""
-        refs = [ClaimRef(*r) for r in conn.execute(pick)]
+        refs = [ClaimRef(*r) for r in self.statements.pick_for_claim(conn, pick)]
         if not refs:
             return []
         # One statement each for all rows (not executemany): this runs while the claim holds
@@ -243,9 +250,14 @@ class Claims(OutboxTables):
                 autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
                 recorded = {row[0] for row in autocommit.exec_driver_sql(*alone)}
             return [o.row_id in recorded for o in outcomes]
-        with self.engine.begin() as conn:
-            recorded = self.statements.record_finishes(conn, worker, outcomes)
-            self._suppress_bounced(conn, outcomes, recorded)
+        try:
+            with self.engine.begin() as conn:
+                recorded = self.statements.record_finishes(conn, worker, outcomes)
+                self._suppress_bounced(conn, outcomes, recorded)
+        except NotAllLeased:  # rolled back: again, looking at each row first
+            with self.engine.begin() as conn:
+                recorded = self.statements.record_finishes(conn, worker, outcomes, careful=True)
+                self._suppress_bounced(conn, outcomes, recorded)
         return [o.row_id in recorded for o in outcomes]
 
     def finish_statement(
@@ -281,25 +293,20 @@ class Claims(OutboxTables):
         if not ids:
             return 0
         with self.engine.begin() as conn:
-            released = (
-                conn.execute(
-                    update(outbox)
-                    .where(
-                        outbox.c.id.in_(list(ids)),
-                        outbox.c.claimed_by == worker,
-                        outbox.c.status == Status.SENDING.value,
-                    )
-                    .values(
-                        status=self._waiting_status(),
-                        attempts=outbox.c.attempts - 1,
-                        claimed_by=None,
-                        claimed_until=None,
-                        updated_at=utcnow(),
-                    )
-                    .returning(outbox.c.id)
-                )
-                .scalars()
-                .all()
+            released = self.statements.update_ids(
+                conn,
+                [
+                    outbox.c.id.in_(list(ids)),
+                    outbox.c.claimed_by == worker,
+                    outbox.c.status == Status.SENDING.value,
+                ],
+                {
+                    "status": self._waiting_status(),
+                    "attempts": outbox.c.attempts - 1,
+                    "claimed_by": None,
+                    "claimed_until": None,
+                    "updated_at": utcnow(),
+                },
             )
             insert_events(conn, released, "unclaimed", reason)
         return len(released)
@@ -350,33 +357,27 @@ class Claims(OutboxTables):
                     expired.append(outbox.c.id.not_in(keep))
             failed: list[int] = []
             if max_errors is not None:
-                failed = list(
-                    conn.execute(
-                        update(outbox)
-                        .where(*expired, outbox.c.attempts >= max_errors)
-                        .values(
-                            status=Status.FAILED.value,
-                            claimed_by=None,
-                            claimed_until=None,
-                            updated_at=utcnow(),
-                            last_error=LEASE_GIVE_UP,
-                        )
-                        .returning(outbox.c.id)
-                    ).scalars()
+                failed = self.statements.update_ids(
+                    conn,
+                    [*expired, outbox.c.attempts >= max_errors],
+                    {
+                        "status": Status.FAILED.value,
+                        "claimed_by": None,
+                        "claimed_until": None,
+                        "updated_at": utcnow(),
+                        "last_error": LEASE_GIVE_UP,
+                    },
                 )
                 insert_events(conn, failed, "failed", LEASE_GIVE_UP)
-            reaped = list(
-                conn.execute(
-                    update(outbox)
-                    .where(*expired)
-                    .values(
-                        status=self._waiting_status(),
-                        claimed_by=None,
-                        claimed_until=None,
-                        updated_at=utcnow(),
-                    )
-                    .returning(outbox.c.id)
-                ).scalars()
+            reaped = self.statements.update_ids(
+                conn,
+                expired,
+                {
+                    "status": self._waiting_status(),
+                    "claimed_by": None,
+                    "claimed_until": None,
+                    "updated_at": utcnow(),
+                },
             )
             insert_events(conn, reaped, "lease-expired", "the robot holding it stopped answering")
         return reaped, failed

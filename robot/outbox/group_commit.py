@@ -1,12 +1,14 @@
-"""Group commit of outcomes: SQLite on a thread of its own, PostgreSQL on the event loop.
+"""Group commit of outcomes: SQLite and MariaDB/MySQL on a thread of their own, PostgreSQL on
+the event loop.
 
-A connection hands over the outcome of a message and waits until it is committed before it
-sends the next one ("sent" is recorded as soon as DATA is accepted). Every outcome waiting
-when a commit starts goes into it, so many connections cost one commit.
+A connection hands over the outcome of a message as soon as its reply came ("sent" is
+recorded as soon as DATA is accepted) and goes on sending; it waits for that commit before
+it hands over its next outcome (robot.daemon.worker). Every outcome waiting when a commit
+starts goes into it, so many connections cost one commit.
 
-`GroupCommit` (SQLite, and any database through Claims.finish_many): the loop that takes
-outcomes and commits them runs on the thread itself, so the next transaction starts as soon
-as the previous one ends, and the event loop hears of a batch once, when it is committed.
+`GroupCommit` (SQLite, MariaDB/MySQL, any database through Claims.finish_many): the loop that
+takes outcomes and commits them runs on the thread itself, so the next transaction starts as
+soon as the previous one ends, and the event loop hears of a batch once, when it is committed.
 
 `AsyncGroupCommit` (PostgreSQL): a task of the event loop over an asynchronous psycopg
 connection. A batch is one statement, one round trip; no thread to wake and no GIL to win
@@ -71,6 +73,10 @@ class GroupCommit:
 
     async def record(self, outcome: Finish) -> bool:
         """Queue `outcome` for the next commit and wait for it."""
+        return await self.submit(outcome)
+
+    def submit(self, outcome: Finish) -> asyncio.Future[bool]:
+        """Queue `outcome` for the next commit; the future answers as `record` does."""
         if self._closed:
             raise RuntimeError("the group commit is closed")
         loop = self._loop  # get_running_loop() costs a getpid() system call on Python 3.11
@@ -79,7 +85,7 @@ class GroupCommit:
             self._thread.start()
         done: asyncio.Future[bool] = loop.create_future()
         self._waiting.put((outcome, done))
-        return await done
+        return done
 
     def stopping(self) -> None:
         """The robot is stopping: give up on a database that stays away (backoff.STOP_PATIENCE)."""
@@ -228,13 +234,17 @@ class AsyncGroupCommit:
 
     async def record(self, outcome: Finish) -> bool:
         """Queue `outcome` for the next commit and wait for it."""
+        return await self.submit(outcome)
+
+    def submit(self, outcome: Finish) -> asyncio.Future[bool]:
+        """Queue `outcome` for the next commit; the future answers as `record` does."""
         if self._loop is None:  # get_running_loop() costs a getpid() on Python 3.11
             self._loop = asyncio.get_running_loop()
         done: asyncio.Future[bool] = self._loop.create_future()
         self._waiting.append((outcome, done))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="group-commit")
-        return await done
+        return done
 
     def stopping(self) -> None:
         """The robot is stopping: give up on a database that stays away (backoff.STOP_PATIENCE)."""

@@ -15,6 +15,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    case,
     delete,
     func,
     insert,
@@ -100,9 +101,11 @@ class Operations(OutboxTables):
     def enqueue(self, fields: dict[str, Any], attachments: Sequence[Attachment] = ()) -> int:
         """Insert one row (and its attachments), as a host application would; returns its id."""
         with self.engine.begin() as conn:
-            row_id: int = conn.execute(
-                insert(outbox).values(**fields).returning(outbox.c.id)
-            ).scalar_one()
+            # The key the database gave (RETURNING, or the driver's last insert id on
+            # MariaDB/MySQL, which have no INSERT ... RETURNING all alike).
+            inserted = conn.execute(insert(outbox).values(**fields)).inserted_primary_key
+            assert inserted is not None  # a single-row INSERT always has its key
+            row_id = int(inserted[0])
             if attachments:
                 conn.execute(
                     insert(outbox_attachment),
@@ -191,19 +194,34 @@ class Operations(OutboxTables):
         """Counts per status, the due backlog and its spread, and the recent sending rate,
         of the whole outbox or of one batch."""
         of_batch = [outbox.c.batch == batch] if batch is not None else []
-        waiting = select(self.due_at().label("due_at")).where(WAITING, *of_batch).subquery()
+        waiting = (
+            select(
+                self.due_at().label("due_at"),
+                func.coalesce(outbox.c.account, "default").label("account"),
+            )
+            .where(WAITING, *of_batch)
+            .subquery()
+        )
         readable = self.statements.readable_time
         with self.reading() as conn:
             now = conn.execute(select(utcnow())).scalar_one()
             counts = self._counts(conn, *of_batch)
-            due, later, next_due, last_due = conn.execute(
+            # One pass over the waiting rows, by account: rows of a paused account wait.
+            # count(CASE ...) rather than FILTER (WHERE ...): MariaDB/MySQL have no FILTER.
+            by_account = conn.execute(
                 select(
-                    func.count().filter(waiting.c.due_at <= now),
-                    func.count().filter(waiting.c.due_at > now),
-                    readable(func.min(waiting.c.due_at).filter(waiting.c.due_at > now)),
+                    waiting.c.account,
+                    func.count(case((waiting.c.due_at <= now, 1))),
+                    func.count(case((waiting.c.due_at > now, 1))),
+                    readable(func.min(case((waiting.c.due_at > now, waiting.c.due_at)))),
                     readable(func.max(waiting.c.due_at)),
-                )
-            ).one()
+                ).group_by(waiting.c.account)
+            ).all()
+            due_by_account = {str(r[0]): int(r[1]) for r in by_account if r[1]}
+            due = sum(int(r[1]) for r in by_account)
+            later = sum(int(r[2]) for r in by_account)
+            next_due = min((t for r in by_account if (t := _as_time(r[3]))), default=None)
+            last_due = max((t for r in by_account if (t := _as_time(r[4]))), default=None)
             recent, first_sent = conn.execute(
                 select(func.count(), readable(func.min(outbox.c.sent_at))).where(
                     *of_batch,
@@ -216,11 +234,12 @@ class Operations(OutboxTables):
             counts=counts,
             due=due,
             later=later,
-            next_due=_as_time(next_due),
-            last_due=_as_time(last_due),
+            next_due=next_due,
+            last_due=last_due,
             sent_recently=recent,
             sending=counts.get(Status.SENDING.value, 0),
             first_sent_recently=_as_time(first_sent),
+            due_by_account=due_by_account,
         )
 
     # -- operator control ----------------------------------------------------------------
@@ -249,13 +268,10 @@ class Operations(OutboxTables):
         if not chosen:
             raise ValueError("transition needs ids, a batch or statuses")
         with self.engine.begin() as conn:
-            changed = list(
-                conn.execute(
-                    update(outbox)
-                    .where(*chosen, outbox.c.status.in_(move.sources))
-                    .values(**move.values, updated_at=utcnow())
-                    .returning(outbox.c.id)
-                ).scalars()
+            changed = self.statements.update_ids(
+                conn,
+                [*chosen, outbox.c.status.in_(move.sources)],
+                {**move.values, "updated_at": utcnow()},
             )
             insert_events(conn, changed, move.event, reason)
             if changed and move.values["status"] == Status.PENDING.value:
@@ -352,21 +368,10 @@ class Operations(OutboxTables):
         with self.engine.begin() as conn:
             for column in (outbox.c.created_at, outbox.c.send_after, outbox.c.next_attempt_at):
                 reason = UNSCHEDULABLE.format(column=column.name)
-                found = list(
-                    conn.execute(
-                        update(outbox)
-                        .where(
-                            WAITING,
-                            self.due_at().is_(None),
-                            self.statements.unreadable_time(column),
-                        )
-                        .values(
-                            status=Status.FAILED.value,
-                            updated_at=utcnow(),
-                            last_error=reason,
-                        )
-                        .returning(outbox.c.id)
-                    ).scalars()
+                found = self.statements.update_ids(
+                    conn,
+                    [WAITING, self.due_at().is_(None), self.statements.unreadable_time(column)],
+                    {"status": Status.FAILED.value, "updated_at": utcnow(), "last_error": reason},
                 )
                 insert_events(conn, found, "failed", reason)
                 failed += found
@@ -532,6 +537,28 @@ class Operations(OutboxTables):
         """Number of rows matching `where` in each status."""
         with self.engine.connect() as conn:
             return self._counts(conn, *where)
+
+    def left_where(
+        self,
+        where: Sequence[ColumnElement[bool]],
+        statuses: Sequence[str],
+        *,
+        besides: Sequence[int] = (),
+        limit: int,
+    ) -> list[tuple[int, str]]:
+        """(id, status), oldest first, of at most `limit` rows matching `where` whose status
+        is none of `statuses` and whose id is not in `besides`: the rows of a filter that
+        had left before an action on it was confirmed."""
+        query = (
+            select(outbox.c.id, outbox.c.status)
+            .where(*where, outbox.c.status.not_in(list(statuses)))
+            .order_by(outbox.c.id)
+            .limit(limit + len(besides))
+        )
+        skip = set(besides)
+        with self.engine.connect() as conn:
+            found = [(int(i), str(s)) for i, s in conn.execute(query) if i not in skip]
+        return found[:limit]
 
     def ids_where(
         self, where: Sequence[ColumnElement[bool]], statuses: Sequence[str], *, limit: int

@@ -304,3 +304,5 @@ class QueueStatus:
     sent_recently: int  # rows sent in the last RECENT_SECONDS
     sending: int
     first_sent_recently: datetime | None = None  # when the first of those was sent
+    # the due rows by account ("default" for none): rows of a paused account wait for it
+    due_by_account: dict[str, int] = dataclasses.field(default_factory=dict)

@@ -1,7 +1,9 @@
-"""The public tables (outbox, outbox_attachment, outbox_event, suppression) as SQLAlchemy Core.
+"""The public tables (outbox, outbox_attachment, outbox_event, suppression, account_state) and
+the console's (web_user, web_audit, web_setting) as SQLAlchemy Core.
 
 Times are UTC from the database clock: `timestamptz` on PostgreSQL, text
-`YYYY-MM-DD HH:MM:SS.fff` on SQLite (what `datetime('now')` writes, plus milliseconds).
+`YYYY-MM-DD HH:MM:SS.fff` on SQLite (what `datetime('now')` writes, plus milliseconds),
+`DATETIME(6)` holding UTC on MariaDB/MySQL (their default is UTC_TIMESTAMP(6)).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    String,
     Table,
     Text,
     false,
     text,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import expression
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -58,8 +62,12 @@ FINISHED = (
 )
 
 
+MYSQL = ("mysql", "mariadb")  # SQLAlchemy's names for MariaDB and MySQL
+
+
 class UTCDateTime(TypeDecorator[datetime]):
-    """An aware UTC datetime: timestamptz on PostgreSQL, sortable UTC text on SQLite."""
+    """An aware UTC datetime: timestamptz on PostgreSQL, sortable UTC text on SQLite,
+    DATETIME(6) holding UTC on MariaDB/MySQL."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -67,6 +75,8 @@ class UTCDateTime(TypeDecorator[datetime]):
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "sqlite":
             return dialect.type_descriptor(Text())
+        if dialect.name in MYSQL:
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
         return dialect.type_descriptor(DateTime(timezone=True))
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
@@ -77,6 +87,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         value = value.astimezone(UTC)
         if dialect.name == "sqlite":
             return format_sqlite_time(value)
+        if dialect.name in MYSQL:  # DATETIME has no zone: the drivers would drop it silently
+            return value.replace(tzinfo=None)
         return value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
@@ -113,6 +125,14 @@ def _utcnow_sqlite(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
     return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
 
 
+@compiles(utcnow, "mysql")
+@compiles(utcnow, "mariadb")
+def _utcnow_mysql(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
+    # UTC whatever the session's time zone (a host's connection may have its own); in
+    # parentheses, as MySQL wants an expression used as a column's default.
+    return "(utc_timestamp(6))"
+
+
 @compiles(utcnow)
 def _utcnow_default(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
     return "now()"
@@ -128,6 +148,27 @@ metadata = MetaData(
 )
 
 BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite: INTEGER PRIMARY KEY = rowid
+# MariaDB/MySQL: TEXT is at most 64 KiB and cannot be a key or be indexed whole. Columns that
+# are keys or indexed are VARCHARs there; bodies and the like are LONGTEXT (4 GiB: a row may
+# hold up to max_body_mb = 100 MB), other texts that a server's reply fills MEDIUMTEXT.
+Key: TypeEngine[str] = Text().with_variant(String(255), *MYSQL)
+MessageIdText: TypeEngine[str] = Text().with_variant(
+    String(700), *MYSQL
+)  # indexed whole: 2,800 bytes
+StatusText: TypeEngine[str] = Text().with_variant(String(16), *MYSQL)
+Address: TypeEngine[str] = Text().with_variant(
+    String(320), *MYSQL
+)  # 64 + @ + 255: the longest address
+Long: TypeEngine[str] = Text().with_variant(mysql.LONGTEXT(), *MYSQL)
+Medium: TypeEngine[str] = Text().with_variant(mysql.MEDIUMTEXT(), *MYSQL)
+Bytes: TypeEngine[bytes] = LargeBinary().with_variant(mysql.LONGBLOB(), *MYSQL)
+# Every table of MariaDB/MySQL in utf8mb4 (an emoji in a subject), compared byte by byte as
+# PostgreSQL and SQLite compare text (the default collations ignore case: 'A' = 'a').
+MYSQL_TABLE: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+# MariaDB/MySQL have no partial index: migration 0001 gives outbox a generated column,
+# queue_waiting (1 for a pending or deferred row, else 0), in front of ix_outbox_queue there.
+# It is not in these models (no other database has it); Statements.lock_for_claim names it.
+MYSQL_QUEUE_COLUMN = "queue_waiting"
 STATUS_VALUES = ", ".join(f"'{s.value}'" for s in Status)
 WAITING_SQL = "status IN ('pending', 'deferred')"
 
@@ -137,7 +178,7 @@ outbox = Table(
     Column("id", BigId, Identity(), primary_key=True),
     Column("created_at", UTCDateTime(), nullable=False, server_default=utcnow()),
     Column("send_after", UTCDateTime()),
-    Column("status", Text(), nullable=False, server_default=text("'pending'")),
+    Column("status", StatusText, nullable=False, server_default=text("'pending'")),
     Column("priority", Integer(), nullable=False, server_default=text("0")),
     Column("account", Text()),
     Column("sender", Text()),
@@ -147,24 +188,25 @@ outbox = Table(
     Column("cc", Text()),
     Column("bcc", Text()),
     Column("subject", Text(), nullable=False, server_default=text("''")),
-    Column("body_text", Text()),
-    Column("body_html", Text()),
-    Column("headers", Text()),
-    Column("context", Text()),
-    Column("batch", Text()),
+    Column("body_text", Long),
+    Column("body_html", Long),
+    Column("headers", Medium),
+    Column("context", Long),
+    Column("batch", Key),
     Column("transactional", Boolean(), nullable=False, server_default=false()),
     Column("attempts", Integer(), nullable=False, server_default=text("0")),
     Column("next_attempt_at", UTCDateTime()),
     Column("claimed_by", Text()),
     Column("claimed_until", UTCDateTime()),
-    Column("message_id", Text()),
+    Column("message_id", MessageIdText),
     Column("smtp_code", Integer()),
-    Column("smtp_reply", Text()),
-    Column("last_error", Text()),
+    Column("smtp_reply", Medium),
+    Column("last_error", Medium),
     Column("sent_at", UTCDateTime()),
     Column("updated_at", UTCDateTime()),
     CheckConstraint(f"status IN ({STATUS_VALUES})", name="status"),
     sqlite_autoincrement=True,  # never reuse an id: Message-IDs and history are keyed on it
+    **MYSQL_TABLE,
 )
 
 # The claim query walks this small partial index in claim order and stops after batch_size
@@ -216,7 +258,8 @@ outbox_attachment = Table(
         nullable=False,
         server_default=text("'application/octet-stream'"),
     ),
-    Column("content", LargeBinary(), nullable=False),
+    Column("content", Bytes, nullable=False),
+    **MYSQL_TABLE,
 )
 
 outbox_event = Table(
@@ -233,16 +276,45 @@ outbox_event = Table(
     Column("at", UTCDateTime(), nullable=False, server_default=utcnow()),
     Column("kind", Text(), nullable=False),
     Column("smtp_code", Integer()),
-    Column("detail", Text()),
+    Column("detail", Medium),
+    **MYSQL_TABLE,
 )
 
 suppression = Table(
     "suppression",
     metadata,
-    Column("address", Text(), primary_key=True),
-    Column("reason", Text()),
+    Column("address", Address, primary_key=True),
+    Column("reason", Medium),
     Column("created_at", UTCDateTime(), nullable=False, server_default=utcnow()),
     Column("outbox_id", BigInteger().with_variant(Integer(), "sqlite")),
+    **MYSQL_TABLE,
+)
+
+# -- the sender accounts' state, shared by robots, the command line and the console -----------
+
+
+class PauseKind(enum.StrEnum):
+    """Why an account is paused (account_state.kind)."""
+
+    FAULT = "fault"  # a robot met a transport fault: it tries again at paused_until
+    OPERATOR = "operator"  # an operator paused it: until paused_until, or until resumed
+
+
+ACCOUNT_NAME_LENGTH = 200
+PAUSE_REASON_LENGTH = 1000
+
+# One row per account that is or was paused; no row: the account sends. Plain types and
+# lengths, no partial index: the same table suits MySQL/MariaDB.
+account_state = Table(
+    "account_state",
+    metadata,
+    Column("account", String(ACCOUNT_NAME_LENGTH), primary_key=True),
+    Column("kind", String(20), nullable=False),
+    Column("paused_until", UTCDateTime()),  # NULL: until an operator resumes it
+    Column("reason", String(PAUSE_REASON_LENGTH)),
+    Column("paused_by", String(ACCOUNT_NAME_LENGTH)),  # the robot, or the operator's name
+    Column("updated_at", UTCDateTime(), nullable=False, server_default=utcnow()),
+    **MYSQL_TABLE,
 )
 
 # -- the operators' console (robot/web): its users, its audit log, its settings --------------
@@ -252,13 +324,14 @@ WEB_ROLES = ("viewer", "operator", "admin")
 web_user = Table(
     "web_user",
     metadata,
-    Column("name", Text(), primary_key=True),
+    Column("name", Key, primary_key=True),
     Column("role", Text(), nullable=False),
     Column("password_hash", Text(), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False, server_default=utcnow()),
     # Sessions signed in before this time are over (sign-out, a new password).
     Column("sessions_end_at", UTCDateTime()),
     CheckConstraint("role IN ('viewer', 'operator', 'admin')", name="role"),
+    **MYSQL_TABLE,
 )
 
 web_audit = Table(
@@ -270,8 +343,9 @@ web_audit = Table(
     Column("client", Text()),
     Column("action", Text(), nullable=False),
     Column("rows", Integer(), nullable=False, server_default=text("0")),
-    Column("result", Text()),
+    Column("result", Medium),
     sqlite_autoincrement=True,
+    **MYSQL_TABLE,
 )
 
 # Values the console keeps for itself, such as the secret that signs its session cookies
@@ -279,6 +353,7 @@ web_audit = Table(
 web_setting = Table(
     "web_setting",
     metadata,
-    Column("name", Text(), primary_key=True),
+    Column("name", Key, primary_key=True),
     Column("value", Text(), nullable=False),
+    **MYSQL_TABLE,
 )

@@ -4,10 +4,12 @@ aiosmtplib opens the connection (TCP or TLS, greeting, EHLO, STARTTLS, AUTH); th
 `SmtpSession.take_over` moves its transport to `ReplyReader`, and every transaction (MAIL,
 RCPT, DATA and the body), RSET and QUIT go through here. When the server advertises
 PIPELINING (RFC 2920) the envelope, MAIL, every RCPT and DATA, goes out in one write and
-its replies are read together: two round trips a message instead of three plus one per
-recipient. aiosmtplib cannot pipeline (its protocol drops a reply that comes before the
-previous one was awaited), and its per-command machinery cost more CPU than the rest of
-the robot's work per message (docs/benchmarks.md).
+its replies are read together; and a message's body goes out with the next message's
+envelope in one write (§3.1: the content may be the first command of a pipelined group), so
+a connection kept busy costs one round trip a message. aiosmtplib cannot pipeline (its
+protocol drops a reply that comes before the previous one was awaited), and its
+per-command machinery cost more CPU than the rest of the robot's work per message
+(docs/benchmarks.md).
 
 No I/O policy lives here: the caller (robot.send.relay) decides what a reply means.
 """
@@ -128,6 +130,14 @@ def path(address: str) -> bytes:
     return b"<" + address.encode("ascii") + b">"
 
 
+def envelope_commands(mail: bytes, recipients: list[bytes]) -> list[bytes]:
+    """MAIL FROM:`mail`, RCPT TO: each of `recipients` and DATA, each a line."""
+    commands = [b"MAIL FROM:" + mail + b"\r\n"]
+    commands += [b"RCPT TO:" + rcpt + b"\r\n" for rcpt in recipients]
+    commands.append(b"DATA\r\n")
+    return commands
+
+
 class ReplyReader(asyncio.Protocol):
     """Reads the replies of an SMTP connection whose transport it was given.
 
@@ -206,12 +216,18 @@ class ReplyReader(asyncio.Protocol):
             waiter.set_result(True)
 
     async def exchange(
-        self, data: bytes, replies: int, timeout: float, write_timeout: float | None = None
+        self,
+        data: bytes,
+        replies: int,
+        timeout: float,
+        write_timeout: float | None = None,
+        first_timeout: float | None = None,
     ) -> list[SmtpReply]:
         """Write `data`, then return the next `replies` replies. The server gets `timeout`
-        seconds for each of them, and `write_timeout` (else `timeout`) to take each chunk
-        of a large `data`. Raises SessionBroken when the connection drops, a reply is
-        malformed or does not come in time: the connection is then no longer usable."""
+        seconds for each of them (`first_timeout`, if given, for the first), and
+        `write_timeout` (else `timeout`) to take each chunk of a large `data`. Raises
+        SessionBroken when the connection drops, a reply is malformed or does not come in
+        time: the connection is then no longer usable."""
         if self._broken is not None:
             raise SessionBroken(self._broken, [], timed_out=False)
         self._replies = []
@@ -223,17 +239,18 @@ class ReplyReader(asyncio.Protocol):
             written = True
         while self._wanted and self._broken is None:
             got = len(self._replies)
+            limit = first_timeout if first_timeout is not None and not got else timeout
             # A plain timer rather than asyncio.timeout(), which asks for the running loop
             # and task, each a getpid() system call on Python 3.11: two exchanges a message.
             waiter = self._waiter = self._loop.create_future()
-            timer = self._loop.call_later(timeout, _expire, waiter)
+            timer = self._loop.call_later(limit, _expire, waiter)
             try:
                 in_time = await waiter
             finally:
                 timer.cancel()
                 self._waiter = None
             if not in_time and len(self._replies) == got:
-                self._broken = f"timed out after {timeout:g} s waiting for a reply"
+                self._broken = f"timed out after {limit:g} s waiting for a reply"
                 self.transport.abort()
                 raise SessionBroken(self._broken, self._replies, timed_out=True, written=written)
         if self._wanted:
@@ -323,9 +340,7 @@ class SmtpSession:
         after a refused MAIL or after the last RCPT when none was accepted (the list is
         then shorter). Raises SessionBroken with the replies that came before it broke.
         """
-        commands = [b"MAIL FROM:" + mail + b"\r\n"]
-        commands += [b"RCPT TO:" + rcpt + b"\r\n" for rcpt in recipients]
-        commands.append(b"DATA\r\n")
+        commands = envelope_commands(mail, recipients)
         if self.pipelining:
             return await self.reader.exchange(b"".join(commands), len(commands), self.timeout)
         replies: list[SmtpReply] = []
@@ -349,6 +364,20 @@ class SmtpSession:
         payload = data_payload(message)
         (reply,) = await self.reader.exchange(payload, 1, self.data_timeout, self.timeout)
         return reply
+
+    async def body_then_envelope(
+        self, message: bytes, mail: bytes, recipients: list[bytes]
+    ) -> list[SmtpReply]:
+        """Send the message after a 354 and, in the same write, the next message's envelope
+        (only when the server offers PIPELINING: RFC 2920 §3.1 lets the content be the first
+        command of a group). The reply to the message (given `data_timeout` seconds), then
+        those to MAIL, each RCPT and DATA. Raises SessionBroken with the replies that came
+        first; its `written` says that every byte went out."""
+        assert self.pipelining
+        payload = data_payload(message) + b"".join(envelope_commands(mail, recipients))
+        return await self.reader.exchange(
+            payload, len(recipients) + 3, self.timeout, first_timeout=self.data_timeout
+        )
 
     async def end_empty(self) -> SmtpReply:
         """Close a DATA that a server accepted although the envelope failed: a lone "."."""

@@ -3,6 +3,12 @@
 aiosmtplib opens a connection (a failure is a TransportFault: the account cannot send);
 the transactions go over robot.send.protocol and come back as an Attempt, whatever the
 server said. `Relay` keeps a worker's connections, one per account.
+
+Given the next message of the same account, a connection to a server that offers
+PIPELINING writes its envelope together with the current message's body (RFC 2920 §3.1),
+and keeps the replies to it for when that message is sent: one round trip a message. The
+reply to the body is read first and belongs to the current message; the replies after it
+belong to the next one, whatever they say.
 """
 
 from __future__ import annotations
@@ -43,6 +49,17 @@ class SmtpConnection:
         self.account = account
         self.sent_on_connection = 0
         self._session: SmtpSession | None = None
+        self._ahead: _Ahead | None = None  # the next message's envelope, written early
+
+    def waits_for(self, message: Composed) -> bool:
+        """The envelope of `message` went ahead with the last body: the server waits for
+        its content."""
+        return self._ahead is not None and self._ahead.message is message
+
+    def ready_for(self, message: Composed) -> bool:
+        """No envelope was written ahead, or it was for `message`: the connection is not in
+        the middle of another message's DATA."""
+        return self._ahead is None or self._ahead.message is message
 
     @property
     def is_open(self) -> bool:
@@ -131,10 +148,17 @@ class SmtpConnection:
         assert settings.username is not None
         await smtp.login(settings.username, password)
 
-    async def send(self, message: Composed) -> tuple[Attempt, bool]:
+    async def send(self, message: Composed, then: Composed | None = None) -> tuple[Attempt, bool]:
         """Send one message: MAIL, RCPT for each recipient, DATA (pipelined when offered),
         then the body. Returns the attempt, and whether the connection failed before DATA
         (nothing was sent: a reused connection that went stale is worth a fresh one).
+
+        `then`, the message to be sent next on this connection: when the server offers
+        PIPELINING and the connection takes one more message, its envelope goes out in the
+        write of this message's body, and its replies are kept for `send(then)`, which
+        writes no envelope then. The caller must send `then` next, or close the
+        connection (it is in the middle of `then`'s DATA: `close` drops it, which the
+        server takes as no message).
 
         Recipients the server has no room for (452 at RCPT: its limit of recipients per
         transaction, RFC 5321 §4.5.3.1.10) go in further transactions on the connection,
@@ -144,21 +168,33 @@ class SmtpConnection:
         fault, not the message's: the attempt says so and the connection is closed.
         """
         session = self._session
+        if session is not None and not self.ready_for(message):
+            await self.close()  # another message's DATA is open: dropping it discards it
+            session = None
         if session is None:
             reply = Reply(None, "connection is not open", Stage.CONNECT)
             return _ended(message.recipients, reply), True
+        ahead, self._ahead = self._ahead, None
         self.sent_on_connection += 1
         try:
             mail, rcpts = self._paths(session, message)
         except ValueError as exc:  # compose lets no such address through: a last guard
             return _ended(message.recipients, Reply(554, f"5.6.0 {exc}", Stage.MAIL, True)), False
+        following = self._following(session, then)
         attempt, before_data = Attempt(), False
         pending, room = message.recipients, len(message.recipients)
         limit_reply: Reply | None = None  # the 452 that showed the server's limit
         for transaction in itertools.count():
             batch, later = pending[:room], pending[room:]
             done = await self._transaction(
-                session, mail, rcpts, batch, message.data, first=transaction == 0
+                session,
+                mail,
+                rcpts,
+                batch,
+                message.data,
+                first=transaction == 0,
+                ahead=ahead if transaction == 0 else None,
+                following=following if not later else None,
             )
             attempt = attempt.merged(done.attempt)
             if attempt.fault is not None:
@@ -191,14 +227,25 @@ class SmtpConnection:
         recipients: tuple[str, ...],
         data: bytes,
         first: bool,
+        ahead: _Ahead | None = None,
+        following: _Following | None = None,
     ) -> _Transaction:
         """One transaction of the message for `recipients`: the attempt, whether the
-        connection failed before DATA, and the recipients postponed (452 at RCPT)."""
+        connection failed before DATA, and the recipients postponed (452 at RCPT).
+
+        `ahead`: the envelope was written with the previous message's body, and these are
+        its replies. `following`: the next message's envelope, to go with the body when
+        no recipient is postponed (then no further transaction of this message follows)."""
         broken: SessionBroken | None = None
-        try:
-            replies = await session.envelope(mail, [rcpts[r] for r in recipients])
-        except SessionBroken as exc:
-            broken, replies = exc, exc.replies
+        if ahead is not None:
+            replies, broken = ahead.replies, ahead.broken
+            if broken is None and not session.is_open:  # the server gave up while we waited
+                broken = SessionBroken("connection dropped", replies, timed_out=False)
+        else:
+            try:
+                replies = await session.envelope(mail, [rcpts[r] for r in recipients])
+            except SessionBroken as exc:
+                broken, replies = exc, exc.replies
         count = len(recipients)
         mail_reply = replies[0] if replies else None
         data_reply = replies[count + 1] if len(replies) > count + 1 else None
@@ -243,19 +290,53 @@ class SmtpConnection:
             await self._abandon(data_reply, None)
             ending = Refusal(accepted, _reply(data_reply, Stage.DATA), only, ended=True)
             return _Transaction(Attempt(refusals=(*refused, ending)), postponed=no_room)
+        if no_room:
+            following = None  # a further transaction of this message comes first
         try:
-            reply = await session.body(data)
+            if following is None:
+                reply = await session.body(data)
+            else:
+                reply = await self._body_then(session, data, following)
         except SessionBroken as exc:  # once written whole, the message may have been taken
             await self.close()
             unanswered = Reply(None, str(exc), Stage.DATA)
             ending = Refusal(accepted, unanswered, only, ended=True, maybe_delivered=exc.written)
             return _Transaction(Attempt(refusals=(*refused, ending)), postponed=no_room)
         if reply.code != SmtpCode.COMPLETED:
-            await self._abandon(reply, None)
+            if following is None or reply.code == SmtpCode.SERVICE_CLOSING:
+                await self._abandon(reply, None)
+            # else no RSET: the "." ended the transaction, and the next one is under way
             ending = Refusal(accepted, _reply(reply, Stage.DATA), only, ended=True)
             return _Transaction(Attempt(refusals=(*refused, ending)), postponed=no_room)
         attempt = Attempt(accepted, _reply(reply, Stage.DATA), tuple(refused))
         return _Transaction(attempt, postponed=no_room)
+
+    async def _body_then(
+        self, session: SmtpSession, data: bytes, following: _Following
+    ) -> SmtpReply:
+        """The body and the next message's envelope in one write; the reply to the body.
+        The envelope's replies (or the failure that cut them short) are kept for when that
+        message is sent. Raises SessionBroken when the body's own reply did not come."""
+        try:
+            replies = await session.body_then_envelope(data, following.mail, following.rcpts)
+        except SessionBroken as exc:
+            if not exc.replies:
+                raise
+            self._ahead = _Ahead(following.message, exc.replies[1:], exc)
+            return exc.replies[0]
+        self._ahead = _Ahead(following.message, replies[1:])
+        return replies[0]
+
+    def _following(self, session: SmtpSession, then: Composed | None) -> _Following | None:
+        """The envelope of `then` to write with this message's body, when the server offers
+        PIPELINING, the connection takes one more message and `then` can be addressed."""
+        if then is None or not session.pipelining or self.exhausted:
+            return None
+        try:
+            mail, rcpts = self._paths(session, then)
+        except ValueError:
+            return None  # send() refuses it on its own
+        return _Following(then, mail, [rcpts[r] for r in then.recipients])
 
     def _paths(self, session: SmtpSession, message: Composed) -> tuple[bytes, dict[str, bytes]]:
         """MAIL FROM's path with its parameters, and each recipient's RCPT TO path. Raises
@@ -286,11 +367,15 @@ class SmtpConnection:
         await self.close()
 
     async def close(self) -> None:
-        """QUIT politely; drop the socket if the server does not answer."""
+        """QUIT politely; drop the socket if the server does not answer. In the middle of
+        a DATA (an envelope written ahead for a message not sent), close without QUIT:
+        whatever followed would be taken for the message, and a connection closed before
+        the final "." delivers nothing."""
         session, self._session = self._session, None
+        ahead, self._ahead = self._ahead, None
         if session is None:
             return
-        if session.is_open:
+        if session.is_open and ahead is None:
             try:
                 await session.command(b"QUIT", timeout=5)
             except SessionBroken:
@@ -429,6 +514,25 @@ async def _abort(smtp: aiosmtplib.SMTP) -> None:
 
 
 @dataclass(frozen=True)
+class _Following:
+    """The next message of the connection, with its MAIL FROM and RCPT TO paths."""
+
+    message: Composed
+    mail: bytes
+    rcpts: list[bytes]
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    """The envelope of `message`, written with the previous message's body: the replies
+    that came, and the failure that cut them short, if any."""
+
+    message: Composed
+    replies: list[SmtpReply]
+    broken: SessionBroken | None = None
+
+
+@dataclass(frozen=True)
 class _Transaction:
     """What one transaction of a message gave: its attempt, whether the connection failed
     before DATA, and the recipients the server had no room for, each with its 452 reply,
@@ -476,24 +580,39 @@ class Relay:
     def __init__(self) -> None:
         self.connections: dict[str, SmtpConnection] = {}
 
-    async def send(self, account: Account, message: Composed) -> Attempt:
+    async def send(
+        self, account: Account, message: Composed, then: Composed | None = None
+    ) -> Attempt:
         """Send `message` from `account`. A reused connection found dead before DATA (the
         server timed it out while idle) costs one more try on a fresh connection; whatever
-        that try gives is the attempt."""
-        attempt, stale = await self._send_once(account, message)
+        that try gives is the attempt. `then`: the next message of the same account, whose
+        envelope may go with this one's body (SmtpConnection.send); send it next, or give
+        it to `drop_unsent`."""
+        attempt, stale = await self._send_once(account, message, then)
         if stale and attempt.fault is None:
             await self._drop(account.name)
-            attempt, _ = await self._send_once(account, message)
+            attempt, _ = await self._send_once(account, message, then)
         connection = self.connections.get(account.name)
         if connection is not None and connection.exhausted:
             await self._drop(account.name)
         return attempt
 
-    async def _send_once(self, account: Account, message: Composed) -> tuple[Attempt, bool]:
+    async def _send_once(
+        self, account: Account, message: Composed, then: Composed | None
+    ) -> tuple[Attempt, bool]:
         """One try: (attempt, True when a reused connection failed before DATA)."""
         connection = self.connections.get(account.name)
-        if connection is not None and (
-            connection.account is not account or not connection.is_open or connection.exhausted
+        # A connection that waits for this message has the replies to its envelope, even
+        # when the server closed it since (a 421 to MAIL): they are the attempt's.
+        if (
+            connection is not None
+            and not connection.waits_for(message)
+            and (
+                connection.account is not account
+                or not connection.is_open
+                or connection.exhausted
+                or not connection.ready_for(message)
+            )
         ):
             await self._drop(account.name)
             connection = None
@@ -505,8 +624,15 @@ class Relay:
                 return Attempt.faulted(str(exc)), False
             self.connections[account.name] = connection
         reused = connection.sent_on_connection > 0
-        attempt, before_data = await connection.send(message)
+        attempt, before_data = await connection.send(message, then)
         return attempt, before_data and reused
+
+    async def drop_unsent(self, message: Composed) -> None:
+        """`message` will not be sent now: close the connection whose server waits for its
+        content (its envelope went ahead), which discards it."""
+        for name, connection in list(self.connections.items()):
+            if connection.waits_for(message):
+                await self._drop(name)
 
     def open_connections(self) -> dict[str, int]:
         """Open connections by account name, for the metrics."""

@@ -12,11 +12,11 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import ColumnElement, Engine
@@ -33,6 +33,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp
 
 from robot.config import Settings
+from robot.outbox.account_states import AccountState, AccountStates, pause_end
 from robot.outbox.operations import TRANSITIONS, Operations, operations_for
 from robot.outbox.rows import Change
 from robot.outbox.schema import Status
@@ -58,6 +59,7 @@ MAX_IDS = 5000  # rows one action may name (a filter's confirmation takes the fi
 SESSION_SECONDS = 8 * 3600
 SESSION_COOKIE = "robot_console"
 VERBS = ("retract", "hold", "release", "retry")
+REPORTS_LEFT = ("retract", "hold")  # on a filter, rows that left before it are too late too
 LABELS = {"retract": "Retract", "hold": "Hold", "release": "Release", "retry": "Retry"}
 PAST = {"retract": "retracted", "hold": "held", "release": "released", "retry": "retried"}
 FILTER_KEYS = ("status", "batch", "account", "q")
@@ -124,6 +126,7 @@ class Console:
         self.ops = operations_for(settings, engine)
         self.users = Users(engine)
         self.audit = Audit(engine)
+        self.account_states = AccountStates(engine)
         self.throttle = throttle
         pages = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
         pages.filters["when"] = _when
@@ -299,6 +302,19 @@ class Console:
         if not ids:
             raise HTTPException(400, "choose at least one row")
         change = self.ops.transition(verb, ids=ids, reason=f"{verb} by {user.name} (console)")
+        matching = str(form.get("filter", ""))
+        if matching and verb in REPORTS_LEFT:
+            # Everything matching a filter: the rows of it that had left before the
+            # confirmation are too late as well, as `email-robot retract --batch` says.
+            chosen = QueueFilter.from_values(dict(parse_qsl(matching)))
+            move = TRANSITIONS[verb]
+            left = self.ops.left_where(
+                chosen.where(self.ops),
+                (*move.sources, *move.already),
+                besides=ids,
+                limit=MAX_IDS,
+            )
+            change = Change(change.changed, change.unchanged, sorted([*change.too_late, *left]))
         self.audit.write(
             user.name, _client(request), verb, len(change.changed), _change_text(verb, change)
         )
@@ -372,16 +388,46 @@ class Console:
         context = {"entries": entries, "search": "", "message": message}
         return self.render(request, "suppression.html", context, user=user)
 
+    def accounts_context(self, message: str | None) -> dict[str, Any]:
+        """The accounts of robot.ini, each with its state (account_state): no secret."""
+        found = self.account_states.states()
+        states: dict[str, AccountState | None] = {
+            name: found.get(name) for name in self.settings.accounts
+        }
+        return {"accounts": self.settings.accounts, "states": states, "message": message}
+
     async def accounts(self, request: Request) -> Response:
         user = self.signed_in(request)
         if user is None:
             return RedirectResponse("/login", 303)
-        return self.render(
-            request,
-            "accounts.html",
-            {"accounts": self.settings.accounts, "message": None},
-            user=user,
-        )
+        return self.render(request, "accounts.html", self.accounts_context(None), user=user)
+
+    async def account_pause(self, request: Request) -> Response:
+        """Pause or resume an account, as `email-robot account pause|resume` does
+        (operators and admins)."""
+        pausing = request.url.path.endswith("/pause")
+        action = "pause account" if pausing else "resume account"
+        user, form = await self.acting_user(request, action)
+        name = str(form.get("account", ""))
+        if name not in self.settings.accounts:
+            raise HTTPException(400, "no such account in robot.ini")
+        if pausing:
+            reason = str(form.get("reason", "")).strip()[:1000] or None
+            until_text = str(form.get("until", "")).strip()
+            try:
+                until = pause_end(until_text, datetime.now(UTC)) if until_text else None
+            except ValueError as exc:
+                raise HTTPException(400, str(exc)) from None
+            self.account_states.pause(name, f"{user.name} (console)", reason, until)
+            state = self.account_states.states().get(name)
+            message = f"{name}: {state.describe() if state else 'sending'}"
+        else:
+            was = self.account_states.resume(name)
+            message = f"{name}: " + (
+                f"resumed (it was {was.describe()})" if was else "was not paused"
+            )
+        self.audit.write(user.name, _client(request), action, 0, message)
+        return self.render(request, "accounts.html", self.accounts_context(message), user=user)
 
     async def account_test(self, request: Request) -> Response:
         user, form = await self.acting_user(request, "test message")
@@ -398,8 +444,7 @@ class Console:
             message = f"accepted: {attempt.accepted_reply.line()}"
         message = f"{account.name} → {to}: {message}"
         self.audit.write(user.name, _client(request), "test message", 0, message)
-        context = {"accounts": self.settings.accounts, "message": message}
-        return self.render(request, "accounts.html", context, user=user)
+        return self.render(request, "accounts.html", self.accounts_context(message), user=user)
 
     async def audit_log(self, request: Request) -> Response:
         user = self.signed_in(request)
@@ -454,6 +499,8 @@ def console_app(
         Route("/suppression/remove", console.suppression_change, methods=["POST"]),
         Route("/accounts", console.accounts),
         Route("/accounts/test", console.account_test, methods=["POST"]),
+        Route("/accounts/pause", console.account_pause, methods=["POST"]),
+        Route("/accounts/resume", console.account_pause, methods=["POST"]),
         Route("/audit", console.audit_log),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]

@@ -1,11 +1,13 @@
-"""Real databases (SQLite files, a throwaway PostgreSQL cluster) and a real SMTP server.
+"""Real databases (SQLite files, a throwaway PostgreSQL cluster, a throwaway MariaDB server)
+and a real SMTP server.
 
-The PostgreSQL cluster is started by the test set-up itself from the installed binaries; if
-it cannot start, the tests fail: they are never skipped.
+The PostgreSQL cluster and the MariaDB server are started by the test set-up itself from the
+installed binaries; if one cannot start, the tests fail: they are never skipped.
 """
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,7 +17,10 @@ import trustme
 from sqlalchemy import Engine
 
 from robot.outbox.engine import make_engine, upgrade
+from tests.support.mariadb import MariaDbServer
+from tests.support.outage import RestartableDatabase
 from tests.support.pg import PgCluster
+from tests.support.pg_outage import pg_down, pg_up
 from tests.support.smtpd import TestSMTPServer
 
 TEMPLATE = "robot_template"
@@ -33,8 +38,58 @@ def pg_cluster() -> Iterator[PgCluster]:
     cluster.stop()
 
 
+class MariaDbDatabases:
+    """Migrated databases on the throwaway MariaDB server. MariaDB cannot copy a database:
+    a new one is made from the template's CREATE TABLE statements (0.23 s, and 0.11 s to
+    drop it), so a database a test is done with is emptied (TRUNCATE, 0.04 s) and handed to
+    the next test instead."""
+
+    def __init__(self, server: MariaDbServer) -> None:
+        self.server = server
+        engine = make_engine(server.create_database(TEMPLATE))
+        upgrade(engine)
+        engine.dispose()
+        self.template = server.template(TEMPLATE)
+        self.version = self.template[-1].split("'")[1]
+        self.free: list[str] = []
+
+    def take(self) -> tuple[str, str]:
+        """A migrated, empty database: (name, URL)."""
+        if self.free:
+            name = self.free.pop()
+            return name, self.server.url(name)
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        return name, self.server.create_from(name, self.template)
+
+    def give_back(self, name: str) -> None:
+        """Empty database `name` for the next test, or drop it when it cannot be reused."""
+        if self.server.empty(name, self.version):
+            self.free.append(name)
+        else:
+            self.server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDbServer]:
+    """One MariaDB server for the run."""
+    server = MariaDbServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb_databases(mariadb_server: MariaDbServer) -> MariaDbDatabases:
+    """The migrated databases the MariaDB tests take and give back."""
+    return MariaDbDatabases(mariadb_server)
+
+
 @pytest.fixture(
-    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ],
 )
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database of each kind."""
@@ -44,6 +99,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         upgrade(engine)
         engine.dispose()
         yield url
+        return
+    if request.param == "mariadb":
+        databases: MariaDbDatabases = request.getfixturevalue("mariadb_databases")
+        name, url = databases.take()
+        yield url
+        databases.give_back(name)
         return
     cluster: PgCluster = request.getfixturevalue("pg_cluster")
     name = f"t_{uuid.uuid4().hex[:12]}"
@@ -80,6 +141,36 @@ def ca_file(tls_ca: trustme.CA, tmp_path: Path) -> Path:
     path = tmp_path / "ca.pem"
     tls_ca.cert_pem.write_to_path(str(path))
     return path
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ],
+)
+def restartable_db(request: pytest.FixtureRequest) -> Iterator[RestartableDatabase]:
+    """A database on the throwaway PostgreSQL cluster or MariaDB server, with the server's
+    down and up (blocking: call them in a thread where an event loop must go on)."""
+    if request.param == "mariadb":
+        server: MariaDbServer = request.getfixturevalue("mariadb_server")
+        url = request.getfixturevalue("mariadb_url")
+        yield RestartableDatabase("mariadb", url, server.down, server.up)
+        server.up()  # a test that failed half way leaves it running again
+        return
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    url = request.getfixturevalue("pg_url")
+    yield RestartableDatabase(
+        "postgresql", url, functools.partial(pg_down, cluster), functools.partial(pg_up, cluster)
+    )
+
+
+@pytest.fixture
+def mariadb_url(mariadb_databases: MariaDbDatabases) -> Iterator[str]:
+    """A migrated, empty MariaDB database only (for MariaDB-only behaviour)."""
+    name, url = mariadb_databases.take()
+    yield url
+    mariadb_databases.give_back(name)
 
 
 @pytest.fixture

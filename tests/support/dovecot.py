@@ -2,13 +2,16 @@
 
 Everything lives in a temporary directory: dovecot.conf, the passwd-file of users, their
 Maildirs, the TLS certificate, the sockets (base_dir) and the log. The system's /etc/dovecot
-and its service are never touched. Dovecot's master runs as root (it starts its login and
-mail processes as other users); the mail users' files belong to `nobody`.
+and its service are never touched. Started as root, Dovecot's master starts its login and
+mail processes as other users and the mail users' files belong to `nobody`; started as any
+other user, every process and file is that user's (Dovecot's documented way to run without
+root: its internal and login users are the current user, and no process chroots).
 """
 
 from __future__ import annotations
 
 import atexit
+import grp
 import imaplib
 import os
 import pwd
@@ -59,7 +62,7 @@ namespace inbox {{
   inbox = yes
   separator = /
 }}
-service anvil {{
+{rootless}service anvil {{
   unix_listener anvil-auth-penalty {{
     mode = 0
   }}
@@ -72,6 +75,19 @@ service imap-login {{
     port = {imaps_port}
     ssl = yes
   }}
+}}
+"""
+
+# Without root Dovecot cannot change users or chroot: everything runs as the current user.
+ROOTLESS = """\
+default_internal_user = {user}
+default_internal_group = {group}
+default_login_user = {user}
+service anvil {{
+  chroot =
+}}
+service imap-login {{
+  chroot =
 }}
 """
 
@@ -91,16 +107,18 @@ class DovecotServer:
             raise RuntimeError(
                 f"Dovecot is not installed ({DOVECOT} missing): run scripts/ensure-dovecot.sh"
             )
-        if os.geteuid() != 0:
-            raise RuntimeError("the Dovecot test server must be started as root")
+        self.as_root = os.geteuid() == 0
         self.ca = ca
         self.base = Path(tempfile.mkdtemp(prefix="robot-dovecot-", dir="/tmp"))
         self.base.chmod(0o755)  # the mail processes (as nobody) walk through it to the homes
         self.homes = self.base / "home"
         self.homes.mkdir()
-        mail_user = pwd.getpwnam(MAIL_USER)
-        self.uid, self.gid = mail_user.pw_uid, mail_user.pw_gid
-        os.chown(self.homes, self.uid, self.gid)
+        if self.as_root:
+            mail_user = pwd.getpwnam(MAIL_USER)
+            self.uid, self.gid = mail_user.pw_uid, mail_user.pw_gid
+            os.chown(self.homes, self.uid, self.gid)
+        else:
+            self.uid, self.gid = os.getuid(), os.getgid()
         (self.base / "state").mkdir()
         # Every user is written before the start: Dovecot re-reads a changed passwd-file at
         # most once a second, too late for a user added during a test.
@@ -147,6 +165,7 @@ class DovecotServer:
                     base=self.base,
                     imap_port=self.imap_port,
                     imaps_port=self.imaps_port,
+                    rootless="" if self.as_root else self._rootless_settings(),
                 )
             )
             with (self.base / "stderr.log").open("wb") as stderr:
@@ -166,6 +185,11 @@ class DovecotServer:
                 raise RuntimeError(
                     f"Dovecot did not start (config {conf}):\n{output}\n{self._log_tail()}"
                 )
+
+    def _rootless_settings(self) -> str:
+        return ROOTLESS.format(
+            user=pwd.getpwuid(self.uid).pw_name, group=grp.getgrgid(self.gid).gr_name
+        )
 
     def _wait_ready(self, timeout: float = 20.0) -> bool:
         deadline = time.monotonic() + timeout

@@ -5,7 +5,8 @@ Records what it receives and can inject faults. Two ways to program it:
 * the simple knobs: ``rcpt_replies`` (per recipient, every time), ``mail_reply`` (every
   time), ``data_replies`` (a queue, one per DATA), ``drop_after_data_count`` (one mid-DATA
   disconnect), ``data_delay`` (every DATA), ``max_recipients`` (a relay's limit of
-  recipients per transaction: ``452 4.5.3 Too many recipients`` once it is reached);
+  recipients per transaction: ``452 4.5.3 Too many recipients`` once it is reached),
+  ``hold_after()`` (from the n-th accepted message on, DATA replies wait for a gate);
 * ``fault()``: a rule for one command (EHLO, AUTH, MAIL, RCPT, DATA), optionally for one
   address only, that replies with a given line, waits before replying (past the client's
   timeout: a slow server), drops the connection instead of replying, or all of these, for a
@@ -82,6 +83,10 @@ class _SMTP(SMTP):
         self.owner = owner
         self.session_id = session_id
         super().__init__(*args, **kw)
+
+    def data_received(self, data: bytes) -> None:
+        self.owner.reads.setdefault(self.session_id, []).append(data)
+        super().data_received(data)
 
 
 def _is_ok(reply: str) -> bool:
@@ -204,6 +209,9 @@ class _Handler:
         )
         owner.transactions.append(seen)
         reply = await self._apply(server, "DATA", seen.rcpt_tos)
+        gate = owner.data_gate
+        if gate is not None and len(owner.received) >= owner.data_gate_after:
+            await gate.wait()
         if owner.data_delay > 0:
             await asyncio.sleep(owner.data_delay)
         drop_after = owner.drop_after_data_count
@@ -257,6 +265,7 @@ class TestSMTPServer:
         self.pipelining = pipelining  # advertise PIPELINING (RFC 2920) in the EHLO reply
         self.received: list[Received] = []
         self.connections = 0
+        self.reads: dict[int, list[bytes]] = {}  # by connection: the chunks as they came
         self.helos: list[str] = []
         self.auth_attempts: list[tuple[str, bool]] = []
         self.rcpt_replies: dict[str, str] = {}
@@ -267,6 +276,8 @@ class TestSMTPServer:
         self.max_recipients = max_recipients  # accepted RCPTs per transaction; None: any
         self.faults: list[Fault] = []
         self.transactions: list[Received] = []
+        self.data_gate: asyncio.Event | None = None
+        self.data_gate_after = 0
         self._server: asyncio.Server | None = None
         self._protocols: list[_SMTP] = []
         self._changed = asyncio.Event()
@@ -304,6 +315,14 @@ class TestSMTPServer:
         rule = Fault(command, reply, address, delay, drop, times)
         self.faults.append(rule)
         return rule
+
+    def hold_after(self, accepted: int) -> asyncio.Event:
+        """Once `accepted` messages were accepted, every further DATA is read but its reply
+        waits until the returned event is set: the client cannot finish before the test
+        lets it (a server that stalls mid-way through a large send)."""
+        self.data_gate = asyncio.Event()
+        self.data_gate_after = accepted
+        return self.data_gate
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if self.tls_cert is None:
@@ -375,8 +394,10 @@ class TestSMTPServer:
         for proto in self._protocols:
             # Abort both layers: aborting only the TLS layer mid-handshake (client gave up on
             # STARTTLS) leaves aiosmtpd waiting for input that can never arrive.
+            # A transport already closing is left alone: on Python 3.11.2 (Debian 12's) abort()
+            # of a TLS transport closed twice raises AttributeError (fixed in 3.11.3).
             for transport in (proto.transport, proto._original_transport):
-                if isinstance(transport, asyncio.Transport):
+                if isinstance(transport, asyncio.Transport) and not transport.is_closing():
                     transport.abort()
             if proto._handler_coroutine is not None:
                 proto._handler_coroutine.cancel()

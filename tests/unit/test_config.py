@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -308,6 +310,47 @@ name = Newsletter
     assert settings.default_account.sender.name == "Robot"
 
 
+def test_an_unreadable_password_file_names_the_file_and_the_user(tmp_path: Path) -> None:
+    """A file the service user cannot read (root's mode 600) must say who could not read it."""
+    secret = write_ini(tmp_path, "s3cret\n", name="smtp_password")
+    settings = load(
+        tmp_path,
+        f"[smtp]\nusername = robot@example.org\npassword_file = {secret}\n"
+        "[sender]\naddress = robot@example.org\n",
+    )
+    secret.unlink()  # rotated away after start: read anew at each login, so it is missed then
+    with pytest.raises(ConfigError) as error:
+        settings.default_account.read_password()
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    assert str(error.value).startswith(
+        f"password file of account default unreadable: {secret}: No such file or directory "
+        f"(read as user {user})"
+    )
+    assert error.value.key == "password_file"
+
+
+def test_a_relative_password_file_is_taken_from_the_ini_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As with SQLite: the service runs in its state directory, an admin anywhere; both must
+    read the file next to robot.ini."""
+    write_ini(tmp_path, "s3cret\n", name="smtp_password")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(
+        write_ini(
+            tmp_path,
+            "[smtp]\nusername = robot@example.org\npassword_file = smtp_password\n"
+            "[sender]\naddress = robot@example.org\n",
+        ),
+        environ={"ROBOT_BOUNCES_CA_FILE": "ca.pem"},
+    )
+    assert settings.default_account.smtp.password_file == str(tmp_path / "smtp_password")
+    assert settings.default_account.read_password() == "s3cret"
+    assert settings.bounces.ca_file == str(tmp_path / "ca.pem")
+
+
 def test_account_with_own_username_inherits_no_password(tmp_path: Path) -> None:
     secret = write_ini(tmp_path, "robot-secret\n", name="smtp_password")
     settings = load(
@@ -449,6 +492,9 @@ def test_a_relative_sqlite_path_is_taken_from_robot_ini_s_folder(
         ("postgresql+psycopg2://robot@db/mail", "the driver 'psycopg2' is not installed"),
         ("postgresql+asyncpg://robot@db/mail", "the driver 'asyncpg' is not installed"),
         ("oracle://robot@db/mail", "'oracle' databases are not supported"),
+        ("mysql+mysqldb://robot@db/mail", "the driver 'mysqldb' is not installed"),
+        ("mariadb+asyncmy://robot@db/mail", "the driver 'asyncmy' is not installed"),
+        ("mysql://robot@db", "no database name after the host"),
     ],
 )
 def test_a_foreign_url_names_the_key_and_what_to_write(
@@ -457,7 +503,24 @@ def test_a_foreign_url_names_the_key_and_what_to_write(
     error = config_error(tmp_path, MINIMAL + f"[database]\nurl = {url}\n")
     assert error.key == "url"
     assert problem in str(error)
-    assert "write sqlite:///PATH or postgresql://USER@HOST/DB" in str(error)
+    assert (
+        "write sqlite:///PATH, postgresql://USER@HOST/DB or mysql://USER@HOST/DB (MariaDB, MySQL)"
+        in str(error)
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "normalised"),
+    [
+        ("mysql://robot@db.example.org/school", "mysql+pymysql://robot@db.example.org/school"),
+        ("mariadb://robot:pw@db:3307/school", "mysql+pymysql://robot:pw@db:3307/school"),
+        ("mysql+pymysql://robot@db/school", "mysql+pymysql://robot@db/school"),
+        ("mariadb+pymysql://robot@db/school?charset=latin1", "mysql+pymysql://robot@db/school"),
+    ],
+)
+def test_mysql_urls_use_pymysql_in_utf8mb4(tmp_path: Path, url: str, normalised: str) -> None:
+    settings = load(tmp_path, MINIMAL + f"[database]\nurl = {url}\n")
+    assert settings.database.url == normalised + "?charset=utf8mb4"
 
 
 def test_bad_database_url(tmp_path: Path) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from robot.cli.output import change_text, countdown, due_in, estimate, status_text
+from robot.cli.output import change_text, countdown, due_in, estimate, status_json, status_text
+from robot.outbox.account_states import AccountState, pause_end
 from robot.outbox.rows import Change, OutboxRow, QueueStatus
+from robot.outbox.schema import PauseKind
 
 
 @pytest.mark.parametrize(
@@ -141,3 +144,56 @@ def test_an_eta_that_has_come_says_now_not_in_due() -> None:
     """With the whole backlog to go at once, `status` printed "(in due)"."""
     text = status_text(queue_status(due=1, sent_recently=3000), 0)
     assert "ETA due now: now" in text and "in due" not in text
+
+
+# -- accounts' state in status ------------------------------------------------------------------
+
+
+def paused_state(account: str, kind: PauseKind, minutes: float | None, by: str) -> AccountState:
+    until = NOW + timedelta(minutes=minutes) if minutes is not None else None
+    return AccountState(account, kind, until, "535 5.7.8 bad credentials", by, NOW, NOW)
+
+
+def test_status_does_not_promise_due_rows_of_a_paused_account() -> None:
+    accounts = {
+        "default": None,
+        "news": paused_state("news", PauseKind.FAULT, 5, "host:12"),
+        "staff": paused_state("staff", PauseKind.OPERATOR, None, "olga"),
+    }
+    status = queue_status(due=100, due_by_account={"default": 40, "news": 60})
+    text = status_text(status, 10, accounts=accounts)
+    assert "  due now           100   60 wait for paused accounts: news" in text
+    assert "ETA due now: 2026-11-25 12:00:04 UTC (in 4s)" in text  # 40 at 10/s
+    assert "ETA paused: 60 due rows wait for their accounts (news)" in text
+    assert text.endswith(
+        "accounts:\n"
+        "  default  sending\n"
+        "  news     paused after a fault until 2026-11-25 12:05:00 UTC (535 5.7.8 bad credentials)\n"
+        "  staff    paused by olga until resumed (535 5.7.8 bad credentials)"
+    )
+    only_paused = status_text(
+        queue_status(due=60, due_by_account={"news": 60}), 10, accounts=accounts
+    )
+    assert "ETA due now" not in only_paused and "ETA paused: 60" in only_paused
+    values = json.loads(status_json(status, 10, accounts=accounts))
+    assert values["due_waiting_for_paused_accounts"] == 60
+    assert values["eta_due"] == "2026-11-25T12:00:04.000+00:00"
+    assert values["accounts"]["staff"]["paused_by_operator"] is True
+
+
+def test_a_pause_that_has_ended_reads_as_sending() -> None:
+    over = paused_state("news", PauseKind.FAULT, -1, "host:12")
+    assert not over.paused and over.describe().startswith("sending (last fault")
+    timed = paused_state("news", PauseKind.OPERATOR, -1, "olga")
+    assert timed.describe() == "sending"
+
+
+def test_pause_end_reads_a_clock_time_a_date_or_a_duration() -> None:
+    assert pause_end("30m", NOW) == NOW + timedelta(minutes=30)
+    assert pause_end("1.5h", NOW) == NOW + timedelta(minutes=90)
+    assert pause_end("13:30", NOW) == NOW.replace(hour=13, minute=30)
+    assert pause_end("11:00", NOW) == NOW.replace(hour=11) + timedelta(days=1)
+    assert pause_end("2026-11-26 08:00", NOW) == datetime(2026, 11, 26, 8, tzinfo=UTC)
+    for bad in ("soon", "25:00", "2026-11-24 08:00", ""):
+        with pytest.raises(ValueError):
+            pause_end(bad, NOW)

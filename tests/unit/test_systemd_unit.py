@@ -58,3 +58,39 @@ def test_configparser_can_read_it_too() -> None:
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.read_string(UNIT.read_text())
     assert parser["Unit"]["Description"].startswith("email-robot")
+
+
+README = Path(__file__).parents[2] / "README.md"
+
+
+def production_steps() -> list[str]:
+    """The command block of the README's "Running as a systemd service" (what
+    scripts/walkthrough.sh runs as root, line by line)."""
+    text = README.read_text().split("## Running as a systemd service", 1)[1]
+    block = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_installs_the_password_where_the_service_user_reads_it() -> None:
+    """The password the README installs must be readable by the unit's user, without root."""
+    service = service_section()
+    user, group = service["User"][0], service["Group"][0]
+    (install,) = [step for step in production_steps() if "/etc/email-robot/smtp_password" in step]
+    assert f"-m 640 -g {group} " in install  # root writes it, the service's group reads it
+    # One story: robot.ini's password_file names that file; no systemd credential beside it.
+    assert "LoadCredential" not in service
+    # The admin's check and test run as the service user, with the same file.
+    for verb in ("db upgrade", "check", "test --to"):
+        assert any(
+            step.startswith(f"sudo -u {user} ROBOT_CONFIG=/etc/email-robot/robot.ini ")
+            and f"email-robot {verb}" in step
+            for step in production_steps()
+        ), verb
+
+
+def test_the_readme_makes_the_state_directory_before_db_upgrade() -> None:
+    steps = production_steps()
+    (state,) = [i for i, step in enumerate(steps) if "install -d" in step and "/var/lib/" in step]
+    (upgrade,) = [i for i, step in enumerate(steps) if "db upgrade" in step]
+    assert state < upgrade
+    assert "-o email-robot -g email-robot /var/lib/email-robot" in steps[state]

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, event, select
 from starlette.testclient import TestClient
 
 from robot.config import Settings, WebSettings, load_settings
+from robot.outbox.account_states import AccountStates
 from robot.outbox.engine import make_engine, upgrade
 from robot.outbox.operations import operations_for
 from robot.outbox.rows import Attachment
@@ -24,7 +25,7 @@ from robot.web.secret import session_secret
 from robot.web.throttle import LoginThrottle
 from robot.web.users import Users
 from tests.conftest import WriteIni
-from tests.integration.host import host_sql
+from tests.integration.host import host_sql, series_sql
 from tests.support.smtpd import TestSMTPServer
 
 PASSWORDS = {"viv": "viewer-pass-1", "olga": "operator-pass-1", "ada": "admin-pass-12"}
@@ -403,11 +404,7 @@ def test_the_queue_pages_by_id(console: Console) -> None:
     host_sql(
         console.url,
         "INSERT INTO outbox (recipient, body_text, status) "
-        + (
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 120) SELECT 'r' || i || '@example.org', 'x', 'sent' FROM n"
-            if console.url.startswith("sqlite")
-            else "SELECT 'r' || i || '@example.org', 'x', 'sent' FROM generate_series(1, 120) AS i"
-        ),
+        f"SELECT 'r' || i || '@example.org', 'x', 'sent' FROM {series_sql(console.url, 120)}",
     )
     client = console.signed_in("viv")
     seen: list[int] = []
@@ -652,3 +649,105 @@ def test_signing_out_or_a_new_password_ends_copies_of_the_session(console: Conso
     assert again.get("/").url.path == "/"  # signing in again works
     assert Users(console.engine).set_password("olga", "brand-new-pass-1")
     assert again.get("/").url.path == "/login"
+
+
+def test_retract_everything_in_a_batch_lists_the_rows_that_had_left_too_late(
+    console: Console,
+) -> None:
+    """As `email-robot retract --batch` does: rows of the filter that left before the
+    confirmation are too late as well as those that leave between confirmation and click."""
+    mine = pending(console, 4, batch="june")
+    other = pending(console, 1, batch="july")
+    set_status(console, mine[0], "sent")
+    client = console.signed_in("olga")
+    confirm = client.get("/confirm?verb=retract&batch=june")
+    confirmed = re.search(r'name="confirmed" value="([^"]*)"', confirm.text)
+    assert confirmed is not None and confirmed[1] == ",".join(map(str, mine[1:]))
+    set_status(console, mine[1], "sending")
+    response = client.post(
+        "/act",
+        data={
+            "verb": "retract",
+            "confirmed": confirmed[1],
+            "filter": "batch=june",
+            "csrf": csrf_of(client),
+        },
+    )
+    assert "Retracted: 2" in response.text and "Too late: 2" in response.text
+    assert f"{mine[0]}</a> (sent)" in response.text
+    assert f"{mine[1]}</a> (sending)" in response.text
+    late = re.search(r'<section class="too-late">(.*?)</section>', response.text, re.S)
+    assert late is not None
+    assert re.findall(r'href="/row/(\d+)"', late[1]) == [str(mine[0]), str(mine[1])]
+    assert console.status(other[0]) == "pending"
+    assert [console.status(i) for i in mine] == ["sent", "sending", "retracted", "retracted"]
+
+
+# -- the accounts' state -------------------------------------------------------------------
+
+
+def account_cell(page: str, name: str = "default") -> str:
+    found = re.search(rf'<tr data-account="{name}">.*?<td class="state [a-z]+">([^<]*)', page, re.S)
+    assert found is not None, page
+    return found[1]
+
+
+def test_an_operator_pauses_and_resumes_an_account_on_the_accounts_page(
+    console: Console,
+) -> None:
+    """The same operations as `email-robot account pause|resume`, with an audit line each;
+    the state column says why, and the rate comes from robot.ini."""
+    client = console.signed_in("olga")
+    page = client.get("/accounts").text
+    assert account_cell(page) == "sending" and '<td class="rate">unlimited</td>' in page
+    assert ">Pause</button>" in page and "Resume</button>" not in page
+    paused = client.post(
+        "/accounts/pause",
+        data={
+            "account": "default",
+            "reason": "list <cleanup>",
+            "until": "",
+            "csrf": csrf_of(client),
+        },
+    )
+    assert paused.status_code == 200
+    cell = account_cell(paused.text)
+    assert cell.startswith("paused by olga (console) until resumed") and "&lt;cleanup&gt;" in cell
+    assert ">Resume</button>" in paused.text and ">Pause</button>" not in paused.text
+    states = AccountStates(console.engine).states()
+    assert states["default"].paused and states["default"].by_operator
+    assert states["default"].reason == "list <cleanup>"
+
+    resumed = client.post("/accounts/resume", data={"account": "default", "csrf": csrf_of(client)})
+    assert account_cell(resumed.text) == "sending"
+    assert "resumed (it was paused by olga (console)" in resumed.text
+    assert AccountStates(console.engine).states() == {}
+    actions = [(who, action) for who, action, _, _ in console.audit()]
+    assert ("olga", "pause account") in actions and ("olga", "resume account") in actions
+
+    later = client.post(
+        "/accounts/pause", data={"account": "default", "until": "2h", "csrf": csrf_of(client)}
+    )
+    assert re.match(
+        r"paused by olga \(console\) until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$",
+        account_cell(later.text),
+    )
+    for bad in ({"account": "nope"}, {"account": "default", "until": "someday"}):
+        response = client.post("/accounts/pause", data={**bad, "csrf": csrf_of(client)})
+        assert response.status_code == 400
+
+
+def test_a_viewer_cannot_pause_an_account_and_a_forged_post_is_refused(console: Console) -> None:
+    viewer = console.signed_in("viv")
+    page = viewer.get("/accounts").text
+    assert account_cell(page) == "sending" and ">Pause</button>" not in page
+    token = csrf_of(viewer)
+    for path in ("/accounts/pause", "/accounts/resume"):
+        response = viewer.post(path, data={"account": "default", "csrf": token})
+        assert response.status_code == 403
+    assert AccountStates(console.engine).states() == {}
+    assert ("viv", "pause account", 0, "refused: viewer") in console.audit()
+    operator = console.signed_in("olga")
+    no_token = operator.post("/accounts/pause", data={"account": "default"})
+    assert no_token.status_code == 403
+    assert AccountStates(console.engine).states() == {}

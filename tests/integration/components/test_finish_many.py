@@ -19,7 +19,7 @@ from robot.outbox.dialects import FINISH_CHUNK
 from robot.outbox.message_ids import AccountDomain, MessageIds
 from robot.outbox.rows import Decision, Event, Finish
 from robot.outbox.schema import Status, utcnow
-from tests.integration.host import host_sql, insert_many
+from tests.integration.host import host_sql, insert_many, is_mysql
 
 SENT = Decision(Status.SENT, None, None, "sent")
 SLACK = timedelta(seconds=1)  # the clocks read around a call, against the one it used
@@ -251,6 +251,14 @@ def refuse_events_of(db_url: str, row_id: int) -> None:
             "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
         )
         return
+    if is_mysql(db_url):  # SIGNAL: error 1644, which PyMySQL raises as OperationalError
+        host_sql(
+            db_url,
+            "CREATE TRIGGER refuse_event BEFORE INSERT ON outbox_event FOR EACH ROW "
+            f"BEGIN IF NEW.outbox_id = {row_id} AND NEW.kind <> 'claimed' THEN "
+            "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by the test'; END IF; END",
+        )
+        return
     host_sql(
         db_url,
         "CREATE FUNCTION refuse_event() RETURNS trigger LANGUAGE plpgsql AS "
@@ -265,7 +273,7 @@ def refuse_events_of(db_url: str, row_id: int) -> None:
 
 
 def allow_events(db_url: str) -> None:
-    if db_url.startswith("sqlite"):
+    if db_url.startswith("sqlite") or is_mysql(db_url):
         host_sql(db_url, "DROP TRIGGER refuse_event")
     else:
         host_sql(db_url, "DROP TRIGGER refuse_event ON outbox_event")

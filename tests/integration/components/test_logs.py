@@ -52,6 +52,10 @@ def test_a_closed_log_pipe_loses_lines_and_raises_nothing() -> None:
             configure_logging("json", "info")
 
 
+# As an ordinary shell has it: PYTHONUNBUFFERED (set in many containers) would hide a stream
+# whose buffer cannot be flushed at exit.
+BUFFERED_ENVIRONMENT = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+
 LIBRARY_LOGGER = """
 import logging, sys, warnings
 from robot.logs import configure_logging, get_logger
@@ -77,6 +81,7 @@ def test_a_closed_log_pipe_stops_neither_library_logging_nor_warnings() -> None:
         stdout=subprocess.PIPE,
         text=True,
         timeout=60,
+        env=BUFFERED_ENVIRONMENT,
     )
     os.close(write_end)
     assert (proc.returncode, proc.stdout) == (0, "survived\n")

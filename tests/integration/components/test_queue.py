@@ -14,7 +14,7 @@ from robot.outbox.rows import Decision
 from robot.outbox.schema import Status
 from robot.outcome.replies import Outcome
 from robot.outcome.retry import RetryPolicy
-from tests.integration.host import host_sql, now_plus_sql
+from tests.integration.host import host_sql, now_plus_sql, series_sql
 
 mid = MessageIds(fallback=AccountDomain("robot@example.org", "example.org"))
 
@@ -148,13 +148,7 @@ def test_concurrent_claimers_never_share_a_row(db_url: str, engine: Engine) -> N
     total = 300
     host_sql(
         db_url,
-        "INSERT INTO outbox (recipient, body_text) "
-        + (
-            "SELECT 'x@example.org', 'b' FROM generate_series(1, 300)"
-            if not db_url.startswith("sqlite")
-            else "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) "
-            "SELECT 'x@example.org', 'b' FROM n"
-        ),
+        f"INSERT INTO outbox (recipient, body_text) SELECT 'x@example.org', 'b' FROM {series_sql(db_url, 300)}",
     )
     claimed: dict[str, list[int]] = {}
     errors: list[BaseException] = []

@@ -9,6 +9,7 @@ tests use the aiosmtpd-based TestSMTPServer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -889,3 +890,309 @@ async def test_a_nul_in_a_server_reply_is_escaped_wherever_it_is_kept(
         await server.stop()
     assert "\x00" not in kept
     assert reply[4:].replace("\x00", "\\x00") in kept
+
+
+# -- (k) one round trip a message: the body with the next message's envelope (RFC 2920 3.1) -
+
+
+# The next message on the connection: the one object, as a worker passes it (Relay.send).
+NEXT = Composed(SENDER, ("n@example.org",), b"Subject: 2\r\n\r\nsecond\r\n", "<n@example.org>")
+
+
+NEXT_ENVELOPE = [b"MAIL FROM:<robot@example.org>", b"RCPT TO:<n@example.org>", b"DATA"]
+
+
+async def first_with_next_envelope(wire: Wire) -> None:
+    """Read the first envelope (answered) and the first body, then the next envelope,
+    which must come before the body is answered: one round trip a message."""
+    await wire.lines_until(b"DATA")
+    await wire.send(envelope_ok(1))
+    await wire.body()
+    assert await wire.lines_until(b"DATA") == NEXT_ENVELOPE
+
+
+@pytest.mark.parametrize(
+    "piece", [None, 1, 5], ids=["all in one write", "one byte per write", "5 bytes per write"]
+)
+async def test_the_next_envelope_goes_in_the_write_of_the_body_and_its_replies_are_paired(
+    account_for: AccountFor, piece: int | None
+) -> None:
+    async def script(wire: Wire) -> None:
+        await first_with_next_envelope(wire)
+        await wire.send(b"250-2.0.0 Ok\r\n250 2.0.0 queued 1\r\n" + envelope_ok(1), piece)
+        await wire.body()
+        await wire.send(b"250 2.0.0 queued 2\r\n", piece)
+
+    async with raw_server(script) as server:
+        async with connected(account_for(server.port)) as connection:
+            first, _ = await connection.send(message(), then=NEXT)
+            assert first.accepted_reply == Reply(250, "2.0.0 Ok\n2.0.0 queued 1")
+            after, _ = await connection.send(NEXT)
+            assert after.accepted_reply == Reply(250, "2.0.0 queued 2")
+            assert connection.is_open
+        await server.finished()
+    (wire,) = server.wires
+    assert wire.bodies == [data_payload(BODY), b"Subject: 2\r\n\r\nsecond\r\n.\r\n"]
+    assert wire.commands == [
+        EHLO,
+        b"MAIL FROM:<robot@example.org>",
+        b"RCPT TO:<a@example.org>",
+        b"DATA",
+        *NEXT_ENVELOPE,
+        b"QUIT",
+    ]
+    # the first body's last line and the next MAIL FROM came in one read
+    assert any(data_payload(BODY)[-5:] + b"MAIL FROM:" in read for read in wire.reads)
+
+
+@pytest.mark.parametrize(
+    ("code", "status"), [(554, "5.7.1 Message rejected"), (451, "4.3.0 Try again later")]
+)
+async def test_a_refused_body_is_the_first_message_s_and_the_next_goes_on(
+    account_for: AccountFor, code: int, status: str
+) -> None:
+    async def script(wire: Wire) -> None:
+        await first_with_next_envelope(wire)
+        await wire.send(b"%d %s\r\n" % (code, status.encode()) + envelope_ok(1))
+        await wire.body()
+        await wire.send(b"250 2.0.0 Ok\r\n")
+
+    async with raw_server(script) as server:
+        async with connected(account_for(server.port)) as connection:
+            refused, _ = await connection.send(message(), then=NEXT)
+            after, _ = await connection.send(NEXT)
+            assert connection.is_open
+        await server.finished()
+    assert ending(refused).reply == Reply(code, status, Stage.DATA)
+    assert accepted_code(after) == 250
+    assert b"RSET" not in server.wires[0].commands  # the dot ended the transaction
+
+
+@pytest.mark.parametrize(
+    ("replies", "code", "stage", "then"),
+    [
+        (
+            b"550 5.7.1 Sender blocked\r\n503 5.5.1 No MAIL\r\n503 5.5.1 No MAIL\r\n",
+            550,
+            "mail",
+            [b"RSET"],
+        ),
+        (
+            b"451 4.3.0 Try later\r\n503 5.5.1 No MAIL\r\n354 Go ahead\r\n",
+            451,
+            "mail",
+            [b".", b"RSET"],  # a DATA accepted after a failed envelope: ended empty
+        ),
+        (
+            b"250 2.1.0 Ok\r\n550 5.1.1 No such user\r\n554 5.5.1 No valid recipients\r\n",
+            550,
+            "rcpt",
+            [b"RSET"],
+        ),
+        (
+            b"250 2.1.0 Ok\r\n450 4.2.1 Try later\r\n554 5.5.1 No valid recipients\r\n",
+            450,
+            "rcpt",
+            [b"RSET"],
+        ),
+    ],
+    ids=["5xx to MAIL", "4xx to MAIL, 354 to DATA", "5xx to RCPT", "4xx to RCPT"],
+)
+async def test_a_refused_next_envelope_is_the_next_message_s(
+    account_for: AccountFor, replies: bytes, code: int, stage: str, then: list[bytes]
+) -> None:
+    async def script(wire: Wire) -> None:
+        await first_with_next_envelope(wire)
+        await wire.send(b"250 2.0.0 Ok\r\n" + replies)
+        await wire.answer([b"554 5.5.1 No valid recipients\r\n"] * (len(then) - 1))
+        await wire.answer([b"250 2.0.0 Reset\r\n"])
+
+    async with raw_server(script) as server:
+        async with connected(account_for(server.port)) as connection:
+            first, _ = await connection.send(message(), then=NEXT)
+            refused, _ = await connection.send(NEXT)
+            assert connection.is_open
+        await server.finished()
+    assert accepted_code(first) == 250
+    error = ending(refused).reply
+    assert (error.code, error.stage) == (code, stage)
+    (wire,) = server.wires
+    assert wire.commands[-len(then) - 1 :] == [*then, b"QUIT"]
+    assert wire.bodies == [data_payload(BODY)]
+
+
+async def test_a_421_to_the_next_mail_is_that_message_s_and_not_tried_again(
+    account_for: AccountFor,
+) -> None:
+    async def script(wire: Wire) -> None:
+        await first_with_next_envelope(wire)
+        await wire.send(b"250 2.0.0 Ok\r\n421 4.7.0 Too many errors, closing\r\n")
+        wire.writer.close()
+        await wire.eof()
+
+    relay = Relay()
+    async with raw_server(script) as server:
+        account = account_for(server.port)
+        try:
+            first = await relay.send(account, message(), then=NEXT)
+            closed = await relay.send(account, NEXT)
+        finally:
+            await relay.close()
+        await server.finished()
+    assert accepted_code(first) == 250
+    assert ending(closed).reply == Reply(421, "4.7.0 Too many errors, closing", Stage.MAIL)
+    assert len(server.wires) == 1  # a reply to this message: no second try elsewhere
+
+
+@pytest.mark.parametrize("answered", [True, False], ids=["after the reply", "before the reply"])
+async def test_a_drop_after_the_body_sends_the_next_message_on_a_fresh_connection(
+    account_for: AccountFor, answered: bool
+) -> None:
+    async def script(wire: Wire) -> None:
+        if wire is not server.wires[0]:
+            return  # the fresh connection: served plainly
+        await first_with_next_envelope(wire)
+        if answered:
+            await wire.send(b"250 2.0.0 Ok\r\n")
+            await asyncio.sleep(0.05)  # the reply reaches the robot before the drop
+        wire.writer.transport.abort()
+
+    relay = Relay()
+    async with raw_server(script) as server:
+        account = account_for(server.port)
+        try:
+            first = await relay.send(account, message(), then=NEXT)
+            after = await relay.send(account, NEXT)
+        finally:
+            await relay.close()
+        await server.finished()
+    if answered:
+        assert accepted_code(first) == 250
+    else:  # the whole body went out, its reply never came
+        assert ending(first).maybe_delivered
+        assert ending(first).reply.stage == "data"
+    assert accepted_code(after) == 250
+    first_wire, fresh = server.wires
+    assert first_wire.bodies == [data_payload(BODY)]
+    assert fresh.bodies == [b"Subject: 2\r\n\r\nsecond\r\n.\r\n"]  # once, on the fresh one
+
+
+async def test_a_421_to_the_body_defers_it_and_the_next_goes_on_a_fresh_connection(
+    account_for: AccountFor,
+) -> None:
+    async def script(wire: Wire) -> None:
+        if wire is not server.wires[0]:
+            return
+        await first_with_next_envelope(wire)
+        await wire.send(b"421 4.3.2 Shutting down\r\n")
+        wire.writer.close()
+        await wire.eof()
+
+    relay = Relay()
+    async with raw_server(script) as server:
+        account = account_for(server.port)
+        try:
+            closing = await relay.send(account, message(), then=NEXT)
+            after = await relay.send(account, NEXT)
+        finally:
+            await relay.close()
+        await server.finished()
+    assert ending(closing).reply == Reply(421, "4.3.2 Shutting down", Stage.DATA)
+    assert accepted_code(after) == 250
+    assert len(server.wires) == 2
+
+
+async def test_the_next_envelope_s_replies_get_timeout_seconds_after_the_body_s(
+    account_for: AccountFor,
+) -> None:
+    """The reply to the body gets data_timeout_seconds; those to the next envelope, which
+    come after it, timeout_seconds: a server silent then is given up on in that time, and
+    the next message goes on a fresh connection."""
+
+    async def script(wire: Wire) -> None:
+        if wire is not server.wires[0]:
+            return
+        await first_with_next_envelope(wire)
+        await asyncio.sleep(0.6)  # past timeout_seconds, within data_timeout_seconds
+        await wire.send(b"250 2.0.0 Ok after a scan\r\n")
+        await wire.eof()  # and nothing for the envelope
+
+    relay = Relay()
+    async with raw_server(script) as server:
+        account = account_for(server.port, timeout=0.3, data_timeout=5)
+        try:
+            first = await relay.send(account, message(), then=NEXT)
+            after = await relay.send(account, NEXT)
+        finally:
+            await relay.close()
+        await server.finished()
+    assert first.accepted_reply == Reply(250, "2.0.0 Ok after a scan")
+    assert accepted_code(after) == 250
+    assert [len(w.bodies) for w in server.wires] == [1, 1]
+
+
+async def test_a_connection_closed_while_the_next_message_waits_in_data_sends_no_quit(
+    account_for: AccountFor,
+) -> None:
+    """The caller gives the next message up (the robot stops): its DATA is open, so the
+    connection is closed without a QUIT, which the server would take for the message."""
+
+    async def script(wire: Wire) -> None:
+        await first_with_next_envelope(wire)
+        await wire.send(b"250 2.0.0 Ok\r\n" + envelope_ok(1))
+        await wire.eof()
+
+    relay = Relay()
+    async with raw_server(script) as server:
+        account = account_for(server.port)
+        try:
+            first = await relay.send(account, message(), then=NEXT)
+            await relay.drop_unsent(NEXT)
+            assert relay.connections == {}
+        finally:
+            await relay.close()
+        await server.finished()
+    assert accepted_code(first) == 250
+    (wire,) = server.wires
+    assert wire.closed_by_client
+    assert b"QUIT" not in b"".join(wire.reads)
+    assert wire.bodies == [data_payload(BODY)]
+
+
+@pytest.mark.parametrize("limit", ["max_per_connection", "no PIPELINING", "recipients postponed"])
+async def test_no_envelope_goes_ahead_where_it_cannot(account_for: AccountFor, limit: str) -> None:
+    """The next envelope waits for the reply to the body: on a connection whose last
+    message this is, to a server without PIPELINING, and when the message itself still
+    has recipients for a further transaction."""
+    quiet_after_body: list[bool] = []
+
+    async def script(wire: Wire) -> None:
+        if limit == "recipients postponed":
+            await wire.lines_until(b"DATA")
+            await wire.send(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n452 4.5.3 Too many\r\n354 Go\r\n")
+        elif limit == "no PIPELINING":
+            await wire.answer([b"250 2.1.0 Ok\r\n", b"250 2.1.5 Ok\r\n", b"354 Go\r\n"])
+        else:
+            await wire.lines_until(b"DATA")
+            await wire.send(envelope_ok(1))
+        await wire.body()
+        quiet_after_body.append(await wire.quiet(0.2))
+        await wire.send(b"250 2.0.0 Ok\r\n")
+
+    recipients = ("a@example.org", "b@example.org") if limit == "recipients postponed" else ()
+    async with raw_server(script, pipelining=limit != "no PIPELINING") as server:
+        account = account_for(server.port)
+        if limit == "max_per_connection":
+            account = dataclasses.replace(
+                account, smtp=dataclasses.replace(account.smtp, max_per_connection=1)
+            )
+        async with connected(account) as connection:
+            first, _ = await connection.send(message(*recipients), then=NEXT)
+            # the message's last transaction (for b@example.org) took the envelope along
+            assert connection.waits_for(NEXT) is (limit == "recipients postponed")
+            if connection.waits_for(NEXT):
+                assert accepted_code((await connection.send(NEXT))[0]) == 250
+        await server.finished()
+    assert accepted_code(first) == 250
+    assert first.accepted == (recipients or ("a@example.org",))
+    assert quiet_after_body == [True]

@@ -23,7 +23,7 @@ from robot.outbox.engine import make_engine, upgrade
 from robot.outbox.operations import Operations
 from robot.web.users import Users
 from tests.conftest import WriteIni
-from tests.integration.host import host_sql
+from tests.integration.host import host_sql, insert_many
 from tests.support.browser import chromium
 from tests.support.robot_proc import RobotProcess, wait_until
 from tests.support.smtpd import TestSMTPServer
@@ -221,4 +221,105 @@ async def test_an_operator_retracts_a_waiting_row_in_the_browser_and_it_is_never
         await robot.terminate()
         await listener.stop()
         engine.dispose()
+    assert web.returncode == 0, web.tail()
+
+
+BATCH_ROWS = 300
+HOLD_AFTER = 150  # the SMTP server stalls here until the retract is done: never finished first
+
+
+def retract_batch_in_browser(base: str, batch: str, profile: Path) -> dict[str, object]:
+    """Sign in, filter the queue by `batch`, Retract everything matching it, confirm; the
+    count the confirmation showed, the ids it named, and the result page's lists."""
+    with chromium(profile) as browser:
+        sign_in(browser, base)
+        browser.find_element(By.CSS_SELECTOR, "form.filter input[name=batch]").send_keys(batch)
+        browser.find_element(By.CSS_SELECTOR, "form.filter button[type=submit]").click()
+        WebDriverWait(browser, 15).until(lambda b: f"batch={batch}" in b.current_url)
+        browser.find_element(By.CSS_SELECTOR, ".matching a.verb-retract").click()
+        WebDriverWait(browser, 15).until(lambda b: "/confirm" in b.current_url)
+        shown = int(browser.find_element(By.CSS_SELECTOR, ".confirm-count b").text)
+        confirmed = browser.find_element(By.NAME, "confirmed").get_attribute("value") or ""
+        browser.find_element(By.CSS_SELECTOR, "form button.verb-retract").click()
+        WebDriverWait(browser, 30).until(lambda b: "Retracted:" in b.page_source)
+
+        def listed(section: str) -> list[tuple[int, str]]:
+            found = []
+            for item in browser.find_elements(By.CSS_SELECTOR, f"section.{section} li"):
+                row_id, _, status = item.text.partition(" ")
+                found.append((int(row_id), status.strip("()")))
+            return found
+
+        return {
+            "shown": shown,
+            "confirmed": [int(i) for i in confirmed.split(",") if i],
+            "retracted": [i for i, _ in listed("changed")],
+            "too_late": listed("too-late"),
+            "heading": browser.find_element(By.CSS_SELECTOR, "section.changed h2").text,
+        }
+
+
+async def test_retracting_a_batch_by_filter_while_it_is_sent_reports_exactly_what_left(
+    db_url: str, tmp_path: Path, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    """The batch goes out (throttled) while an operator retracts everything matching the
+    batch filter: the result page's "too late" ids are exactly the messages the server got,
+    every other row of the batch is retracted and never sent, and together they are the
+    whole batch."""
+    engine = make_engine(db_url)
+    assert Users(engine).add("olga", "operator", PASSWORD)
+    ini = write_ini(db_url, smtp_server.port, extra="[robot]\nrate = 10\n")
+    gate = smtp_server.hold_after(HOLD_AFTER)
+    robot = await RobotProcess(ini, "run").start()
+    web = await RobotProcess(ini, "web", "--listen", "127.0.0.1:0").start()
+    try:
+        listening = await web.wait_for_event("web_listening")
+        base = f"http://127.0.0.1:{listening['port']}"
+        await robot.wait_for_event("robot.started")
+        batch = set(insert_many(db_url, BATCH_ROWS, batch="june"))
+        await smtp_server.wait_for(10, timeout=60)  # the send is under way
+
+        seen = await asyncio.to_thread(retract_batch_in_browser, base, "june", tmp_path / "p")
+
+        gate.set()  # the rows that were too late may now finish
+        await wait_until(
+            lambda: (
+                host_sql(
+                    db_url,
+                    "SELECT count(*) FROM outbox WHERE batch = 'june' "
+                    "AND status NOT IN ('sent', 'retracted')",
+                )
+                == [(0,)]
+            ),
+            120,
+            "every row of the batch sent or retracted",
+        )
+        message_ids = dict(
+            host_sql(db_url, "SELECT message_id, id FROM outbox WHERE batch = 'june'")
+        )
+        received = [m.message()["Message-ID"] for m in smtp_server.received]
+        received_ids = {message_ids[m] for m in received}
+        statuses = dict(host_sql(db_url, "SELECT id, status FROM outbox WHERE batch = 'june'"))
+    finally:
+        gate.set()
+        await web.terminate()
+        await robot.terminate()
+        engine.dispose()
+
+    confirmed, retracted = seen["confirmed"], seen["retracted"]
+    too_late = seen["too_late"]
+    assert isinstance(confirmed, list) and isinstance(retracted, list)
+    assert isinstance(too_late, list)
+    assert seen["shown"] == len(confirmed)  # the confirmation said how many it would retract
+    assert 0 < len(confirmed) < BATCH_ROWS  # the click landed mid-way through the batch
+    assert seen["heading"] == f"Retracted: {len(retracted)}"
+    too_late_ids = {i for i, _ in too_late}
+    assert len(received) == len(received_ids)  # each message once
+    assert too_late_ids == received_ids, (sorted(too_late_ids ^ received_ids), too_late)
+    assert {s for _, s in too_late} <= {"sending", "sent"}
+    assert set(retracted) | too_late_ids == batch
+    assert not set(retracted) & too_late_ids
+    assert retracted and too_late_ids  # some were stopped, some had left
+    assert {i for i, s in statuses.items() if s == "retracted"} == set(retracted)
+    assert {i for i, s in statuses.items() if s == "sent"} == received_ids
     assert web.returncode == 0, web.tail()

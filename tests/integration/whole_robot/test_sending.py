@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trustme
 from sqlalchemy import Engine
 
+from robot.config import load_settings
+from robot.daemon.robot import Robot
+from robot.outbox.engine import make_engine, upgrade
 from robot.outbox.operations import Operations
 from tests.conftest import WriteIni
 from tests.integration.host import host_sql, now_plus_sql
@@ -117,6 +124,115 @@ async def test_max_per_connection_reconnects_with_helo_name(
     assert max(per_session.values()) <= 3
     assert set(smtp_server.helos) == {"robot.test.example"}
     assert [r[1] for r in rows(db_url)] == ["sent"] * 10
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
+async def test_a_pipelining_server_gets_a_body_and_the_next_envelope_in_one_write(
+    db_url: str, write_ini: WriteIni, pipelining: bool
+) -> None:
+    """One round trip a message (RFC 2920 §3.1): the body, its final dot and the next
+    message's MAIL, RCPT and DATA arrive in one read; never an envelope for a message the
+    connection does not carry (the last before max_per_connection). Without PIPELINING,
+    one command a write."""
+    server = TestSMTPServer(pipelining=pipelining)
+    await server.start()
+    try:
+        for n in range(10):
+            host_sql(
+                db_url, f"INSERT INTO outbox (recipient, body_text) VALUES ('r{n}@x.org', 'x')"
+            )
+        extra = "[smtp]\nmax_per_connection = 4\n[robot]\nconnections = 1\n"
+        code, _ = await drain(write_ini(db_url, server.port, extra))
+    finally:
+        await server.stop()
+    assert code == 0
+    assert [r[1] for r in rows(db_url)] == ["sent"] * 10
+    carried = Counter(r.session_id for r in server.received)
+    assert sorted(carried.values()) == [2, 4, 4]
+    for session, chunks in server.reads.items():
+        messages = carried[session]
+        assert sum(chunk.count(b"MAIL FROM:") for chunk in chunks) == messages
+        body_then_envelope = [c for c in chunks if b"\r\n.\r\nMAIL FROM:" in c]
+        if pipelining:  # EHLO, the first envelope, each body with the next envelope, QUIT
+            assert len(body_then_envelope) == messages - 1
+            assert len(chunks) == messages + 3, chunks
+        else:  # EHLO, MAIL, RCPT, DATA and the body for each message, QUIT
+            assert body_then_envelope == []
+            assert len(chunks) == 4 * messages + 2, chunks
+
+
+async def test_a_stop_releases_the_next_row_whose_envelope_went_ahead(
+    db_url: str, write_ini: WriteIni
+) -> None:
+    """Stopping, the robot finishes the message on the wire and gives the next one back
+    untried, though the server took its envelope: the connection is dropped in that DATA
+    (no QUIT, no ".": the server delivers nothing)."""
+    server = TestSMTPServer()
+    await server.start()
+    server.fault("DATA", delay=0.5, times=1)  # the reply to the first body comes late
+    for n in range(4):
+        host_sql(db_url, f"INSERT INTO outbox (recipient, body_text) VALUES ('r{n}@x.org', 'x')")
+    ini = write_ini(db_url, server.port, "[robot]\nconnections = 1\n")
+    settings = load_settings(ini, environ={})
+    engine = make_engine(db_url)
+    try:
+        robot = Robot(settings, engine)
+        running = asyncio.create_task(robot.run())
+        async with asyncio.timeout(15):
+            while not server.transactions:  # the first body came, its reply waits: stop
+                await asyncio.sleep(0.01)
+        robot.stop()
+        assert await asyncio.wait_for(running, 20) == 0
+    finally:
+        engine.dispose()
+        await server.stop()
+    assert [r.rcpt_tos for r in server.received] == [["r0@x.org"]]
+    (reads,) = server.reads.values()
+    assert b"RCPT TO:<r1@x.org>" in b"".join(reads)  # its envelope went ahead
+    assert b"QUIT" not in b"".join(reads)
+    table = rows(db_url)
+    assert [(r[1], r[2]) for r in table] == [("sent", 1)] + [("pending", 0)] * 3
+
+
+async def test_a_connection_sends_on_while_an_outcome_commits_and_waits_for_it_next(
+    tmp_path: Path, write_ini: WriteIni
+) -> None:
+    """An outcome is committed while the next message goes out; the one after that waits
+    for the commit. With the database locked, one connection sends exactly two messages:
+    at most two are unrecorded, all that a crash may repeat."""
+    url = f"sqlite:///{tmp_path}/robot.db"
+    engine = make_engine(url)
+    upgrade(engine)
+    server = TestSMTPServer()
+    await server.start()
+    server.fault("DATA", delay=0.3, times=1)  # time to lock the database meanwhile
+    for n in range(5):
+        host_sql(url, f"INSERT INTO outbox (recipient, body_text) VALUES ('r{n}@x.org', 'x')")
+    ini = write_ini(url, server.port, "[robot]\nconnections = 1\n")
+    locker = sqlite3.connect(
+        tmp_path / "robot.db", timeout=30, isolation_level=None, check_same_thread=False
+    )
+    try:
+        robot = Robot(load_settings(ini, environ={}), engine, drain=True)
+        running = asyncio.create_task(robot.run())
+        async with asyncio.timeout(15):
+            while not server.transactions:  # the first body came, its reply waits
+                await asyncio.sleep(0.01)
+        await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
+        await server.wait_for(2, timeout=15)
+        await asyncio.sleep(0.5)  # the third body would come now if nothing held it back
+        locked = [r.rcpt_tos for r in server.received]
+        locker.execute("ROLLBACK")
+        assert await asyncio.wait_for(running, 30) == 0
+    finally:
+        if locker.in_transaction:
+            locker.execute("ROLLBACK")
+        locker.close()
+        engine.dispose()
+        await server.stop()
+    assert locked == [["r0@x.org"], ["r1@x.org"]]
+    assert [r.rcpt_tos for r in server.received] == [[f"r{n}@x.org"] for n in range(5)]
+    assert [r[1] for r in rows(url)] == ["sent"] * 5
 
 
 async def test_starttls_verified_and_auth(
