@@ -106,7 +106,7 @@ def compose(
         raise BadRowError(
             f"the row sets its own sender {row.sender!r}, and [sender] allow_row_sender = false"
         )
-    from_address = _address(row.sender or sender.address, "sender")
+    from_address = _address(row.sender, "sender") if row.sender else _own_address(sender.address)
     display = (
         row.sender_name if row.sender_name is not None else (None if row.sender else sender.name)
     )
@@ -382,6 +382,12 @@ def _address(value: str, field: str, as_written: str | None = None) -> str:
             "(not supported: write the address in ASCII)"
         )
     return valid.ascii_email or valid.normalized  # IDN domains in their ASCII form
+
+
+@functools.lru_cache(maxsize=64)
+def _own_address(address: str) -> str:
+    """An account's own sender address, validated as a row's (_address), once."""
+    return _address(address, "sender")
 
 
 # The everyday address, which email-validator would accept unchanged: a dot-atom of letters,
