@@ -7,12 +7,13 @@ reason a person can act on when the row cannot become a message.
 from __future__ import annotations
 
 import binascii
+import functools
 import inspect
 import json
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from email import policy
 from email.header import Header
 from email.headerregistry import Address
@@ -105,7 +106,7 @@ def compose(
         raise BadRowError(
             f"the row sets its own sender {row.sender!r}, and [sender] allow_row_sender = false"
         )
-    from_address = _address(row.sender or sender.address, "sender")
+    from_address = _address(row.sender, "sender") if row.sender else _own_address(sender.address)
     display = (
         row.sender_name if row.sender_name is not None else (None if row.sender else sender.name)
     )
@@ -125,7 +126,7 @@ def compose(
         headers.append(("Cc", cc))
     headers += [
         ("Subject", _clean(subject)),
-        ("Date", format_datetime(now)),
+        ("Date", _date_header(now)),
         ("Message-ID", row.message_id),
         *extra,
     ]
@@ -163,6 +164,19 @@ def compose(
             envelope_from, (redirect_to,), data, row.message_id, redirected_from=tuple(recipients)
         )
     return Composed(envelope_from, tuple(recipients), data, row.message_id)
+
+
+def _date_header(now: datetime) -> str:
+    """The Date header's value of `now` (RFC 5322, whole seconds); in UTC, made once a
+    second for all the messages of that second."""
+    if now.tzinfo is not UTC:
+        return format_datetime(now)
+    return _utc_second(now.replace(microsecond=0))
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(second: datetime) -> str:
+    return format_datetime(second)
 
 
 def _redirected_from(to: Mailbox, cc: list[Mailbox], bcc: list[Mailbox]) -> str:
@@ -204,33 +218,34 @@ def _write_fast(headers: list[tuple[str, Any]], text_part: str, html_part: str |
     RFC 2047 encoded words, bodies 7bit or quoted-printable, CRLF line ends."""
     out = [_header_line(name, value) for name, value in headers]
     out.append("MIME-Version: 1.0")
+    text_cte = _cte(text_part)
     if html_part is None:
-        out.append(_part_headers("plain", text_part))
-        return ("\r\n".join(out) + "\r\n\r\n").encode("ascii") + _encode_body(text_part)
+        out.append(_part_headers("plain", text_cte))
+        return ("\r\n".join(out) + "\r\n\r\n").encode("ascii") + _encode_body(text_part, text_cte)
+    html_cte = _cte(html_part)
     boundary = f"==============={secrets.randbelow(10**19):019d}=="
     out.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
     head = ("\r\n".join(out) + "\r\n\r\n").encode("ascii")
     parts = [
-        f"--{boundary}\r\n{_part_headers('plain', text_part)}\r\n\r\n".encode("ascii")
-        + _encode_body(text_part),
-        f"--{boundary}\r\n{_part_headers('html', html_part)}\r\n\r\n".encode("ascii")
-        + _encode_body(html_part),
+        f"--{boundary}\r\n{_part_headers('plain', text_cte)}\r\n\r\n".encode("ascii")
+        + _encode_body(text_part, text_cte),
+        f"--{boundary}\r\n{_part_headers('html', html_cte)}\r\n\r\n".encode("ascii")
+        + _encode_body(html_part, html_cte),
     ]
     return head + b"\r\n".join(parts) + f"\r\n--{boundary}--\r\n".encode("ascii")
 
 
-def _part_headers(subtype: str, body: str) -> str:
-    cte = _cte(body)
+def _part_headers(subtype: str, cte: str) -> str:
     charset = "us-ascii" if cte == "7bit" else "utf-8"
     return f'Content-Type: text/{subtype}; charset="{charset}"\r\nContent-Transfer-Encoding: {cte}'
 
 
-def _encode_body(body: str) -> bytes:
-    """7bit or quoted-printable, always ending with CRLF."""
+def _encode_body(body: str, cte: str) -> bytes:
+    """7bit or quoted-printable (`cte`, _cte of `body`), always ending with CRLF."""
     text = body.replace("\r\n", "\n").replace("\r", "\n")
     if not text.endswith("\n"):
         text += "\n"
-    if _cte(body) == "7bit":
+    if cte == "7bit":
         return text.replace("\n", "\r\n").encode("ascii")
     encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
     return encoded.replace(b"\n", b"\r\n")
@@ -260,6 +275,9 @@ def _format_mailbox(box: Mailbox) -> str:
 def _fold(name: str, words: list[str], separator: str) -> str:
     """`name: ` and `words` joined by `separator`, a line break before any word that would
     pass column 78 (unfolding restores the value). Very long words: RFC 2047 instead."""
+    joined = separator.join(words)
+    if words and len(name) + 2 + len(joined) <= 78:  # the usual short field: one line
+        return f"{name}: {joined}"
     if any(len(word) > 900 for word in words):
         encoded = Header(separator.join(words), "utf-8", header_name=name)
         return f"{name}: {encoded.encode(linesep=chr(13) + chr(10))}"
@@ -329,10 +347,11 @@ def _check_text_fields(row: OutboxRow) -> None:
             continue
         if not isinstance(value, str):  # SQLite stores whatever a host gives it
             raise BadRowError(f"{name} is not text but {type(value).__name__}")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise BadRowError(f"{name} is not valid UTF-8 text") from None
+        if not value.isascii():  # ASCII (a flag of the string: no scan) is UTF-8
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadRowError(f"{name} is not valid UTF-8 text") from None
         if "\x00" in value:
             raise BadRowError(f"{name} contains a NUL character")
 
@@ -363,6 +382,12 @@ def _address(value: str, field: str, as_written: str | None = None) -> str:
             "(not supported: write the address in ASCII)"
         )
     return valid.ascii_email or valid.normalized  # IDN domains in their ASCII form
+
+
+@functools.lru_cache(maxsize=64)
+def _own_address(address: str) -> str:
+    """An account's own sender address, validated as a row's (_address), once."""
+    return _address(address, "sender")
 
 
 # The everyday address, which email-validator would accept unchanged: a dot-atom of letters,

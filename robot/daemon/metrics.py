@@ -4,6 +4,7 @@ latency, open connections, transport faults. One registry per robot, served from
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -51,6 +52,14 @@ class Metrics:
             registry=self.registry,
         )
         self._server: WSGIServer | None = None
+        self._by_outcome: dict[str, Any] = {}  # the counter of each outcome, looked up once
+
+    def count_message(self, outcome: str) -> None:
+        """One more attempt that ended in `outcome` (a row's new status)."""
+        counter = self._by_outcome.get(outcome)
+        if counter is None:
+            counter = self._by_outcome[outcome] = self.messages.labels(outcome)
+        counter.inc()
 
     def set_queue(self, counts: Mapping[str, int], due: int, statuses: tuple[str, ...]) -> None:
         """Publish a fresh reading of the outbox (every status, zeros included)."""

@@ -308,7 +308,7 @@ class Worker:
             self.dispatcher.wake_later(decision.retry_after.total_seconds())
         status = decision.status.value
         self.tally.counts[status] = self.tally.counts.get(status, 0) + 1
-        self.metrics.messages.labels(status).inc()
+        self.metrics.count_message(status)
         event = log.info if decision.status is Status.SENT else log.warning
         event(
             f"message.{status}",

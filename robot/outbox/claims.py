@@ -250,6 +250,10 @@ class Claims(OutboxTables):
                 autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
                 recorded = {row[0] for row in autocommit.exec_driver_sql(*alone)}
             return [o.row_id in recorded for o in outcomes]
+        if not any(o.suppress for o in outcomes):  # the usual case: no suppression to add
+            on_driver = self.statements.finish_on_driver(self.engine, worker, outcomes)
+            if on_driver is not None:
+                return [o.row_id in on_driver for o in outcomes]
         try:
             with self.engine.begin() as conn:
                 recorded = self.statements.record_finishes(conn, worker, outcomes)

@@ -6,6 +6,7 @@ never ask which database they are on.
 
 from __future__ import annotations
 
+import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -30,7 +31,7 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.elements import TextClause
 
 from robot.outbox.engine import lenient_text
@@ -64,6 +65,7 @@ READABLE_TIMES = (
 T = TypeVar("T")
 SelectT = TypeVar("SelectT", bound="Select[Any]")
 OpenConnection = Callable[[], AbstractContextManager[Connection]]
+Execute = Callable[..., Any]  # one statement (SQL, parameters), returning its cursor
 
 
 class NotAllLeased(Exception):
@@ -143,6 +145,14 @@ class Statements(ABC):
         `worker`, with their history lines (those they carry, then the closing one); their
         ids. Raises NotAllLeased when the transaction must be rolled back and the outcomes
         recorded again with `careful` (MariaDB/MySQL, when a row was no longer leased)."""
+
+    def finish_on_driver(
+        self, engine: Engine, worker: str, outcomes: Sequence[Finish]
+    ) -> set[int] | None:
+        """Record `outcomes` (none adds a suppression) as record_finishes does, in a
+        transaction of its own on a plain driver connection; their ids. None when this
+        database records them through record_finishes only."""
+        return None
 
     @abstractmethod
     def wake_robots(self, conn: Connection) -> None:
@@ -276,34 +286,73 @@ class SqliteStatements(Statements):
     def record_finishes(
         self, conn: Connection, worker: str, outcomes: Sequence[Finish], *, careful: bool = False
     ) -> set[int]:
+        return self._record(conn.exec_driver_sql, worker, outcomes)
+
+    def finish_on_driver(self, engine: Engine, worker: str, outcomes: Sequence[Finish]) -> set[int]:
+        """The group commit's usual transaction on the pool's sqlite3 connection itself:
+        SQLAlchemy's Connection, its events and result objects cost more CPU than the
+        statements (about half of a small commit). Errors are raised as SQLAlchemy's
+        (DBAPIError.instance), so that outages and refusals are told apart as before."""
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            hide = engine.hide_parameters
+
+            def run(sql: str, parameters: Sequence[Any] = ()) -> Any:
+                try:
+                    return cursor.execute(sql, parameters)
+                except sqlite3.Error as exc:
+                    raise DBAPIError.instance(
+                        sql, parameters, exc, sqlite3.Error, hide_parameters=hide
+                    ) from exc
+
+            try:
+                run("BEGIN IMMEDIATE")  # the write lock at once, as the engine's "begin" event
+                recorded = self._record(run, worker, outcomes)
+                cursor.close()
+                try:
+                    raw.commit()
+                except sqlite3.Error as exc:
+                    raise DBAPIError.instance("COMMIT", (), exc, sqlite3.Error) from exc
+            except BaseException:
+                try:
+                    raw.rollback()
+                except sqlite3.Error:
+                    pass  # the pool's reset rolls back too; the first error is the one to raise
+                raise
+        finally:
+            raw.close()  # back to the pool
+        return recorded
+
+    def _record(self, run: Execute, worker: str, outcomes: Sequence[Finish]) -> set[int]:
         recorded: set[int] = set()
         for start in range(0, len(outcomes), FINISH_CHUNK):
             chunk = outcomes[start : start + FINISH_CHUNK]
-            recorded |= self._finish_chunk(conn, worker, chunk, careful=careful)
+            recorded |= self._finish_chunk(run, worker, chunk)
         return recorded
 
-    def _finish_chunk(
-        self, conn: Connection, worker: str, chunk: Sequence[Finish], *, careful: bool = False
-    ) -> set[int]:
+    def _finish_chunk(self, run: Execute, worker: str, chunk: Sequence[Finish]) -> set[int]:
         """Update the rows of `chunk` still leased to `worker` and add their history lines
-        (those the outcome carries, then the closing one); return their ids."""
+        (those the outcome carries, then the closing one); return their ids. `run`
+        executes one statement (a Connection's exec_driver_sql or a sqlite3 cursor's
+        execute)."""
         ids = [o.row_id for o in chunk]
-        found = conn.exec_driver_sql(  # BEGIN IMMEDIATE holds the write lock already
+        found = run(  # BEGIN IMMEDIATE holds the write lock already
             f"SELECT group_concat(id) FROM outbox WHERE id IN ({', '.join('?' * len(ids))}) "
             f"AND claimed_by = ? AND {NOT_BY_STATUS} = 'sending'",
             (*ids, worker),
-        ).scalar()
+        ).fetchone()[0]
         recorded = {int(i) for i in found.split(",")} if found else set()
         done = [o for o in chunk if o.row_id in recorded]
         if done:
             values = tuple(value for o in done for value in _finish_row(o))
-            conn.exec_driver_sql(self._finish_sql(len(done)), (*values, worker))
+            run(self._finish_sql(len(done)), (*values, worker))
             lines = [(o.row_id, h.kind, h.smtp_code, h.detail) for o in done for h in o.history] + [
                 (o.row_id, o.decision.event, o.smtp_code, _event_detail(o)) for o in done
             ]
             if any(o.history for o in done):  # in order: a row's lines, then its closing one
                 lines.sort(key=lambda line: ids.index(line[0]))
-            conn.exec_driver_sql(
+            run(
                 "INSERT INTO outbox_event (outbox_id, kind, smtp_code, detail) VALUES "
                 + ", ".join(["(?, ?, ?, ?)"] * len(lines)),
                 tuple(v for line in lines for v in line),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -97,8 +98,14 @@ class OutboxRow:
         the right thing is read as such (1.5 or '7' as a priority, 'yes' as true); one that
         cannot be is left out and named in `problem` (values is changed in place)."""
         problem = _typed(values, attachments)
-        row = cls.from_mapping(values, attachments, attachment_bytes)
-        return dataclasses.replace(row, problem=problem) if problem else row
+        columns: dict[str, Any] = {name: values.get(name) for name in ROW_COLUMNS}
+        return cls(
+            **columns,
+            attachments=attachments,
+            body_bytes=values.get("body_bytes"),
+            attachment_bytes=attachment_bytes,
+            problem=problem,
+        )
 
 
 TEXT_COLUMNS = (
@@ -108,6 +115,7 @@ TEXT_COLUMNS = (
 # Text the robot uses before compose looks at it (the account, the addresses that are
 # looked up in the suppression list, the Message-ID of the lease): it must be UTF-8.
 READ_BEFORE_COMPOSE = ("account", "recipient", "cc", "bcc", "message_id")
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 TRUE_WORDS = frozenset({"true", "t", "yes", "y", "on"})
 FALSE_WORDS = frozenset({"false", "f", "no", "n", "off"})
 
@@ -128,12 +136,15 @@ def _typed(values: dict[str, Any], attachments: tuple[Attachment, ...]) -> str |
         )
     values["transactional"] = bool(flag)
     for name in TEXT_COLUMNS:
-        text_problem = _text_problem(name, values.get(name), name in READ_BEFORE_COMPOSE)
+        value = values.get(name)
+        if value is None or (type(value) is str and value.isascii()):
+            continue  # the usual case, with nothing to check
+        text_problem = _text_problem(name, value, name in READ_BEFORE_COMPOSE)
         if text_problem:
             problems.append(text_problem)
             values[name] = None
     message_id = values.get("message_id")
-    if message_id and any(ch < " " or ch == "\x7f" for ch in message_id):
+    if message_id and CONTROL_CHARACTER.search(message_id):
         # A host's own Message-ID goes into the header as it is: a line break in it
         # would add header lines of the host's choosing.
         problems.append(f"message_id contains a control character: {_shown(message_id)}")

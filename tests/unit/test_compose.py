@@ -6,7 +6,7 @@ import dataclasses
 import email
 import email.policy
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -514,6 +514,29 @@ def test_compose_is_deterministic_for_the_same_row(account: Account) -> None:
     second = parse(compose(dataclasses.replace(row), account, now=NOW))
     assert first["Message-ID"] == second["Message-ID"] == row.message_id
     assert first["Date"] == second["Date"]
+
+
+def test_date_is_each_message_own_second_and_time_zone(account: Account) -> None:
+    """The Date header is made once a second: a message of the next second, or of the same
+    instant in another time zone, still gets its own."""
+    row = make_row()
+    dates = [
+        parse(compose(row, account, now=now))["Date"]
+        for now in (
+            NOW.replace(microsecond=100),
+            NOW.replace(microsecond=999_999),
+            NOW + timedelta(seconds=1),
+            NOW.astimezone(timezone(timedelta(hours=2))),
+            NOW,
+        )
+    ]
+    assert dates == [
+        "Fri, 17 May 2024 09:30:15 +0000",
+        "Fri, 17 May 2024 09:30:15 +0000",
+        "Fri, 17 May 2024 09:30:16 +0000",
+        "Fri, 17 May 2024 11:30:15 +0200",
+        "Fri, 17 May 2024 09:30:15 +0000",
+    ]
 
 
 def test_idn_domain_is_sent_in_ascii(account: Account) -> None:
