@@ -8,9 +8,11 @@ ru_maxrss from wait4(2): its VmHWM, the high-water mark of its resident memory.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +21,10 @@ from typing import Any
 from bench import outbox
 
 ROOT = Path(__file__).resolve().parent.parent
-EMAIL_ROBOT = ROOT / ".venv" / "bin" / "email-robot"
-PYTHON = ROOT / ".venv" / "bin" / "python"
+# The project's venv; a git worktree without one uses the venv of the running interpreter.
+BIN = ROOT / ".venv" / "bin" if (ROOT / ".venv").exists() else Path(sys.executable).parent
+EMAIL_ROBOT = BIN / "email-robot"
+PYTHON = BIN / "python"
 KILL_AFTER = 60.0  # seconds between SIGTERM and SIGKILL
 
 
@@ -36,6 +40,7 @@ class RobotConfig:
     poll_seconds: float = 1.0
     grace_minutes: float = 0.0
     max_per_connection: int = 100
+    accounts: str = ""  # [account:NAME] sections, as robot.ini text
 
     def text(self) -> str:
         """robot.ini."""
@@ -48,6 +53,7 @@ class RobotConfig:
             f"helo_name = bench.example.org\nmax_per_connection = {self.max_per_connection}\n\n"
             "[sender]\naddress = news@example.org\nname = Example Shop\n\n"
             "[log]\nformat = json\nlevel = warning\n"
+            + (f"\n{self.accounts}" if self.accounts else "")
         )
 
     def write(self, path: Path) -> Path:
@@ -73,6 +79,31 @@ def robot_env() -> dict[str, str]:
     if SOURCE is not None:
         env["PYTHONPATH"] = str(SOURCE)
     return env
+
+
+def bench_env() -> dict[str, str]:
+    """The environment of a bench module run in a fresh interpreter (`python -m bench.X`,
+    from outside the working tree): the robot of SOURCE when set, then the working tree's
+    bench/ (and robot/ when there is no SOURCE)."""
+    env = robot_env()
+    env["PYTHONPATH"] = os.pathsep.join([*([str(SOURCE)] if SOURCE else []), str(ROOT)])
+    return env
+
+
+def run_module(module: str, args: list[str], cwd: Path) -> dict[str, Any]:
+    """`python -m bench.MODULE ARGS` with bench_env(), from `cwd` (not the working tree, so
+    that SOURCE's robot comes first); the JSON object it prints."""
+    proc = subprocess.run(
+        [str(PYTHON), "-m", module, *args],
+        capture_output=True,
+        text=True,
+        env=bench_env(),
+        cwd=cwd,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} {' '.join(args)} failed: {proc.stderr.strip()[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
 
 
 def db_upgrade(ini: Path) -> None:

@@ -350,3 +350,85 @@ def count_sent(url: str, after_id: int = 0) -> int:
     """How many rows with id > after_id are sent."""
     query = f"SELECT count(*) FROM outbox WHERE status = 'sent' AND id > {int(after_id)}"
     return int(_query(url, query)[0][0])
+
+
+def first_claim(url: str) -> datetime | None:
+    """When the first row was claimed (database clock): a robot's sending starts there."""
+    return _parse_time(_query(url, "SELECT min(at) FROM outbox_event WHERE kind = 'claimed'")[0][0])
+
+
+def sent_window_from_claim(url: str) -> float:
+    """Seconds from the first claim to the last `sent_at`: the robot's sending, its first
+    connection's set-up included (0.0 when nothing was sent)."""
+    claimed = first_claim(url)
+    last = _parse_time(_query(url, "SELECT max(sent_at) FROM outbox WHERE status = 'sent'")[0][0])
+    return (last - claimed).total_seconds() if claimed and last else 0.0
+
+
+def set_accounts(url: str, every: int, account: str, others: str) -> None:
+    """Give every `every`-th row (id % every = 0) `account`, the others `others`; every = 0
+    gives all rows `others`."""
+    case = f"CASE WHEN id % {int(every)} = 0 THEN '{account}' ELSE '{others}' END"
+    query = f"UPDATE outbox SET account = {case if every else repr(others)}"
+    if url.startswith("sqlite"):
+        conn = sqlite3.connect(sqlite_path(url), timeout=30)
+        try:
+            conn.execute(query)
+            conn.commit()
+        finally:
+            conn.close()
+        return
+    if is_mysql(url):
+        with mysql_connect(url) as my:
+            with my.cursor() as cur:
+                cur.execute(query)
+            my.commit()
+        return
+    with psycopg.connect(pg_dsn(url)) as pg:
+        pg.execute(query)
+
+
+def sent_times(url: str, account: str) -> list[datetime]:
+    """The sent_at of the sent rows of `account`, in order."""
+    rows = _query(
+        url,
+        f"SELECT sent_at FROM outbox WHERE status = 'sent' AND account = '{account}' "
+        "ORDER BY sent_at",
+    )
+    return [t for t in (_parse_time(r[0]) for r in rows) if t is not None]
+
+
+def count_sent_of(url: str, account: str) -> int:
+    """How many rows of `account` are sent."""
+    query = f"SELECT count(*) FROM outbox WHERE status = 'sent' AND account = '{account}'"
+    return int(_query(url, query)[0][0])
+
+
+def pg_counters(url: str) -> dict[str, Any]:
+    """The commit count of the database of `url` (pg_stat_database) and the cluster's WAL
+    counters (pg_stat_wal, PostgreSQL 14 and later)."""
+    with psycopg.connect(pg_dsn(url), autocommit=True) as pg:
+        row = pg.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+        out: dict[str, Any] = {"xact_commit": int(row[0]) if row else 0}
+        try:
+            wal = pg.execute(
+                "SELECT wal_records, wal_bytes, wal_write, wal_sync FROM pg_stat_wal"
+            ).fetchone()
+        except psycopg.Error:
+            wal = None
+        if wal:
+            out |= {
+                "wal_records": int(wal[0]),
+                "wal_bytes": int(wal[1]),
+                "wal_write": int(wal[2]),
+                "wal_sync": int(wal[3]),
+            }
+        return out
+
+
+def pg_settings(url: str, names: tuple[str, ...]) -> dict[str, str]:
+    """SHOW each of `names`."""
+    with psycopg.connect(pg_dsn(url), autocommit=True) as pg:
+        return {name: str(pg.execute(f"SHOW {name}").fetchone()[0]) for name in names}  # type: ignore[index]

@@ -255,6 +255,10 @@ def render(res: dict[str, Any], png_name: str) -> list[str]:
             "```",
             "",
         ]
+    if any(res.get(k) for k in ("wan", "durable", "fair")) or _second_ceiling(tp):
+        out += ["### Targets (issue 15)", ""]
+        out += _table(["target", "wanted", "measured", "met"], targets_15(res))
+        out.append("")
     out += ["### Targets (issue 5)", ""]
     out += _table(["target", "wanted", "measured", "met"], targets(res))
     out.append("")
@@ -262,26 +266,37 @@ def render(res: dict[str, Any], png_name: str) -> list[str]:
         out += [
             f"### Throughput: draining {tp['rows']:,} rows, medians of {tp['rounds']} rounds",
             "",
+            *_measured(tp),
             "msgs/s over the robot's sending window (first to last `sent_at`); in brackets, "
             "over the whole process (start-up to exit). The ceiling and smtp-source ran in the "
             "same rounds, interleaved with the drains, against the same sink.",
             "",
         ]
         header = ["connections", "ceiling (aiosmtplib)", "smtp-source (C)"]
+        second = "ceiling-robot" in tp["medians"]
+        if second:
+            header.append("robot's protocol, no database")
         dbs = [d for d in DB_NAMES if f"robot-{d}" in tp["medians"]]
         for d in dbs:
             header += [f"robot {DB_NAMES[d]}", "ratio"]
+            if second:
+                header.append("ratio to its protocol")
         rows = []
         for conns in sorted(tp["medians"].get("ceiling", {}), key=int):
             row = [conns, _n(tp["medians"]["ceiling"][conns]["msgs_per_s"])]
             src = tp["medians"].get("smtp-source", {}).get(conns)
             row.append(_n(src["msgs_per_s"]) if src else NONE)
+            if second:
+                mine = tp["medians"]["ceiling-robot"].get(conns)
+                row.append(_n(mine["msgs_per_s"]) if mine else NONE)
             for d in dbs:
                 e = tp["medians"][f"robot-{d}"].get(conns)
                 row += [
                     f"{_n(e['msgs_per_s'])} ({_n(e['msgs_per_s_wall'])})" if e else NONE,
                     _n(e["ratio_to_ceiling"], 3) if e else NONE,
                 ]
+                if second:
+                    row.append(_n(e.get("ratio_to_robot_ceiling"), 3) if e else NONE)
             rows.append(row)
         out += _table(header, rows)
         out += ["", f"![throughput by connections]({png_name})", ""]
@@ -303,7 +318,7 @@ def render(res: dict[str, Any], png_name: str) -> list[str]:
         )
         out += ["", "</details>", ""]
     if lat:
-        out += ["### Pickup latency", ""]
+        out += ["### Pickup latency", "", *_measured(lat)]
         rows = [
             [
                 DB_NAMES[d],
@@ -335,7 +350,7 @@ def render(res: dict[str, Any], png_name: str) -> list[str]:
         )
         out += ["", "Latency = `sent_at - created_at` (database clock), `grace_minutes = 0`.", ""]
     if large:
-        out += ["### Large backlog", ""]
+        out += ["### Large backlog", "", *_measured(large)]
         rows = []
         for d in DB_NAMES:
             r = large.get(d)
@@ -382,6 +397,7 @@ def render(res: dict[str, Any], png_name: str) -> list[str]:
         ]
     if two:
         out += [f"### Two robots, one PostgreSQL outbox ({_n(two['rows'])} rows)", ""]
+        out += _measured(two)
         rows = []
         for key in ("1_robot", "2_robots"):
             r = two[key]
@@ -444,6 +460,7 @@ def render(res: dict[str, Any], png_name: str) -> list[str]:
             [[f"`{e['function']}`", str(e["percent"])] for e in prof["robot_inclusive"][:12]],
         )
         out.append("")
+    out += render_15(res)
     phases = {k: v.get("phase_seconds") for k, v in res.items() if v and k != "environment"}
     out += ["### Time each phase took", ""]
     out += _table(["phase", "seconds"], [[k, _n(v)] for k, v in phases.items() if v])
@@ -462,6 +479,399 @@ def render(res: dict[str, Any], png_name: str) -> list[str]:
     return out
 
 
+# -- issue 15 ---------------------------------------------------------------------------------
+
+SENDER_NAMES = {
+    "robot-sqlite": "email-robot, SQLite",
+    "robot-postgresql": "email-robot, PostgreSQL",
+    "ceiling-robot": "the robot's protocol alone (no database)",
+    "ceiling": "bare aiosmtplib (the first ceiling)",
+    "smtp-source": "Postfix smtp-source (C)",
+    "smtplib": "a plain smtplib loop (a thread a connection)",
+    "one-rtt": "bare client, one round trip a message (the practical limit)",
+    "lockstep": "bare client, one command at a time (the best without PIPELINING)",
+}
+
+
+def _sender_label(name: str) -> str:
+    kind, _, rev = name.partition(" ")
+    label = SENDER_NAMES.get(kind, kind)
+    return f"{label}, {rev}" if rev else label
+
+
+def _measured(result: dict[str, Any] | None) -> list[str]:
+    """Where a section's figures come from: its run's date and command."""
+    if not result:
+        return []
+    run = result.get("measured")
+    if not run:
+        return [
+            "(Measured by an earlier run than the one above: see the history of bench/results.)",
+            "",
+        ]
+    return [f"Measured {run['date']}: `{run['command']}` (robot: {run['robot']}).", ""]
+
+
+def _second_ceiling(tp: dict[str, Any] | None) -> bool:
+    return bool(tp and "ceiling-robot" in tp["medians"])
+
+
+def _robot_names(entry: dict[str, Any]) -> list[str]:
+    return [n for n in entry["senders"] if n.startswith("robot-")]
+
+
+def targets_15(res: dict[str, Any]) -> list[list[str]]:
+    """The targets of issue 15 against the runs in bench/results."""
+    rows: list[list[str]] = []
+    wan = res.get("wan")
+    for entry in (wan or {}).get("summary", []):
+        where = f"{entry['rtt_ms']} ms, {entry['connections']} connections"
+        for name in _robot_names(entry):
+            got = entry["senders"][name]
+            who = name.replace("robot-", "robot ").replace("sqlite", "SQLite")
+            if entry["server"] == "pipelining":
+                rows.append(
+                    [
+                        f"{where}, PIPELINING: {who} / (connections / RTT)",
+                        "≥ 0.85",
+                        _n(got["of_limit"], 2),
+                        _ok(got["of_limit"] >= 0.85),
+                    ]
+                )
+                rows.append(
+                    [
+                        f"{where}, PIPELINING: {who} / smtplib loop",
+                        "≥ 3",
+                        _n(got["to_smtplib"], 2),
+                        _ok(None if got["to_smtplib"] is None else got["to_smtplib"] >= 3),
+                    ]
+                )
+            else:
+                best = got["to_best_one_at_a_time"]
+                rows.append(
+                    [
+                        f"{where}, no PIPELINING: {who} / best one-command-at-a-time client",
+                        "≥ 0.9",
+                        _n(best, 2),
+                        _ok(None if best is None else best >= 0.9),
+                    ]
+                )
+    durable = res.get("durable")
+    for rev, got in _durable_by_rev(durable).items():
+        ratio = got["ratio_durable_to_fast"]
+        m = got["medians"]
+        rows.append(
+            [
+                f"PostgreSQL durable (fsync, synchronous_commit on) / fsync off{rev}",
+                "≥ 0.8",
+                f"{_n(ratio, 2)} ({_n(m['durable']['messages_per_commit'], 1)} against "
+                f"{_n(m['fsync off']['messages_per_commit'], 1)} messages a commit)",
+                _ok(None if ratio is None else ratio >= 0.8),
+            ]
+        )
+    tp = res.get("throughput")
+    conns = _wide(tp)
+    for database in ("sqlite", "postgresql"):
+        entry = _robot(tp, database, conns)
+        if not entry:
+            continue
+        ratio = entry.get("ratio_to_ceiling")
+        rows.append(
+            [
+                f"loopback, {conns} connections, {DB_NAMES[database]}: robot / aiosmtplib",
+                "≥ 0.8",
+                _n(ratio, 2),
+                _ok(None if ratio is None else ratio >= 0.8),
+            ]
+        )
+        second = entry.get("ratio_to_robot_ceiling")
+        if second is not None:
+            rows.append(
+                [
+                    f"loopback, {conns} connections, {DB_NAMES[database]}: robot / its "
+                    "protocol alone",
+                    "reported",
+                    _n(second, 2),
+                    NONE,
+                ]
+            )
+    fair_res = res.get("fair")
+    for database in ("sqlite", "postgresql"):
+        got = (fair_res or {}).get(database)
+        if not got:
+            continue
+        both = got["a_and_b"]
+        rows.append(
+            [
+                f"fair share, {DB_NAMES[database]}: b beside a / b alone",
+                "≥ 0.9",
+                _n(got["b_ratio"], 2),
+                _ok(None if got["b_ratio"] is None else got["b_ratio"] >= 0.9),
+            ]
+        )
+        rows.append(
+            [
+                f"fair share, {DB_NAMES[database]}: a's rate held (rate = {both['rate']:g})",
+                f"≤ {both['rate']:g}/s after a second's burst",
+                f"{_n(both['a_sent'])} sent in {_n(both['a_seconds'], 1)} s "
+                f"(bucket allows {_n(both['a_allowed_by_bucket'], 1)}); "
+                f"{_n(both['a_rate_in_b_window'], 2)}/s while b sent",
+                _ok(both["a_rate_held"]),
+            ]
+        )
+    large = res.get("large")
+    for database in ("sqlite", "postgresql"):
+        got = (large or {}).get(database)
+        if got:
+            rows.append(
+                [
+                    f"{DB_NAMES[database]}: peak RSS, {_n(got['rows'])}-row backlog",
+                    "≤ 150 MB",
+                    f"{_n(got['peak_rss_mb'], 1)} MB",
+                    _ok(got["peak_rss_mb"] <= 150),
+                ]
+            )
+    return rows
+
+
+def _durable_by_rev(durable: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The durable phase's medians and ratio by revision (', REV' labels; older results
+    hold one revision's only)."""
+    if not durable:
+        return {}
+    if "by_rev" not in durable:
+        return {"": durable}
+    return {f", {rev}": got for rev, got in durable["by_rev"].items()}
+
+
+def render_15(res: dict[str, Any]) -> list[str]:
+    """The sections of issue 15: latency, durable commits, fair share."""
+    out: list[str] = []
+    wan = res.get("wan")
+    if wan:
+        out += ["### Through network latency (bench/netdelay.py)", "", *_measured(wan)]
+        out += [
+            "Each sender goes through a TCP proxy that delays each direction by RTT/2 (and "
+            "opens the server side 1.5 RTT after the client connected, as TCP's handshake "
+            "would), to smtp-sink with PIPELINING and with `-p` (without it). msgs/s: the "
+            "robot's from its first claim to its last `sent_at`; the other senders' from "
+            "their first connect to the last QUIT. In brackets, the share of the limit "
+            "connections / RTT (one round trip a message). Every sender QUITs and reconnects "
+            "after 100 messages but smtp-source (one connection a session). Backlogs sized "
+            f"for about {_n(wan['seconds_sized_for'])} s at two round trips a message.",
+            "",
+            "The proxy's check (a ping-pong through it to a local echo server, median of "
+            f"{wan['netdelay_check'][0]['rounds'] if wan['netdelay_check'] else '?'} rounds; "
+            "connect to greeting should be 2 RTT; then 4 MiB echoed to check order):",
+            "",
+        ]
+        out += _table(
+            ["RTT set", "ping-pong by size", "connect to greeting", "4 MiB echoed", "within 10%"],
+            [
+                [
+                    f"{_n(c['rtt_ms'])} ms",
+                    ", ".join(
+                        f"{k} B: {_n(v['median_ms'], 2)} ms" for k, v in c["ping_pong"].items()
+                    ),
+                    f"{_n(c['greeting_ms'], 1)} ms",
+                    f"in {_n(c['bulk_seconds'], 2)} s, "
+                    + ("in order" if c["bulk_in_order"] else "**corrupted**"),
+                    _ok(c["passed"]),
+                ]
+                for c in wan["netdelay_check"]
+            ],
+        )
+        out.append("")
+        for server in ("pipelining", "no-pipelining"):
+            entries = [e for e in wan["summary"] if e["server"] == server]
+            if not entries:
+                continue
+            title = "with PIPELINING" if server == "pipelining" else "without PIPELINING (`-p`)"
+            out += [f"To smtp-sink {title}:", ""]
+            header = ["sender"] + [
+                f"{e['rtt_ms']} ms, {e['connections']} conn. (limit {_n(e['limit_msgs_per_s'])}"
+                f", {_n(e['rows'])} msgs)"
+                for e in entries
+            ]
+            names: list[str] = []
+            for e in entries:
+                names += [n for n in e["senders"] if n not in names]
+            order = list(SENDER_NAMES)
+            names.sort(
+                key=lambda n: (order.index(n.split(" ")[0]) if n.split(" ")[0] in order else 99, n)
+            )
+            rows = []
+            for name in names:
+                row = [_sender_label(name)]
+                for e in entries:
+                    got = e["senders"].get(name)
+                    if not got:
+                        row.append(NONE)
+                        continue
+                    cell = f"{_n(got['msgs_per_s'])} ({_n(got['of_limit'], 2)})"
+                    if name.startswith("robot-"):
+                        cell += f", x{_n(got['to_smtplib'], 2)} smtplib"
+                        if got["to_best_one_at_a_time"] is not None:
+                            cell += f", {_n(got['to_best_one_at_a_time'], 2)} of the best"
+                    row.append(cell)
+                rows.append(row)
+            out += _table(header, rows)
+            out.append("")
+        out += ["<details><summary>every WAN run</summary>", ""]
+        out += _table(
+            ["server", "RTT ms", "conn.", "sender", "msgs", "msgs/s", "seconds", "load (1 min)"],
+            [
+                [
+                    r["server"],
+                    str(r["rtt_ms"]),
+                    str(r["connections"]),
+                    _sender_label(f"{r['kind']} {r['rev']}" if r.get("rev") else r["kind"]),
+                    _n(r.get("sent", r.get("messages"))),
+                    _n(r.get("msgs_per_s_from_claim") or r["msgs_per_s"], 1),
+                    _n(r.get("wall_seconds", r.get("seconds")), 2),
+                    _n(r.get("load1"), 2),
+                ]
+                for r in wan["runs"]
+            ],
+        )
+        out += ["", "</details>", ""]
+    durable = res.get("durable")
+    if durable:
+        out += [
+            f"### Durable PostgreSQL: {_n(durable['rows'])} rows, {durable['connections']} "
+            f"connections, medians of {durable['rounds']} rounds",
+            "",
+            *_measured(durable),
+            "Two clusters in one run, each drain on a fresh copy of the same filled outbox: "
+            "the throwaway cluster of tests/support/pg.py (fsync, synchronous_commit, "
+            "full_page_writes off) and a durable one (PostgreSQL's defaults), both on "
+            f"{durable['filesystem']}. Commits: `pg_stat_database.xact_commit` of the "
+            "outbox's database before and after the drain (the robot's claims, group commits "
+            "and its own reads); WAL syncs: `pg_stat_wal.wal_sync`.",
+            "",
+        ]
+        rows = []
+        for rev, got in _durable_by_rev(durable).items():
+            for name in ("fsync off", "durable"):
+                m = got["medians"][name]
+                st = durable["settings"].get(name, {})
+                rows.append(
+                    [
+                        f"{name}{rev}",
+                        ", ".join(f"{k} {v}" for k, v in st.items()),
+                        _n(m["msgs_per_s"]),
+                        _n(m["commits_per_s"]),
+                        _n(m["messages_per_commit"], 1),
+                        _n(m["wal_syncs_per_s"]),
+                    ]
+                )
+        out += _table(
+            ["cluster", "settings", "msgs/s", "commits/s", "messages a commit", "WAL syncs/s"],
+            rows,
+        )
+        ratios = ", ".join(
+            f"**{_n(got['ratio_durable_to_fast'], 2)}**{rev}"
+            for rev, got in _durable_by_rev(durable).items()
+        )
+        probe = durable.get("fdatasync")
+        out += [
+            "",
+            f"Durable / fsync off: {ratios}.",
+            "",
+        ]
+        if probe:
+            out += [
+                f"The disk: one 8 KiB write + `fdatasync` took {_n(probe['median_ms'], 2)} ms "
+                f"(median; p90 {_n(probe['p90_ms'], 2)} ms; {_n(probe['per_s'])} a second "
+                "one after the other), the least a durable commit waits.",
+                "",
+            ]
+        out += [
+            "<details><summary>every durable run</summary>",
+            "",
+        ]
+        out += _table(
+            [
+                "round",
+                "cluster",
+                "msgs/s",
+                "wall s",
+                "commits",
+                "WAL syncs",
+                "WAL bytes/msg",
+                "load (1 min)",
+            ],
+            [
+                [
+                    str(r["round"]),
+                    r["cluster"] + (f", {r['rev']}" if r.get("rev") else ""),
+                    _n(r["msgs_per_s"]),
+                    _n(r["wall_seconds"], 2),
+                    _n(r["commits"]),
+                    _n(r["wal_syncs"]),
+                    _n(r["wal_bytes_per_message"]),
+                    _n(r["load1"], 2),
+                ]
+                for r in durable["runs"]
+            ],
+        )
+        out += ["", "</details>", ""]
+    fair_res = res.get("fair")
+    if fair_res:
+        out += [
+            f"### Fair share: account a (rate = {fair_res['rate']:g}, {_n(fair_res['a_rows'])} "
+            f"rows) beside unlimited b ({_n(fair_res['b_rows'])} rows), "
+            f"{fair_res['connections']} connections",
+            "",
+            *_measured(fair_res),
+            "Every third row in claim order is a's. b alone: b's rows only, the robot run "
+            "as beside a. "
+            "Beside a (right after, in each round): one robot (not draining) until b's "
+            "last row is sent and 10 s more. b's msgs/s over its own sending window; a's "
+            "rate while b sent and over its own window; b's sends per second (min / "
+            "median) show whether workers stalled. b's msgs/s of every round; the ratio is "
+            "of their medians; a's columns are the last round's.",
+            "",
+        ]
+        rows = []
+        for database in ("sqlite", "postgresql"):
+            got = fair_res.get(database)
+            if not got:
+                continue
+            both = got["a_and_b"]
+            rounds = got.get("rounds", [got])
+            rows.append(
+                [
+                    DB_NAMES[database],
+                    ", ".join(_n(r["b_alone"]["msgs_per_s"]) for r in rounds),
+                    ", ".join(_n(r["a_and_b"]["b_msgs_per_s"]) for r in rounds),
+                    _n(got["b_ratio"], 2),
+                    f"{_n(both['b_per_second_min'])} / {_n(both['b_per_second_median'])} "
+                    f"(alone {_n(got['b_alone'].get('b_per_second_min'))} / "
+                    f"{_n(got['b_alone'].get('b_per_second_median'))})",
+                    f"{_n(both['a_rate_in_b_window'], 2)}/s ({_n(both['a_sent_in_b_window'])})",
+                    f"{_n(both['a_rate_own_window'], 2)}/s ({_n(both['a_sent'])} in "
+                    f"{_n(both['a_seconds'], 1)} s)",
+                    _n(both["a_per_second_max"]),
+                ]
+            )
+        out += _table(
+            [
+                "database",
+                "b alone msgs/s",
+                "b beside a",
+                "ratio",
+                "b per second min / median",
+                "a while b sent",
+                "a over its window",
+                "a's most in one second",
+            ],
+            rows,
+        )
+        out.append("")
+    return out
+
+
 SKELETON = f"""# Benchmarks
 
 `make bench` (or `.venv/bin/python -m bench.run`): see bench/run.py.
@@ -476,7 +886,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--doc", type=Path, default=DOC)
     args = parser.parse_args(argv)
-    names = ("environment", "throughput", "latency", "large", "two_robots", "profile")
+    names = ["environment", "throughput", "latency", "large", "two_robots", "profile"]
+    names += ["wan", "durable", "fair"]
     res = {name: _load(args.results, name) for name in names}
     png = args.doc.with_name(args.doc.stem + "-throughput.png")
     if res["throughput"]:

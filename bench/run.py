@@ -13,6 +13,13 @@ Phases (each writes bench/results/PHASE.json as soon as it ends):
   two         two robots on one PostgreSQL (--two-database) outbox against one robot,
               exactly-once check
   profile     one SQLite drain of --rows rows under py-spy
+  wan         through bench/netdelay.py at --wan-rtts ms of round-trip time, --wan-connections
+              connections, to smtp-sink with and without PIPELINING: the robot (SQLite, each
+              --rev), its protocol alone, aiosmtplib, smtp-source, smtplib, one-rtt, lockstep
+  durable     --rows rows drained on the throwaway PostgreSQL cluster (fsync off) and on a
+              durable one (PostgreSQL's defaults), --durable-rounds rounds: commits, WAL syncs
+  fair        account a (rate = --fair-rate, --fair-a-rows rows) beside unlimited b
+              (--fair-b-rows rows), against b alone
 Then bench/report.py renders docs/benchmarks.md and docs/benchmarks-throughput.png.
 Never run in CI: the figures are only comparable within one run on one machine.
 """
@@ -20,6 +27,7 @@ Never run in CI: the figures are only comparable within one run on one machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -37,13 +45,13 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from bench import ceiling, drain, latency, outbox, profile, report, two_robots
+from bench import ceiling, drain, fair, latency, netdelay, outbox, profile, report, two_robots
 from bench.drain import RobotConfig
 from bench.sink import SmtpSink, ensure_installed, postfix_version
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-PHASES = ("throughput", "latency", "large", "two", "profile")
+PHASES = ("throughput", "latency", "large", "two", "profile", "wan", "durable", "fair")
 DATABASES = ("sqlite", "postgresql", "mariadb")
 
 
@@ -60,7 +68,7 @@ class Outboxes:
         self.pg = pg_cluster
         self.mariadb = mariadb
         self.maker = outbox.RowMaker()
-        self.templates: dict[tuple[str, int], str] = {}
+        self.templates: dict[tuple[str, int, str], str] = {}
         self.fill_seconds: dict[str, float] = {}
 
     def _schema(self, url: str, tag: str) -> None:
@@ -98,10 +106,13 @@ class Outboxes:
         return url
 
     def fresh(self, database: str, rows: int, name: str = "bench_run") -> str:
-        """A fresh copy of the template of (database, rows); its URL."""
-        key = (database, rows)
+        """A fresh copy of the template of (database, rows) with the schema of the robot
+        under test (revisions may differ by a migration); its URL."""
+        source = drain.SOURCE.name if drain.SOURCE else ""
+        key = (database, rows, source)
         if key not in self.templates:
-            self.templates[key] = self.filled(database, f"tmpl_{database}_{rows}", rows)
+            tag = f"tmpl_{database}_{rows}" + (f"_{source[-12:]}" if source else "")
+            self.templates[key] = self.filled(database, tag.replace("-", "_"), rows)
         template = self.templates[key]
         if database == "sqlite":
             dest = self.work / f"{name}.db"
@@ -140,6 +151,9 @@ def phase_throughput(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -
                 result = ceiling.run_subprocess(str(drain.PYTHON), sink.port, args.rows, conns)
                 runs.append({"round": rnd, "kind": "ceiling", "load1": _load1(), **result})
                 log(f"round {rnd} c={conns} ceiling {result['msgs_per_s']} msgs/s")
+                result = robot_ceiling(boxes.work, sink.port, args.rows, conns)
+                runs.append({"round": rnd, "kind": "ceiling-robot", "load1": _load1(), **result})
+                log(f"round {rnd} c={conns} robot protocol {result['msgs_per_s']} msgs/s")
                 source = ceiling.smtp_source(sink.port, args.rows, conns, result["message_bytes"])
                 if source is not None:
                     runs.append(
@@ -186,7 +200,15 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
         for conns, entry in out[kind].items():
             ceil = out.get("ceiling", {}).get(conns, {}).get("msgs_per_s")
             entry["ratio_to_ceiling"] = round(entry["msgs_per_s"] / ceil, 3) if ceil else None
+            mine = out.get("ceiling-robot", {}).get(conns, {}).get("msgs_per_s")
+            entry["ratio_to_robot_ceiling"] = round(entry["msgs_per_s"] / mine, 3) if mine else None
     return out
+
+
+def robot_ceiling(work: Path, port: int, total: int, conns: int) -> dict[str, Any]:
+    """bench/robot_ceiling.py in a fresh interpreter, with the robot under test."""
+    args = ["--port", str(port), "--messages", str(total), "--connections", str(conns)]
+    return drain.run_module("bench.robot_ceiling", args, work)
 
 
 def phase_latency(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -> dict[str, Any]:
@@ -276,12 +298,375 @@ def phase_profile(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -> d
     return {"drain": result, "raw": str(shown), **profile.summarise(raw)}
 
 
+# -- issue 15: latency, durable commits, fair accounts ---------------------------------------
+
+
+def wan_rows(args: argparse.Namespace, rtt: float, conns: int, pipelining: bool) -> int:
+    """The backlog of one WAN run: about --wan-seconds of sending for a client that pays two
+    round trips a message (four without PIPELINING), at least 2 messages a connection."""
+    trips = 2 if pipelining else 4
+    rows = round(conns / rtt / trips * float(args.wan_seconds) / 100) * 100
+    return max(rows, 2 * conns, 100)
+
+
+def _wan_senders(pipelining: bool) -> list[str]:
+    """The bare senders of a WAN configuration (besides the robot and its protocol)."""
+    return ["ceiling", "smtp-source", "smtplib", "one-rtt" if pipelining else "lockstep"]
+
+
+def _bare_sender(
+    kind: str, port: int, rows: int, conns: int, message_bytes: int, work: Path
+) -> dict[str, Any] | None:
+    if kind == "ceiling":
+        return ceiling.run_subprocess(str(drain.PYTHON), port, rows, conns)
+    if kind == "smtp-source":
+        return ceiling.smtp_source(port, rows, conns, message_bytes)
+    wan_args = ["--client", kind, "--port", str(port), "--messages", str(rows)]
+    return drain.run_module("bench.wan", [*wan_args, "--connections", str(conns)], work)
+
+
+def phase_wan(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -> dict[str, Any]:
+    checks = []
+    for rtt_ms in args.wan_rtts:
+        result = netdelay.check(rtt_ms / 1000)
+        checks.append(result)
+        pings = ", ".join(f"{k} B {v['median_ms']} ms" for k, v in result["ping_pong"].items())
+        log(f"netdelay check at {rtt_ms} ms: {pings}, passed {result['passed']}")
+    runs: list[dict[str, Any]] = []
+    message_bytes = 0
+    for rnd in range(1, args.wan_rounds + 1):
+        for pipelining in (True, False):
+            server = "pipelining" if pipelining else "no-pipelining"
+            with SmtpSink(sink_bin, pipelining=pipelining) as sink:
+                for rtt_ms in args.wan_rtts:
+                    rtt = rtt_ms / 1000
+                    with netdelay.NetDelay(sink.port, rtt, str(drain.PYTHON)) as port:
+                        for conns in args.wan_connections:
+                            rows = wan_rows(args, rtt, conns, pipelining)
+                            where = {
+                                "round": rnd,
+                                "server": server,
+                                "rtt_ms": rtt_ms,
+                                "connections": conns,
+                                "rows": rows,
+                                "limit_msgs_per_s": round(conns / rtt, 1),
+                            }
+                            for label, tree in args.sources.items():
+                                drain.use_source(tree)
+                                result = robot_ceiling(boxes.work, port, rows, conns)
+                                message_bytes = result["message_bytes"]
+                                runs.append(
+                                    {**where, "kind": "ceiling-robot", "rev": label, **result}
+                                )
+                                runs[-1]["load1"] = _load1()
+                                log(
+                                    f"wan {server} {rtt_ms} ms c={conns} robot protocol "
+                                    f"{label}: {result['msgs_per_s']} msgs/s"
+                                )
+                                for database in args.wan_databases:
+                                    url = boxes.fresh(database, rows)
+                                    config = RobotConfig(url=url, port=port, connections=conns)
+                                    tag = f"wan-{server}-{rtt_ms}-c{conns}-{database}"
+                                    result = drain.drain(config, boxes.work, rows, tag=tag)
+                                    window = outbox.sent_window_from_claim(url)
+                                    boxes.drop(url)
+                                    result["msgs_per_s_from_claim"] = (
+                                        round(result["sent"] / window, 1) if window else 0.0
+                                    )
+                                    runs.append(
+                                        {
+                                            **where,
+                                            "kind": f"robot-{database}",
+                                            "rev": label,
+                                            "load1": _load1(),
+                                            **result,
+                                        }
+                                    )
+                                    log(
+                                        f"wan {server} {rtt_ms} ms c={conns} robot {database} "
+                                        f"{label}: {result['msgs_per_s']} msgs/s "
+                                        f"({result['msgs_per_s_from_claim']} from first claim)"
+                                    )
+                            drain.use_source(args.sources.get(args.rev_labels[0]))
+                            for kind in _wan_senders(pipelining):
+                                got = _bare_sender(
+                                    kind, port, rows, conns, message_bytes or 2000, boxes.work
+                                )
+                                if got is None:
+                                    continue
+                                runs.append({**where, "kind": kind, "load1": _load1(), **got})
+                                runs[-1]["connections"] = conns
+                                log(
+                                    f"wan {server} {rtt_ms} ms c={conns} {kind}: "
+                                    f"{got['msgs_per_s']} msgs/s"
+                                )
+    return {
+        "rtts_ms": args.wan_rtts,
+        "connections": args.wan_connections,
+        "seconds_sized_for": args.wan_seconds,
+        "rounds": args.wan_rounds,
+        "revs": args.rev_labels,
+        "netdelay_check": checks,
+        "runs": runs,
+        "summary": wan_summary(runs),
+    }
+
+
+def wan_summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (server, RTT, connections): the median msgs/s of each sender (the robot's from its
+    first claim, so that its connections' set-up counts as the clients' does), its share of
+    connections / RTT, the robot's ratios to the smtplib loop and to the best
+    one-command-at-a-time client (servers without PIPELINING)."""
+    out = []
+    keys = sorted({(r["server"], r["rtt_ms"], r["connections"]) for r in runs})
+    for server, rtt_ms, conns in keys:
+        mine = [
+            r
+            for r in runs
+            if (r["server"], r["rtt_ms"], r["connections"]) == (server, rtt_ms, conns)
+        ]
+        limit = mine[0]["limit_msgs_per_s"]
+        senders: dict[str, float] = {}
+        for name in sorted({_sender_name(r) for r in mine}):
+            values = [_rate_of(r) for r in mine if _sender_name(r) == name]
+            senders[name] = outbox.median(values)
+        lockstep = [v for k, v in senders.items() if not k.startswith(("robot", "one-rtt"))]
+        best_one_at_a_time = max(lockstep) if server == "no-pipelining" and lockstep else None
+        smtplib_rate = senders.get("smtplib")
+        entry: dict[str, Any] = {
+            "server": server,
+            "rtt_ms": rtt_ms,
+            "connections": conns,
+            "rows": mine[0]["rows"],
+            "limit_msgs_per_s": limit,
+            "senders": {
+                name: {
+                    "msgs_per_s": rate,
+                    "of_limit": round(rate / limit, 3),
+                    "to_smtplib": round(rate / smtplib_rate, 2) if smtplib_rate else None,
+                    "to_best_one_at_a_time": round(rate / best_one_at_a_time, 3)
+                    if best_one_at_a_time
+                    else None,
+                    "round_trips_a_message": round(conns / (rtt_ms / 1000) / rate, 2)
+                    if rate
+                    else None,
+                }
+                for name, rate in senders.items()
+            },
+            "best_one_at_a_time": best_one_at_a_time,
+        }
+        out.append(entry)
+    return out
+
+
+def _sender_name(run: dict[str, Any]) -> str:
+    return f"{run['kind']} {run['rev']}" if run.get("rev") else str(run["kind"])
+
+
+def _rate_of(run: dict[str, Any]) -> float:
+    return float(run.get("msgs_per_s_from_claim") or run["msgs_per_s"])
+
+
+def phase_durable(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -> dict[str, Any]:
+    from tests.support.pg import PgCluster
+
+    conns = max(args.connections)
+    durable = PgCluster(durable=True)
+    durable.start()
+    work = boxes.work / "durable"
+    work.mkdir(exist_ok=True)
+    durable_boxes = Outboxes(work, durable)
+    clusters = {"fsync off": boxes, "durable": durable_boxes}
+    settings_shown = ("fsync", "synchronous_commit", "full_page_writes", "wal_sync_method")
+    runs: list[dict[str, Any]] = []
+    settings: dict[str, dict[str, str]] = {}
+    try:
+        with SmtpSink(sink_bin) as sink:
+            for rnd in range(1, args.durable_rounds + 1):
+                for label, tree in args.sources.items():
+                    drain.use_source(tree)
+                    for name, bx in clusters.items():
+                        url = bx.fresh("postgresql", args.rows, name="bench_durable")
+                        settings[name] = outbox.pg_settings(url, settings_shown)
+                        tag = f"durable-{name.replace(' ', '-')}-{len(runs)}"
+                        config = RobotConfig(url=url, port=sink.port, connections=conns)
+                        result = _counted_drain(config, work, args.rows, tag)
+                        bx.drop(url)
+                        runs.append(
+                            {
+                                "round": rnd,
+                                "rev": label or "working tree",
+                                "cluster": name,
+                                "load1": _load1(),
+                                **result,
+                            }
+                        )
+                        log(
+                            f"durable r{rnd} {label} {name}: {result['msgs_per_s']} msgs/s, "
+                            f"{result['commits']} commits, "
+                            f"{result['messages_per_commit']} msgs/commit"
+                        )
+        drain.use_source(args.sources[args.rev_labels[0]])
+    finally:
+        durable.stop()
+    by_rev = {}
+    for label in args.rev_labels:
+        rev = label or "working tree"
+        medians_of = {
+            name: {
+                key: outbox.median(
+                    [r[key] for r in runs if (r["rev"], r["cluster"]) == (rev, name) and r[key]]
+                )
+                for key in (
+                    "msgs_per_s",
+                    "commits_per_s",
+                    "messages_per_commit",
+                    "wal_syncs_per_s",
+                )
+            }
+            for name in clusters
+        }
+        fast, slow = medians_of["fsync off"]["msgs_per_s"], medians_of["durable"]["msgs_per_s"]
+        by_rev[rev] = {
+            "medians": medians_of,
+            "ratio_durable_to_fast": round(slow / fast, 3) if fast else None,
+        }
+    first = by_rev[args.rev_labels[0] or "working tree"]
+    return {
+        "rows": args.rows,
+        "connections": conns,
+        "rounds": args.durable_rounds,
+        "settings": settings,
+        "filesystem": _filesystem(),
+        "fdatasync": fdatasync_probe(durable.base_dir.parent),
+        "runs": runs,
+        "by_rev": by_rev,
+        **first,
+    }
+
+
+def _counted_drain(config: RobotConfig, work: Path, rows: int, tag: str) -> dict[str, Any]:
+    """A PostgreSQL drain with its commits (pg_stat_database) and WAL syncs (pg_stat_wal)."""
+    before = outbox.pg_counters(config.url)
+    result = drain.drain(config, work, rows, tag=tag)
+    time.sleep(1.0)  # the robot's backends report their counts as they exit
+    after = outbox.pg_counters(config.url)
+    delta = {k: after[k] - before.get(k, 0) for k in after}
+    commits = delta["xact_commit"] - 1  # our own reading of the counters
+    window = result["window_seconds"]
+    return result | {
+        "commits": commits,
+        "commits_per_s": round(commits / window, 1) if window else None,
+        "messages_per_commit": round(result["sent"] / commits, 2) if commits else None,
+        "wal_syncs": delta.get("wal_sync"),
+        "wal_syncs_per_s": round(delta["wal_sync"] / window, 1)
+        if window and "wal_sync" in delta
+        else None,
+        "wal_bytes_per_message": round(delta["wal_bytes"] / result["sent"])
+        if "wal_bytes" in delta
+        else None,
+    }
+
+
+def fdatasync_probe(folder: Path, seconds: float = 2.0) -> dict[str, Any]:
+    """How long one 8 KiB write + fdatasync takes in `folder` (the clusters' disk): what a
+    durable commit waits for at least."""
+    path = folder / "fdatasync-probe"
+    times = []
+    block = os.urandom(8192)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            os.pwrite(fd, block, 0)
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    return {
+        "syncs": len(times),
+        "median_ms": round(outbox.median(times) * 1000, 3),
+        "p90_ms": round(outbox.percentile(times, 90) * 1000, 3),
+        "per_s": round(len(times) / sum(times), 1) if times else 0.0,
+    }
+
+
+def _filesystem() -> str:
+    """The file system the clusters live on (/tmp)."""
+    try:
+        out = subprocess.run(
+            ["df", "--output=fstype,source", "/tmp"], capture_output=True, text=True
+        ).stdout.split()
+        return " ".join(out[2:]) if len(out) >= 4 else "?"
+    except OSError:
+        return "?"
+
+
+def phase_fair(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -> dict[str, Any]:
+    conns = max(args.connections)
+    out: dict[str, Any] = {
+        "rate": args.fair_rate,
+        "a_rows": args.fair_a_rows,
+        "b_rows": args.fair_b_rows,
+        "connections": conns,
+    }
+    with SmtpSink(sink_bin) as sink:
+        for database in args.fair_databases:
+            rounds: list[dict[str, Any]] = []
+            for rnd in range(1, args.fair_rounds + 1):
+                url = boxes.fresh(database, args.fair_b_rows, name="bench_fair_b")
+                base = RobotConfig(url=url, port=sink.port, connections=conns)
+                config = fair.config_for(base, args.fair_rate)
+                tag = f"fair-b-{database}-r{rnd}"
+                alone = fair.b_alone(config, boxes.work, args.fair_b_rows, tag=tag)
+                alone["load1"] = _load1()
+                boxes.drop(url)
+                log(f"fair {database} r{rnd}: b alone {alone['msgs_per_s']} msgs/s")
+                total = args.fair_a_rows + args.fair_b_rows
+                url = boxes.fresh(database, total, name="bench_fair_ab")
+                config = fair.config_for(dataclasses.replace(base, url=url), args.fair_rate)
+                both = fair.a_and_b(
+                    config,
+                    boxes.work,
+                    a_rows=args.fair_a_rows,
+                    b_rows=args.fair_b_rows,
+                    rate=args.fair_rate,
+                    tag=f"fair-ab-{database}-r{rnd}",
+                )
+                both["load1"] = _load1()
+                boxes.drop(url)
+                log(
+                    f"fair {database} r{rnd}: b beside a {both['b_msgs_per_s']} msgs/s, "
+                    f"a {both['a_rate_in_b_window']}/s in b's window"
+                )
+                rounds.append({"round": rnd, "b_alone": alone, "a_and_b": both})
+            alone_median = outbox.median([r["b_alone"]["msgs_per_s"] for r in rounds])
+            beside = outbox.median([r["a_and_b"]["b_msgs_per_s"] for r in rounds])
+            ratio = beside / alone_median if alone_median else None
+            out[database] = {
+                "rounds": rounds,
+                "b_alone_median": alone_median,
+                "b_beside_a_median": beside,
+                "b_ratio": round(ratio, 3) if ratio else None,
+                # the last round in full, for the tables
+                "b_alone": rounds[-1]["b_alone"],
+                "a_and_b": rounds[-1]["a_and_b"],
+            }
+            log(f"fair {database}: b beside a / b alone {out[database]['b_ratio']}")
+    return out
+
+
 RUNNERS: dict[str, Callable[[argparse.Namespace, Outboxes, str], dict[str, Any]]] = {
     "throughput": phase_throughput,
     "latency": phase_latency,
     "large": phase_large,
     "two": phase_two,
     "profile": phase_profile,
+    "wan": phase_wan,
+    "durable": phase_durable,
+    "fair": phase_fair,
 }
 
 
@@ -388,6 +773,12 @@ def environment(args: argparse.Namespace, pg_cluster: Any, mariadb: Any = None) 
             "latency_rate": args.latency_rate,
             "latency_seconds": args.latency_seconds,
             "poll_seconds": args.poll_seconds,
+            "wan_rtts_ms": args.wan_rtts,
+            "wan_connections": args.wan_connections,
+            "wan_seconds": args.wan_seconds,
+            "revs": [r or "working tree" for r in args.rev_labels],
+            "fair": f"a: rate {args.fair_rate:g}, {args.fair_a_rows} rows; "
+            f"b: unlimited, {args.fair_b_rows} rows",
             "seed": outbox.SEED,
             "body_chars": outbox.BODY_CHARS,
             "robot_ini": RobotConfig(url="URL", port=0, connections=0)
@@ -436,8 +827,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rev",
         default=None,
         help="benchmark robot/ and migrations/ of this git revision (git archive) instead of "
-        "the working tree",
+        "the working tree; several, comma-separated (main,pipeline), run the robot of each "
+        "in the wan phase, the first one everywhere else",
     )
+    parser.add_argument("--wan-rtts", type=ints, default=[20, 50], help="ms, e.g. 20,50")
+    parser.add_argument("--wan-connections", type=ints, default=[4, 16])
+    parser.add_argument(
+        "--wan-seconds",
+        type=float,
+        default=10.0,
+        help="size each WAN backlog for this long at two round trips a message",
+    )
+    parser.add_argument("--wan-rounds", type=int, default=1)
+    parser.add_argument("--wan-databases", type=names, default=["sqlite"])
+    parser.add_argument("--durable-rounds", type=int, default=2)
+    parser.add_argument("--fair-rate", type=float, default=5.0, help="account a's rate")
+    parser.add_argument("--fair-a-rows", type=int, default=10_000)
+    parser.add_argument("--fair-b-rows", type=int, default=20_000)
+    parser.add_argument("--fair-databases", type=names, default=list(DATABASES))
+    parser.add_argument("--fair-rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a small smoke pass")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     parser.add_argument("--no-report", action="store_true", help="do not render docs/")
@@ -445,6 +853,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.rows, args.rounds, args.connections = 2000, 1, [1, 16]
         args.large_rows, args.latency_seconds = 10_000, 5.0
+        args.wan_seconds, args.wan_connections, args.durable_rounds = 3.0, [4], 1
+        args.fair_a_rows, args.fair_b_rows, args.fair_rounds = 1000, 2000, 1
         if args.only is None:
             args.skip = [*args.skip, "profile"]
         args.out = args.out or RESULTS / "quick"
@@ -454,7 +864,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.only) - set(PHASES)
     if unknown or set(args.databases) - set(DATABASES):
         parser.error(f"unknown phase or database: {sorted(unknown) or args.databases}")
+    args.rev_labels = [r for r in (args.rev or "").split(",") if r] or [None]
+    args.sources = {}
     return args
+
+
+def extract(rev: str, work: Path) -> tuple[str, Path]:
+    """robot/ and migrations/ of `rev` (git archive) in a folder of `work`; the full hash
+    and the folder."""
+    full = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    source = work / f"source-{full[:12]}"
+    source.mkdir(exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", full, "robot", "migrations"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    return full, source
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -464,43 +895,40 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     sink_bin = ensure_installed()
-    needs_pg = "postgresql" in args.databases or (
-        "two" in args.phases and args.two_database == "postgresql"
-    )
-    needs_pg = needs_pg or "postgresql" in args.large_databases
+    wanted = {
+        "throughput": args.databases,
+        "latency": args.databases,
+        "large": args.large_databases,
+        "two": [args.two_database],
+        "profile": [],
+        "wan": args.wan_databases,
+        "durable": ["postgresql"],
+        "fair": args.fair_databases,
+    }
+    needs_pg = any("postgresql" in wanted[phase] for phase in args.phases)
     work = Path(tempfile.mkdtemp(prefix="robot-bench-"))
     work.chmod(0o755)  # smtp-sink writes its dump as an unprivileged user
     pg_cluster = None
     mariadb = None
     timings: dict[str, float] = {}
     try:
-        if args.rev:
-            args.rev = subprocess.run(
-                ["git", "rev-parse", "--verify", f"{args.rev}^{{commit}}"],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-            source = work / "source"
-            source.mkdir()
-            archive = subprocess.run(
-                ["git", "archive", args.rev, "robot", "migrations"],
-                cwd=ROOT,
-                capture_output=True,
-                check=True,
-            ).stdout
-            subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
-            drain.use_source(source)
+        revs = []
+        for label in args.rev_labels:
+            if label is None:
+                args.sources[None] = None
+                continue
+            full, source = extract(label, work)
+            revs.append(full)
+            args.sources[f"{label} ({full[:7]})" if not full.startswith(label) else label] = source
+        args.rev_labels = list(args.sources)
+        args.rev = revs[0] if revs else None
+        drain.use_source(args.sources[args.rev_labels[0]])
         if needs_pg:
             from tests.support.pg import PgCluster
 
             pg_cluster = PgCluster()
             pg_cluster.start()
-        mariadb_phases = [*args.databases, *args.large_databases]
-        if "two" in args.phases:
-            mariadb_phases.append(args.two_database)
-        if "mariadb" in mariadb_phases:
+        if any("mariadb" in wanted[phase] for phase in args.phases):
             from tests.support.mariadb import MariaDbServer
 
             mariadb = MariaDbServer()
@@ -516,6 +944,8 @@ def main(argv: list[str] | None = None) -> int:
             result["phase_seconds"] = timings[phase]
             result["load1_at_end"] = _load1()
             result["fill_seconds"] = dict(boxes.fill_seconds)
+            result["measured"] = {"date": env["date"], "command": env["command"]}
+            result["measured"]["robot"] = env["email_robot"]
             path = args.out / f"{'two_robots' if phase == 'two' else phase}.json"
             path.write_text(json.dumps(result, indent=2) + "\n")
             log(f"phase {phase} done in {timings[phase]} s -> {path}")

@@ -2,9 +2,10 @@
 
 `scripts/ensure-smtp-sink.sh` installs the Debian package `postfix` noninteractively when
 smtp-sink is missing and leaves the Postfix MTA stopped and disabled. smtp-sink accepts any
-number of messages per connection, with PIPELINING, and throws them away; with a dump file
-(`-D FILE`, a name without strftime escapes) it appends every transaction to that one file,
-which is how the two-robot run counts Message-IDs.
+number of messages per connection, with PIPELINING (not announced with `-p`:
+`pipelining=False`), and throws them away; with a dump file (`-D FILE`, a name without
+strftime escapes) it appends every transaction to that one file, which is how the two-robot
+run counts Message-IDs.
 """
 
 from __future__ import annotations
@@ -57,9 +58,10 @@ def free_port() -> int:
 class SmtpSink:
     """One smtp-sink process on 127.0.0.1:<free port>, optionally dumping to a file."""
 
-    def __init__(self, binary: str, dump: Path | None = None) -> None:
+    def __init__(self, binary: str, dump: Path | None = None, *, pipelining: bool = True) -> None:
         self.binary = binary
         self.dump = dump
+        self.pipelining = pipelining  # False: -p, PIPELINING is not announced
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -70,6 +72,8 @@ class SmtpSink:
             cmd += ["-u", UNPRIVILEGED]
         if self.dump is not None:
             cmd += ["-D", str(self.dump)]
+        if not self.pipelining:
+            cmd.append("-p")
         return [*cmd, f"127.0.0.1:{self.port}", str(BACKLOG)]
 
     def start(self) -> SmtpSink:

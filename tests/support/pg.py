@@ -65,9 +65,13 @@ def _free_port() -> int:
 
 
 class PgCluster:
-    """A private PostgreSQL server on 127.0.0.1:<free port>, superuser ``postgres``, trust auth."""
+    """A private PostgreSQL server on 127.0.0.1:<free port>, superuser ``postgres``, trust auth.
 
-    def __init__(self, base_dir: Path | None = None) -> None:
+    fsync, synchronous_commit and full_page_writes are off unless `durable` (the benchmark's
+    durable cluster keeps PostgreSQL's defaults)."""
+
+    def __init__(self, base_dir: Path | None = None, *, durable: bool = False) -> None:
+        self.durable = durable  # the distribution's defaults: fsync, synchronous_commit on
         self.bindir = find_bindir()
         self.as_root = os.geteuid() == 0
         parent = base_dir if base_dir is not None else (Path("/tmp") if self.as_root else None)
@@ -143,12 +147,11 @@ class PgCluster:
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
             "unix_socket_directories": f"'{self.data_dir}'",
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
             "max_connections": "200",
             "log_min_messages": "warning",
         }
+        if not self.durable:  # a throwaway cluster need not survive a crash
+            settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
         with conf.open("a") as f:  # appended settings win over earlier ones
             f.write("\n# email-robot test cluster\n")
             for key, value in settings.items():
