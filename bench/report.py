@@ -827,7 +827,7 @@ def render_15(res: dict[str, Any]) -> list[str]:
             "last row is sent and 10 s more. b's msgs/s over its own sending window; a's "
             "rate while b sent and over its own window; b's sends per second (min / "
             "median) show whether workers stalled. b's msgs/s of every round; the ratio is "
-            "of their medians; a's columns are the last round's.",
+            "of their medians, in brackets each round's; a's columns are the last round's.",
             "",
         ]
         rows = []
@@ -839,7 +839,7 @@ def render_15(res: dict[str, Any]) -> list[str]:
                     f"{DB_NAMES[database]}, {rev}" if rev else DB_NAMES[database],
                     ", ".join(_n(r["b_alone"]["msgs_per_s"]) for r in rounds),
                     ", ".join(_n(r["a_and_b"]["b_msgs_per_s"]) for r in rounds),
-                    _n(got["b_ratio"], 2),
+                    f"{_n(got['b_ratio'], 2)} (rounds {_round_ratios(rounds)})",
                     f"{_n(both['b_per_second_min'])} / {_n(both['b_per_second_median'])} "
                     f"(alone {_n(got['b_alone'].get('b_per_second_min'))} / "
                     f"{_n(got['b_alone'].get('b_per_second_median'))})",
@@ -866,6 +866,16 @@ def render_15(res: dict[str, Any]) -> list[str]:
         )
         out.append("")
     return out
+
+
+def _round_ratios(rounds: list[dict[str, Any]]) -> str:
+    """b beside a / b alone of each round (run one after the other, so a load that changes
+    over the run moves both less than it moves the medians)."""
+    ratios = []
+    for r in rounds:
+        alone = r["b_alone"]["msgs_per_s"]
+        ratios.append(_n(r["a_and_b"]["b_msgs_per_s"] / alone, 2) if alone else NONE)
+    return ", ".join(ratios)
 
 
 def _fair_results(fair_res: dict[str, Any] | None) -> list[tuple[str, str, dict[str, Any]]]:
