@@ -74,9 +74,13 @@ def a_and_b(
     robot = RobotProcess(ini, work / f"{tag}.log", drain=False)
     deadline = time.monotonic() + SETTLE_TIMEOUT
     b_sent = 0
+    a_sending_max = 0  # a's rows claimed (status 'sending') at once, seen every 0.2 s
     try:
         while time.monotonic() < deadline and robot.proc.poll() is None:
             b_sent = outbox.count_sent_of(config.url, "b")
+            if a_rows:
+                a_sending = outbox.count_sent_of(config.url, "a", "sending")
+                a_sending_max = max(a_sending_max, a_sending)
             if b_sent >= b_rows:
                 break
             time.sleep(0.2)
@@ -110,6 +114,7 @@ def a_and_b(
         "b_per_second_min": min(b_seconds) if b_seconds else None,
         "b_per_second_median": statistics.median(b_seconds) if b_seconds else None,
         "a_sent": len(a_times),
+        "a_sending_max": a_sending_max,
         "a_sent_in_b_window": len(a_in_b),
         "a_rate_in_b_window": round(len(a_in_b) / b_window, 3) if b_window > 0 else None,
         "a_rate_own_window": round(_rate(a_times), 3),

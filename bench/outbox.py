@@ -378,6 +378,12 @@ def set_accounts(url: str, every: int, account: str, others: str) -> None:
         finally:
             conn.close()
         return
+    if is_mysql(url):
+        with mysql_connect(url) as my:
+            with my.cursor() as cur:
+                cur.execute(query)
+            my.commit()
+        return
     with psycopg.connect(pg_dsn(url)) as pg:
         pg.execute(query)
 
@@ -392,9 +398,9 @@ def sent_times(url: str, account: str) -> list[datetime]:
     return [t for t in (_parse_time(r[0]) for r in rows) if t is not None]
 
 
-def count_sent_of(url: str, account: str) -> int:
-    """How many rows of `account` are sent."""
-    query = f"SELECT count(*) FROM outbox WHERE status = 'sent' AND account = '{account}'"
+def count_sent_of(url: str, account: str, status: str = "sent") -> int:
+    """How many rows of `account` are sent (or in `status`)."""
+    query = f"SELECT count(*) FROM outbox WHERE status = '{status}' AND account = '{account}'"
     return int(_query(url, query)[0][0])
 
 

@@ -595,15 +595,12 @@ def targets_15(res: dict[str, Any]) -> list[list[str]]:
                     NONE,
                 ]
             )
-    fair_res = res.get("fair")
-    for database in ("sqlite", "postgresql"):
-        got = (fair_res or {}).get(database)
-        if not got:
-            continue
+    for rev, database, got in _fair_results(res.get("fair")):
         both = got["a_and_b"]
+        where = f"{DB_NAMES[database]}, {rev}" if rev else DB_NAMES[database]
         rows.append(
             [
-                f"fair share, {DB_NAMES[database]}: b beside a / b alone",
+                f"fair share, {where}: b beside a / b alone",
                 "≥ 0.9",
                 _n(got["b_ratio"], 2),
                 _ok(None if got["b_ratio"] is None else got["b_ratio"] >= 0.9),
@@ -611,7 +608,7 @@ def targets_15(res: dict[str, Any]) -> list[list[str]]:
         )
         rows.append(
             [
-                f"fair share, {DB_NAMES[database]}: a's rate held (rate = {both['rate']:g})",
+                f"fair share, {where}: a's rate held (rate = {both['rate']:g})",
                 f"≤ {both['rate']:g}/s after a second's burst",
                 f"{_n(both['a_sent'])} sent in {_n(both['a_seconds'], 1)} s "
                 f"(bucket allows {_n(both['a_allowed_by_bucket'], 1)}); "
@@ -830,22 +827,19 @@ def render_15(res: dict[str, Any]) -> list[str]:
             "last row is sent and 10 s more. b's msgs/s over its own sending window; a's "
             "rate while b sent and over its own window; b's sends per second (min / "
             "median) show whether workers stalled. b's msgs/s of every round; the ratio is "
-            "of their medians; a's columns are the last round's.",
+            "of their medians, in brackets each round's; a's columns are the last round's.",
             "",
         ]
         rows = []
-        for database in ("sqlite", "postgresql"):
-            got = fair_res.get(database)
-            if not got:
-                continue
+        for rev, database, got in _fair_results(fair_res):
             both = got["a_and_b"]
             rounds = got.get("rounds", [got])
             rows.append(
                 [
-                    DB_NAMES[database],
+                    f"{DB_NAMES[database]}, {rev}" if rev else DB_NAMES[database],
                     ", ".join(_n(r["b_alone"]["msgs_per_s"]) for r in rounds),
                     ", ".join(_n(r["a_and_b"]["b_msgs_per_s"]) for r in rounds),
-                    _n(got["b_ratio"], 2),
+                    f"{_n(got['b_ratio'], 2)} (rounds {_round_ratios(rounds)})",
                     f"{_n(both['b_per_second_min'])} / {_n(both['b_per_second_median'])} "
                     f"(alone {_n(got['b_alone'].get('b_per_second_min'))} / "
                     f"{_n(got['b_alone'].get('b_per_second_median'))})",
@@ -853,6 +847,7 @@ def render_15(res: dict[str, Any]) -> list[str]:
                     f"{_n(both['a_rate_own_window'], 2)}/s ({_n(both['a_sent'])} in "
                     f"{_n(both['a_seconds'], 1)} s)",
                     _n(both["a_per_second_max"]),
+                    _n(both.get("a_sending_max")),
                 ]
             )
         out += _table(
@@ -865,11 +860,42 @@ def render_15(res: dict[str, Any]) -> list[str]:
                 "a while b sent",
                 "a over its window",
                 "a's most in one second",
+                "a's rows claimed at once (most seen)",
             ],
             rows,
         )
         out.append("")
     return out
+
+
+def _round_ratios(rounds: list[dict[str, Any]]) -> str:
+    """b beside a / b alone of each round (run one after the other, so a load that changes
+    over the run moves both less than it moves the medians)."""
+    ratios = []
+    for r in rounds:
+        alone = r["b_alone"]["msgs_per_s"]
+        ratios.append(_n(r["a_and_b"]["b_msgs_per_s"] / alone, 2) if alone else NONE)
+    return ", ".join(ratios)
+
+
+def _fair_results(fair_res: dict[str, Any] | None) -> list[tuple[str, str, dict[str, Any]]]:
+    """(revision, database, result) of the fair phase: each --rev when several were run
+    (revision "" for one)."""
+    if not fair_res:
+        return []
+    by_rev = fair_res.get("by_rev") or {}
+    if len(by_rev) > 1:
+        return [
+            (rev, database, got)
+            for database in ("sqlite", "postgresql", "mariadb")
+            for rev, results in by_rev.items()
+            if (got := results.get(database))
+        ]
+    return [
+        ("", database, fair_res[database])
+        for database in ("sqlite", "postgresql", "mariadb")
+        if fair_res.get(database)
+    ]
 
 
 SKELETON = f"""# Benchmarks

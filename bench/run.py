@@ -611,51 +611,77 @@ def phase_fair(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -> dict
         "a_rows": args.fair_a_rows,
         "b_rows": args.fair_b_rows,
         "connections": conns,
+        "revs": [label or "working tree" for label in args.rev_labels],
+        "by_rev": {},
     }
     with SmtpSink(sink_bin) as sink:
         for database in args.fair_databases:
-            rounds: list[dict[str, Any]] = []
+            rounds: dict[str, list[dict[str, Any]]] = {}
             for rnd in range(1, args.fair_rounds + 1):
-                url = boxes.fresh(database, args.fair_b_rows, name="bench_fair_b")
-                base = RobotConfig(url=url, port=sink.port, connections=conns)
-                config = fair.config_for(base, args.fair_rate)
-                tag = f"fair-b-{database}-r{rnd}"
-                alone = fair.b_alone(config, boxes.work, args.fair_b_rows, tag=tag)
-                alone["load1"] = _load1()
-                boxes.drop(url)
-                log(f"fair {database} r{rnd}: b alone {alone['msgs_per_s']} msgs/s")
-                total = args.fair_a_rows + args.fair_b_rows
-                url = boxes.fresh(database, total, name="bench_fair_ab")
-                config = fair.config_for(dataclasses.replace(base, url=url), args.fair_rate)
-                both = fair.a_and_b(
-                    config,
-                    boxes.work,
-                    a_rows=args.fair_a_rows,
-                    b_rows=args.fair_b_rows,
-                    rate=args.fair_rate,
-                    tag=f"fair-ab-{database}-r{rnd}",
-                )
-                both["load1"] = _load1()
-                boxes.drop(url)
-                log(
-                    f"fair {database} r{rnd}: b beside a {both['b_msgs_per_s']} msgs/s, "
-                    f"a {both['a_rate_in_b_window']}/s in b's window"
-                )
-                rounds.append({"round": rnd, "b_alone": alone, "a_and_b": both})
-            alone_median = outbox.median([r["b_alone"]["msgs_per_s"] for r in rounds])
-            beside = outbox.median([r["a_and_b"]["b_msgs_per_s"] for r in rounds])
-            ratio = beside / alone_median if alone_median else None
-            out[database] = {
-                "rounds": rounds,
-                "b_alone_median": alone_median,
-                "b_beside_a_median": beside,
-                "b_ratio": round(ratio, 3) if ratio else None,
-                # the last round in full, for the tables
-                "b_alone": rounds[-1]["b_alone"],
-                "a_and_b": rounds[-1]["a_and_b"],
-            }
-            log(f"fair {database}: b beside a / b alone {out[database]['b_ratio']}")
+                for label, tree in args.sources.items():
+                    drain.use_source(tree)
+                    rev = label or "working tree"
+                    rounds.setdefault(rev, []).append(
+                        _fair_round(args, boxes, sink, database, rnd, rev)
+                    )
+            drain.use_source(args.sources[args.rev_labels[0]])
+            for rev, done in rounds.items():
+                got = _fair_medians(done)
+                out["by_rev"].setdefault(rev, {})[database] = got
+                log(f"fair {database} {rev}: b beside a / b alone {got['b_ratio']}")
+            out[database] = out["by_rev"][out["revs"][0]][database]
     return out
+
+
+def _fair_round(
+    args: argparse.Namespace, boxes: Outboxes, sink: SmtpSink, database: str, rnd: int, rev: str
+) -> dict[str, Any]:
+    """b alone, then b beside a, on fresh outboxes with the schema of the robot in use."""
+    conns = max(args.connections)
+    name = rev.split(" ")[0].replace("/", "_")
+    url = boxes.fresh(database, args.fair_b_rows, name="bench_fair_b")
+    base = RobotConfig(url=url, port=sink.port, connections=conns)
+    config = fair.config_for(base, args.fair_rate)
+    tag = f"fair-b-{database}-{name}-r{rnd}"
+    alone = fair.b_alone(config, boxes.work, args.fair_b_rows, tag=tag)
+    alone["load1"] = _load1()
+    boxes.drop(url)
+    log(f"fair {database} {rev} r{rnd}: b alone {alone['msgs_per_s']} msgs/s")
+    total = args.fair_a_rows + args.fair_b_rows
+    url = boxes.fresh(database, total, name="bench_fair_ab")
+    config = fair.config_for(dataclasses.replace(base, url=url), args.fair_rate)
+    both = fair.a_and_b(
+        config,
+        boxes.work,
+        a_rows=args.fair_a_rows,
+        b_rows=args.fair_b_rows,
+        rate=args.fair_rate,
+        tag=f"fair-ab-{database}-{name}-r{rnd}",
+    )
+    both["load1"] = _load1()
+    boxes.drop(url)
+    log(
+        f"fair {database} {rev} r{rnd}: b beside a {both['b_msgs_per_s']} msgs/s, "
+        f"a {both['a_rate_in_b_window']}/s in b's window, "
+        f"a's rows claimed at most {both.get('a_sending_max')}"
+    )
+    return {"round": rnd, "b_alone": alone, "a_and_b": both}
+
+
+def _fair_medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """b's medians alone and beside a over the rounds of one revision, their ratio."""
+    alone_median = outbox.median([r["b_alone"]["msgs_per_s"] for r in rounds])
+    beside = outbox.median([r["a_and_b"]["b_msgs_per_s"] for r in rounds])
+    ratio = beside / alone_median if alone_median else None
+    return {
+        "rounds": rounds,
+        "b_alone_median": alone_median,
+        "b_beside_a_median": beside,
+        "b_ratio": round(ratio, 3) if ratio else None,
+        # the last round in full, for the tables
+        "b_alone": rounds[-1]["b_alone"],
+        "a_and_b": rounds[-1]["a_and_b"],
+    }
 
 
 RUNNERS: dict[str, Callable[[argparse.Namespace, Outboxes, str], dict[str, Any]]] = {

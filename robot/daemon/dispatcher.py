@@ -6,13 +6,16 @@ due, the end of an account's pause, or a worker that finished the last row of a 
 An account with a `rate` gets its share, not the connections: a row of it whose token is
 not there yet is held aside, in claim order, and the worker takes the next row instead. A
 timer wakes a worker when the next token is due; a worker waits for a token only when
-nothing else is queued. While an account has rows held, the claim leaves its other rows alone.
+nothing else is queued. The claim leaves the rows of accounts with a rate alone and leases
+them by a claim of their own, only CLAIM_AHEAD_SECONDS of their rate ahead: a slow
+account's backlog neither fills the other accounts' claims nor sits leased in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,6 +34,7 @@ from robot.outbox.both_sides import Outbox
 from robot.outbox.rows import OutboxRow
 
 WAKE_SLACK = 0.05  # seconds after a known due time, so that the database clock agrees
+CLAIM_AHEAD_SECONDS = 2.0  # an account with a rate has this much of it claimed, and its burst
 
 
 class LookAtHeld:
@@ -72,6 +76,10 @@ class Dispatcher:
         self.looks_queued = 0  # LOOK_AT_HELD items in the queue
         self.in_flight = 0
         self.leased: set[int] = set()  # claimed rows queued or on a wire: their leases renewed
+        self.account_of: dict[int, str] = {}  # of those rows: their account ("default")
+        self.claimed_of: dict[str, int] = {}  # by account: how many of those rows
+        self.none_due_until: dict[str, float] = {}  # an account's own claim found too few
+        self.looked_past_an_account = False  # the last claim skipped one for none_due_until
         self.claimed_at: dict[int, float] = {}  # of those rows: when their claim began
         self.to_release: list[int] = []  # taken from the queue after stop: released, not sent
         self.wake_times: set[float] = set()  # wake-up timers set (monotonic, rounded)
@@ -107,31 +115,66 @@ class Dispatcher:
             for row in rows:
                 self.leased.add(row.id)
                 self.claimed_at[row.id] = claim_began
+                account = row.account or "default"
+                self.account_of[row.id] = account
+                self.claimed_of[account] = self.claimed_of.get(account, 0) + 1
                 self.queue.put_nowait(row)
             if rows:
                 self.log.debug("claimed", rows=len(rows))
                 continue
             if self.drain and self.nothing_left():
+                if self.looked_past_an_account:  # the end only once every account looked
+                    self.none_due_until.clear()
+                    continue
                 self.log.info("drain.done")
                 return
             await self._wait_for_wake()
 
     async def _claim(self, limit: int) -> list[OutboxRow]:
-        """Lease up to `limit` due rows of accounts neither paused nor waiting for their rate,
-        each with the addresses of it that are on the suppression list. Raises
-        SQLAlchemyError (nothing stays leased)."""
+        """Lease up to `limit` due rows of accounts neither paused nor with a rate, then
+        the next few of each account with a rate (`_claim_ahead`), each row with the
+        addresses of it that are on the suppression list. Raises SQLAlchemyError (nothing
+        stays leased)."""
         setup = self.current()
-        left_alone = [*self.pauses.paused(), *self.held]
+        self.looked_past_an_account = False
+        paused = set(self.pauses.paused())
+        rates = {a: b.rate for a, b in setup.account_buckets.items() if b.rate > 0}
+        left_alone = sorted(paused | set(rates) | set(self.held))
         rows = await self.db.call(
             self.outbox.claim, self.worker_id, limit, setup.message_ids, left_alone
         )
-        if not rows:
-            return rows
         try:
+            for account, rate in rates.items():
+                if account not in paused:
+                    rows += await self._claim_ahead(account, rate, limit)
+            if not rows:
+                return rows
             return await self._with_suppressed(rows)
         except SQLAlchemyError:  # claimed but not queued: give them back, or renew keeps them
-            await self.release([r.id for r in rows], "suppression look-up failed")
+            await self.release([r.id for r in rows], "claim or suppression look-up failed")
             raise
+
+    async def _claim_ahead(self, account: str, rate: float, limit: int) -> list[OutboxRow]:
+        """The next due rows of `account` (rate > 0), so that it has about
+        CLAIM_AHEAD_SECONDS of its rate and its burst claimed; none while it has half of
+        that, or while its last such claim found too few (until the next poll or host
+        insert)."""
+        if self.none_due_until.get(account, 0.0) > time.monotonic():
+            self.looked_past_an_account = True
+            return []
+        setup = self.current()
+        wanted = claimed_ahead(rate, setup.settings.robot.batch_size)
+        room = wanted - self.claimed_of.get(account, 0)
+        if room < max(1, wanted // 2):
+            return []
+        room = min(room, limit)
+        rows: list[OutboxRow] = await self.db.call(
+            self.outbox.claim, self.worker_id, room, setup.message_ids, (), account
+        )
+        if len(rows) < room:
+            poll = setup.settings.robot.poll_seconds
+            self.none_due_until[account] = time.monotonic() + poll
+        return rows
 
     async def _with_suppressed(self, rows: list[OutboxRow]) -> list[OutboxRow]:
         """The rows, each with its addresses found in the suppression list (one query)."""
@@ -272,9 +315,28 @@ class Dispatcher:
         """A worker is through with `row` (recorded, released or given up)."""
         self.leased.discard(row.id)
         self.claimed_at.pop(row.id, None)
+        self._unclaimed(row.id)
         self.in_flight -= 1
         if self.drain and self.nothing_left():
             self.wake.set()
+
+    def _unclaimed(self, row_id: int) -> None:
+        """`row_id` no longer counts among its account's claimed rows; when an account
+        with a rate is down to half of what it has claimed ahead, the claim looks again."""
+        account = self.account_of.pop(row_id, None)
+        if account is None:
+            return
+        left = self.claimed_of.get(account, 1) - 1
+        if left > 0:
+            self.claimed_of[account] = left
+        else:
+            self.claimed_of.pop(account, None)
+        setup = self.current()
+        bucket = setup.account_buckets.get(account)
+        if bucket is not None and bucket.rate > 0:
+            wanted = claimed_ahead(bucket.rate, setup.settings.robot.batch_size)
+            if wanted - left >= max(1, wanted // 2):
+                self.wake.set()
 
     async def release(self, ids: list[int], reason: str) -> int:
         """Release claimed rows untried: their attempt is not counted."""
@@ -286,6 +348,7 @@ class Dispatcher:
         for row_id in ids:
             self.leased.discard(row_id)
             self.claimed_at.pop(row_id, None)
+            self._unclaimed(row_id)
         return released or 0
 
     # -- stopping and waking -------------------------------------------------------------
@@ -331,6 +394,7 @@ class Dispatcher:
         """A host inserted rows: claim what is due now, and look again when their grace
         delay is over."""
         self.wake.set()
+        self.none_due_until.clear()
         if self.outbox.grace_seconds > 0:
             self.wake_later(self.outbox.grace_seconds)
 
@@ -345,6 +409,12 @@ class Dispatcher:
             await asyncio.wait_for(self.stopping.wait(), seconds)
         except TimeoutError:
             pass
+
+
+def claimed_ahead(rate: float, batch_size: int) -> int:
+    """How many rows an account with `rate` has claimed ahead: CLAIM_AHEAD_SECONDS of its
+    rate and its burst (a second's worth, at least one), at most a batch."""
+    return min(math.ceil(rate * CLAIM_AHEAD_SECONDS + max(1.0, rate)), batch_size)
 
 
 def _addresses(row: OutboxRow) -> set[str]:

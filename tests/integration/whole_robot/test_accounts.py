@@ -230,3 +230,58 @@ async def test_a_slow_account_does_not_hold_the_connections_of_the_others(
             assert at - first >= (k - 1) / 2 - 0.1, (i, k, at - first)
     statuses = dict(host_sql(db_url, "SELECT status, count(*) FROM outbox GROUP BY status"))
     assert statuses == {"sent": 40 + len(slow), "pending": 40 - len(slow)}
+
+
+async def test_a_slow_accounts_backlog_is_claimed_only_a_little_ahead_of_its_rate(
+    db_url: str, write_ini: WriteIni, smtp_server: TestSMTPServer
+) -> None:
+    """Account `slow` (rate = 2) has 150 rows among 300 of the default account, every third
+    row in claim order. While the default account's rows go out, the robot holds (leases)
+    only a few seconds' worth of the slow ones, not a share of every claim: at most
+    ten in status 'sending' at once. A reload that raises the slow account's rate
+    is honoured, and every row goes out, once."""
+    few_slow_rows = 10  # rate 2 x 2 s ahead, its burst of 2, and a claim's slack
+    extra = "[robot]\nconnections = 4\nbatch_size = 60\n[log]\nlevel = info\n"
+    slow = "[account:slow]\naddress = slow@example.org\nrate = {}\n"
+    ini = write_ini(db_url, smtp_server.port, extra + slow.format(2))
+    for n in range(450):
+        host_sql(
+            db_url,
+            "INSERT INTO outbox (recipient, body_text, account) VALUES (?, 'x', ?)",
+            [f"r{n}@example.org", "slow" if n % 3 == 0 else None],
+        )
+    settings = load_settings(ini, environ={})
+    configure_logging("json", "info", stream=io.StringIO())
+    engine = make_engine(settings.database.url)
+    robot = Robot(settings, engine, reload=lambda: load_settings(ini, environ={}))
+    running = asyncio.create_task(robot.run())
+    slow_claimed: list[int] = []
+
+    def default_rows_sent() -> bool:
+        slow_claimed.append(
+            host_sql(
+                db_url,
+                "SELECT count(*) FROM outbox WHERE account = 'slow' AND status = 'sending'",
+            )[0][0]
+        )
+        return len([m for m in smtp_server.received if m.mail_from == "robot@example.org"]) == 300
+
+    try:
+        await wait_until(default_rows_sent, 60, "the default account's 300 rows")
+        assert max(slow_claimed) <= few_slow_rows, slow_claimed
+        write_ini(db_url, smtp_server.port, extra + slow.format(1000))
+        robot.reload_settings()
+        await wait_until(
+            lambda: len(smtp_server.received) == 450,
+            30,
+            "the slow rows too",
+            describe=lambda: f"{len(smtp_server.received)} received",
+        )
+    finally:
+        robot.stop()
+        assert await asyncio.wait_for(running, 30) == 0
+        engine.dispose()
+    assert host_sql(db_url, "SELECT status, count(*) FROM outbox GROUP BY status") == [
+        ("sent", 450)
+    ]
+    assert len({m.rcpt_tos[0] for m in smtp_server.received}) == 450
