@@ -117,9 +117,10 @@ class Claims(OutboxTables):
         # Two transactions, so that SQLite's write lock is held only for the first: lease
         # the rows and fix their Message-IDs (pick, then one UPDATE: one new version of
         # each row), then read what sending needs (a read, which WAL runs beside writers).
-        leased = self.statements.with_lenient_retry(
-            self.engine.begin, lambda conn: self._lease(conn, pick, worker, message_ids)
-        )
+        with self.statements.one_writer():
+            leased = self.statements.with_lenient_retry(
+                self.engine.begin, lambda conn: self._lease(conn, pick, worker, message_ids)
+            )
         if not leased:
             return []
         try:
@@ -251,6 +252,10 @@ class Claims(OutboxTables):
         """
         if not outcomes:
             return []
+        with self.statements.one_writer():
+            return self._finish_many(worker, outcomes)
+
+    def _finish_many(self, worker: str, outcomes: Sequence[Finish]) -> list[bool]:
         alone = self.statements.finish_statement(worker, outcomes)
         if alone is not None:  # atomic on its own: no transaction
             with self.engine.connect() as conn:

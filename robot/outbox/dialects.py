@@ -7,9 +7,10 @@ never ask which database they are on.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
@@ -84,6 +85,11 @@ class Statements(ABC):
     not_by_status: ClassVar[str] = NOT_BY_STATUS  # status, compared without its index
     # Whether a waiting row can hold a time the database cannot read (fail_unschedulable).
     times_can_be_unreadable: ClassVar[bool]
+
+    def one_writer(self) -> AbstractContextManager[object]:
+        """Held around the robot's busiest write transactions (a claim's lease, a group
+        commit): on SQLite they take turns in Python; elsewhere nothing."""
+        return nullcontext()
 
     @staticmethod
     @abstractmethod
@@ -222,6 +228,15 @@ class SqliteStatements(Statements):
 
     def __init__(self) -> None:
         self._finish_sql_cache: dict[int, str] = {}
+        self._writer = threading.Lock()
+
+    def one_writer(self) -> AbstractContextManager[object]:
+        """The robot's own write transactions on this engine take turns here rather than in
+        SQLite's busy handler, which sleeps 1, 2, 5, 10 ms... between tries: with a group
+        commit always under way, a claim's BEGIN IMMEDIATE slept its way in (a claim of 250
+        rows held the lock 22 ms at the median of a 16-connection drain, 8 ms with this, and
+        the connections waited 23 s for rows over the drain instead of 4)."""
+        return self._writer
 
     @staticmethod
     def sql_later(seconds: str) -> str:

@@ -8,14 +8,19 @@ transaction when an outcome suppresses an address): the tests run both.
 
 from __future__ import annotations
 
+import queue as queue_module
+import threading
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from robot.outbox.both_sides import Outbox
 from robot.outbox.dialects import FINISH_CHUNK
+from robot.outbox.engine import make_engine, upgrade
 from robot.outbox.message_ids import AccountDomain, MessageIds
 from robot.outbox.rows import Decision, Event, Finish
 from robot.outbox.schema import Status, utcnow
@@ -296,3 +301,49 @@ def test_a_batch_the_database_refuses_part_way_records_nothing(db_url: str, engi
     allow_events(db_url)
     assert queue.finish_many("w1", outcomes) == [True] * total
     assert queue.counts() == {"sent": total}
+
+
+def test_a_claim_and_a_group_commit_at_the_same_time_take_turns_on_sqlite(tmp_path: Path) -> None:
+    """The robot's claim thread and its group commit thread write the same SQLite file all
+    the time: they take turns in Python (Statements.one_writer), not in SQLite's busy
+    handler. With that handler off (busy_timeout 0) neither ever finds the file locked."""
+    url = f"sqlite:///{tmp_path}/robot.db"
+    engine = make_engine(url)
+    upgrade(engine)
+
+    @event.listens_for(engine, "connect")
+    def _no_busy_handler(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout=0")
+
+    engine.dispose()  # the connections opened so far had the handler
+    queue = outbox(engine)
+    ids = insert_many(url, 600)
+    claimed: queue_module.SimpleQueue[list[int] | None] = queue_module.SimpleQueue()
+    errors: list[BaseException] = []
+
+    def claim_all() -> None:
+        try:
+            while rows := queue.claim("w1", 10, mid):
+                claimed.put([r.id for r in rows])
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+        finally:
+            claimed.put(None)
+
+    def finish_all() -> None:
+        try:
+            while (batch := claimed.get()) is not None:
+                for row_id in batch:  # one commit per outcome: as often as it can
+                    assert queue.finish_many("w1", [Finish(row_id, SENT, 250, "ok")]) == [True]
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim_all), threading.Thread(target=finish_all)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    engine.dispose()
+    assert errors == []
+    statuses = dict(host_sql(url, "SELECT id, status FROM outbox"))
+    assert sorted(statuses) == ids and set(statuses.values()) == {"sent"}
