@@ -71,7 +71,9 @@ def drain(code: Path, rows: int, connections: int, port: int) -> dict[str, float
     ini.write_text(INI.format(db=db, connections=connections, port=port))
     env = {**os.environ, "PYTHONPATH": str(code)}
     robot = [sys.executable, "-m", "robot", "-c", str(ini)]
-    subprocess.run([*robot, "db", "upgrade"], env=env, check=True, capture_output=True)
+    # From the drain's own folder: `python -m` puts the current folder first on sys.path,
+    # and from the working tree its robot/ would run instead of `code`'s.
+    subprocess.run([*robot, "db", "upgrade"], env=env, check=True, capture_output=True, cwd=work)
     with sqlite3.connect(db) as conn:
         conn.executemany(
             "INSERT INTO outbox (recipient, subject, body_text, created_at) "
@@ -80,7 +82,7 @@ def drain(code: Path, rows: int, connections: int, port: int) -> dict[str, float
         )
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    subprocess.run([*robot, "run", "--drain"], env=env, check=True, capture_output=True)
+    subprocess.run([*robot, "run", "--drain"], env=env, check=True, capture_output=True, cwd=work)
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     with sqlite3.connect(db) as conn:
