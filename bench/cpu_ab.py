@@ -27,7 +27,7 @@ from bench.sink import SmtpSink, ensure_installed
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 INI = """[database]
-url = sqlite:///{db}
+url = {url}
 [robot]
 grace_minutes = 0
 poll_seconds = 1
@@ -68,7 +68,7 @@ def drain(code: Path, rows: int, connections: int, port: int) -> dict[str, float
     work = Path(tempfile.mkdtemp(prefix="cpu-ab-"))
     db = work / "r.db"
     ini = work / "robot.ini"
-    ini.write_text(INI.format(db=db, connections=connections, port=port))
+    ini.write_text(INI.format(url=f"sqlite:///{db}", connections=connections, port=port))
     env = {**os.environ, "PYTHONPATH": str(code)}
     robot = [sys.executable, "-m", "robot", "-c", str(ini)]
     # From the drain's own folder: `python -m` puts the current folder first on sys.path,

@@ -30,26 +30,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench.cpu_ab import INI
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-INI = """[database]
-url = {url}
-[robot]
-grace_minutes = 0
-poll_seconds = 1
-batch_size = 500
-connections = {connections}
-[smtp]
-host = 127.0.0.1
-port = {port}
-security = none
-helo_name = bench.example.org
-[sender]
-address = robot@example.org
-[log]
-level = warning
-format = json
-"""
 ROW = (
     "INSERT INTO outbox (recipient, subject, body_text, created_at) "
     "VALUES ({0}, 'Booking confirmed', {0}, '2020-01-01 00:00:00.000')"
