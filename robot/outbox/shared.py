@@ -10,6 +10,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, func, insert, select, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from robot.outbox.dialects import Statements, statements_for
 from robot.outbox.rows import Attachment
@@ -112,7 +114,20 @@ def insert_events(conn: Connection, ids: Sequence[int], kind: str, detail: str) 
 
 
 def insert_suppression(conn: Connection, address: str, reason: str, row_id: int | None) -> bool:
-    """Add `address` (lower-cased) to the list; False if it was there already."""
+    """Add `address` (lower-cased) to the list; False if it was there already, also when
+    another transaction added it meanwhile (PostgreSQL and SQLite: ON CONFLICT DO NOTHING;
+    MariaDB/MySQL look first, as INSERT IGNORE would also let a value too long for its
+    column through as a warning)."""
+    dialect = conn.dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        upsert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        added = conn.execute(
+            upsert(suppression)
+            .values(address=address.lower(), reason=reason, outbox_id=row_id)
+            .on_conflict_do_nothing(index_elements=[suppression.c.address])
+            .returning(suppression.c.address)
+        )
+        return added.first() is not None
     exists = conn.execute(
         select(suppression.c.address).where(suppression.c.address == address.lower())
     ).first()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue as queue_module
 import threading
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from robot.outbox.engine import make_engine, upgrade
 from robot.outbox.message_ids import AccountDomain, MessageIds
 from robot.outbox.rows import Decision, Event, Finish
 from robot.outbox.schema import Status, utcnow
+from robot.outbox.shared import insert_suppression
 from tests.integration.host import host_sql, insert_many, is_mysql
 
 SENT = Decision(Status.SENT, None, None, "sent")
@@ -347,3 +349,36 @@ def test_a_claim_and_a_group_commit_at_the_same_time_take_turns_on_sqlite(tmp_pa
     assert errors == []
     statuses = dict(host_sql(url, "SELECT id, status FROM outbox"))
     assert sorted(statuses) == ids and set(statuses.values()) == {"sent"}
+
+
+@pytest.mark.postgres
+def test_two_robots_suppressing_one_address_at_once_both_succeed(pg_url: str) -> None:
+    """Two robots record a bounce of the same address at the same moment: the second one's
+    insert waits for the first's, then finds the address there (False), not a refusal that
+    would record its outcome without its history (PostgreSQL; SQLite takes one writer at a
+    time, MariaDB looks first, as before)."""
+    engine = make_engine(pg_url)
+    added: dict[str, bool] = {}
+    errors: list[BaseException] = []
+
+    def second_robot() -> None:
+        try:
+            with engine.begin() as conn:
+                added["second"] = insert_suppression(conn, "gone@example.org", "bounced", None)
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    with engine.connect() as first:
+        with first.begin():
+            added["first"] = insert_suppression(first, "Gone@Example.org", "bounced", None)
+            thread = threading.Thread(target=second_robot)
+            thread.start()
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            deadline = time.monotonic() + 10
+            while host_sql(pg_url, waiting) != [(1,)] and time.monotonic() < deadline:
+                time.sleep(0.02)  # until the second insert waits for the first's row
+        thread.join(10)
+    engine.dispose()
+    assert errors == []
+    assert added == {"first": True, "second": False}
+    assert host_sql(pg_url, "SELECT address FROM suppression") == [("gone@example.org",)]
