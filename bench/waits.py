@@ -5,8 +5,9 @@ methods at start-up, in the robot's own process).
     .venv/bin/python -m bench.waits --rows 40000 --connections 16 --databases sqlite,postgresql
 
 Counted, in the robot: how often and how long a connection waited for the group commit of
-its previous outcome (Worker.settle: the robot lets at most two messages of a connection be
-unrecorded, so the next body waits for that commit), or for a row (Dispatcher.take); each
+an earlier outcome (Worker._settle_oldest: the robot lets at most two messages of a
+connection be unrecorded, so the next body waits for the commit of all outcomes but the
+last), or for a row (Dispatcher.take); each
 group commit's batch and how long it took; each claim and how long it took. Around the
 drain: the robot's CPU (user + system), smtp-sink's, and the whole machine's busy time from
 /proc/stat. Writes bench/results/waits.json (or --out).
@@ -86,19 +87,17 @@ def counted_robot(argv: list[str], out: Path) -> int:
     from robot.outbox.group_commit import AsyncGroupCommit, GroupCommit
 
     counts = Counts()
-    settle = Worker.settle
+    settle = Worker._settle_oldest
     take = Dispatcher.take
     thread_commit = GroupCommit._commit_until_done
     loop_commit = AsyncGroupCommit._commit_until_done
     claim = Claims.claim
 
     async def counted_settle(self: Worker) -> None:
-        unsettled = self.unsettled
-        waits = unsettled is not None and not unsettled.committed.done()
+        waits = not self.unsettled[0].committed.done()
         started = time.perf_counter()
         await settle(self)
-        if unsettled is not None:
-            counts.settles += 1
+        counts.settles += 1
         if waits:
             counts.settle_waits.append(time.perf_counter() - started)
 
@@ -127,7 +126,7 @@ def counted_robot(argv: list[str], out: Path) -> int:
         return rows
 
     patches: list[tuple[Any, str, Callable[..., Any]]] = [
-        (Worker, "settle", counted_settle),
+        (Worker, "_settle_oldest", counted_settle),
         (Dispatcher, "take", counted_take),
         (GroupCommit, "_commit_until_done", counted_thread_commit),
         (AsyncGroupCommit, "_commit_until_done", counted_loop_commit),

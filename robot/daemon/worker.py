@@ -4,9 +4,12 @@ compose → send → judge → record, over its own connections to the relay.
 One round trip a message: while a message is on the wire the worker has already taken and
 composed the next row, so that the relay writes that row's envelope with the current body
 (RFC 2920 §3.1). An outcome is handed to the group commit the moment its reply came, and
-the worker goes on sending while it commits; it waits for that commit before it hands over
-the next outcome. So at most two messages of a connection are unrecorded at any time, the
-one whose reply came and the one on the wire: all that a crash can repeat.
+the worker goes on while it commits: it takes and composes its next rows, and before the
+next body goes out it waits until every outcome but the last is committed. So at most two
+messages of a connection are unrecorded at any time (two whose replies came, or one whose
+reply came and the one on the wire): all that a crash can repeat. Handing an outcome over
+before the one before it is committed lets it join the next commit at once: on loopback a
+connection's wait for commits was most of its time (bench/waits.py).
 
 A row leaves a worker recorded (sent, deferred, bounced, failed, suppressed) or released
 untried (its account is paused, the robot is stopping); nothing a row holds stops the worker.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -98,7 +102,7 @@ class Worker:
         self.renderers = renderers
         self.log = log
         self.relay = Relay()
-        self.unsettled: Unsettled | None = None
+        self.unsettled: deque[Unsettled] = deque()  # oldest first; at most two
 
     async def run(self) -> None:
         """Send rows until the dispatcher says stop, then QUIT the connections. The next
@@ -277,6 +281,7 @@ class Worker:
         out the row with a token of its account's rate), and send."""
         if not ready.token:
             await ready.setup.bucket.acquire()
+        await self.settle_to_one()
         account, message = ready.account, ready.message
         started = time.monotonic()
         try:
@@ -287,21 +292,30 @@ class Worker:
             self.metrics.send_seconds.observe(time.monotonic() - started)
 
     async def record(self, row: OutboxRow, finish: Finish, log: Any) -> None:
-        """Hand the outcome to the group commit, once the one handed over before it is
-        committed; the worker goes on meanwhile (see the module's docstring)."""
-        await self.settle()
-        self.unsettled = Unsettled(row, finish, log, self.group_commit.submit(finish))
+        """Hand the outcome to the group commit at once; the worker goes on meanwhile and
+        waits for the commit of the outcome before it only when it is about to send
+        again (settle_to_one; see the module's docstring)."""
+        await self.settle(keep=1)  # a row that was not sent may come after another
+        self.unsettled.append(Unsettled(row, finish, log, self.group_commit.submit(finish)))
 
-    async def settle(self) -> None:
-        """Wait until the outcome handed over last is committed (or given up); then the
-        row is done: count and log it."""
-        unsettled, self.unsettled = self.unsettled, None
-        if unsettled is None:
-            return
+    async def settle_to_one(self) -> None:
+        """Before a body goes out: every outcome but the last one committed, so that the
+        connection has at most two messages unrecorded, that one and the new one."""
+        await self.settle(keep=1)
+
+    async def settle(self, keep: int = 0) -> None:
+        """Wait until the outcomes handed over are committed (or given up), all but the
+        last `keep`, oldest first; then each row is done: count and log it."""
+        while len(self.unsettled) > keep:
+            await self._settle_oldest()
+
+    async def _settle_oldest(self) -> None:
+        unsettled = self.unsettled[0]
         row, finish, log = unsettled.row, unsettled.finish, unsettled.log
         try:
             recorded = await unsettled.committed
         finally:
+            self.unsettled.popleft()
             self.dispatcher.done(row)
         decision = finish.decision
         if decision.retry_after is not None:  # after the commit: the row is due by then

@@ -2,9 +2,9 @@
 the event loop.
 
 A connection hands over the outcome of a message as soon as its reply came ("sent" is
-recorded as soon as DATA is accepted) and goes on sending; it waits for that commit before
-it hands over its next outcome (robot.daemon.worker). Every outcome waiting when a commit
-starts goes into it, so many connections cost one commit.
+recorded as soon as DATA is accepted) and goes on; before it sends its next body it waits
+until every outcome but the last is committed (robot.daemon.worker). Every outcome waiting
+when a commit starts goes into it, so many connections cost one commit.
 
 `GroupCommit` (SQLite, MariaDB/MySQL, any database through Claims.finish_many): the loop that
 takes outcomes and commits them runs on the thread itself, so the next transaction starts as
