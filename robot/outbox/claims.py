@@ -146,27 +146,23 @@ class Claims(OutboxTables):
         refs = [ClaimRef(*r) for r in self.statements.pick_for_claim(conn, pick)]
         if not refs:
             return []
+        # A row keeps the Message-ID it has (the statement does not write it again: it may
+        # be a value the driver cannot send).
+        message_id = [
+            None if r.message_id else message_ids.for_row(r.id, _text(r.account), _text(r.sender))
+            for r in refs
+        ]
+        in_one = self.statements.lease_all_sql(self.lease_seconds)
+        if in_one is not None:  # PostgreSQL: the rows as arrays, whatever their number
+            conn.exec_driver_sql(in_one, ([r.id for r in refs], message_id, worker, worker))
+            return [r.id for r in refs]
         # One statement each for all rows (not executemany): this runs while the claim holds
         # its locks, and SQLite gives up the GIL, and waits to get it back, at every row.
         for start in range(0, len(refs), LEASE_CHUNK):
             chunk = refs[start : start + LEASE_CHUNK]
+            pairs = zip([r.id for r in chunk], message_id[start : start + LEASE_CHUNK], strict=True)
             conn.exec_driver_sql(
-                self._lease_sql(len(chunk)),
-                (
-                    *(
-                        v
-                        for r in chunk
-                        for v in (
-                            r.id,
-                            # A row keeps the Message-ID it has (the statement does not
-                            # write it again: it may be a value the driver cannot send).
-                            None
-                            if r.message_id
-                            else message_ids.for_row(r.id, _text(r.account), _text(r.sender)),
-                        )
-                    ),
-                    worker,
-                ),
+                self._lease_sql(len(chunk)), (*(v for pair in pairs for v in pair), worker)
             )
             conn.exec_driver_sql(
                 self.statements.claimed_events_sql(len(chunk)),
@@ -185,7 +181,7 @@ class Claims(OutboxTables):
 
     def _read_leased(self, ids: list[int]) -> list[OutboxRow]:
         """The leased rows with what sending needs, and their files."""
-        query = select(*self._sized_columns()).where(outbox.c.id.in_(ids))
+        query = select(*self._sized_columns()).where(self.statements.among(outbox.c.id, ids))
         return self.statements.with_lenient_retry(
             self.reading, lambda conn: self._rows_with_files(conn, query, ids)
         )

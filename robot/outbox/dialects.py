@@ -15,12 +15,16 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
+    ARRAY,
+    BigInteger,
     ColumnElement,
     Connection,
     Engine,
     LargeBinary,
     Select,
     and_,
+    any_,
+    bindparam,
     case,
     cast,
     false,
@@ -177,13 +181,27 @@ class Statements(ABC):
         ).scalars()
         return list(changed)
 
+    def among(self, column: ColumnElement[int], ids: Sequence[int]) -> ColumnElement[bool]:
+        """`column` IN `ids` (the rows of a claim, say)."""
+        return column.in_(list(ids))
+
     def lease_sql(self, rows: int, lease_seconds: float) -> str:
         """The UPDATE that leases `rows` picked rows: parameters (id, message_id) per row,
         then the worker. A row's own Message-ID is kept (its parameter is then NULL); the
         count of attempts stops at MAX_ATTEMPTS rather than overflow a host's odd value."""
+        values = f"VALUES {', '.join([self.lease_row] * rows)}"
+        return f"WITH v (id, message_id) AS ({values}) {self._lease_update(lease_seconds)}"
+
+    def lease_all_sql(self, lease_seconds: float) -> str | None:
+        """PostgreSQL: one statement that leases any number of picked rows and writes their
+        'claimed' lines (Claims._lease); None where the claim runs lease_sql and
+        claimed_events_sql for each chunk of rows."""
+        return None
+
+    def _lease_update(self, lease_seconds: float) -> str:
+        """The UPDATE of lease_sql, from the picked rows `v` (id, message_id)."""
         until = self.sql_later(f"{float(lease_seconds):.3f}")
         return (
-            f"WITH v (id, message_id) AS (VALUES {', '.join([self.lease_row] * rows)}) "
             f"UPDATE outbox SET status = 'sending', claimed_by = {self.mark}, "
             f"claimed_until = {until}, attempts = CASE WHEN outbox.attempts < {MAX_ATTEMPTS} "
             "THEN outbox.attempts + 1 ELSE outbox.attempts END, "
@@ -453,6 +471,22 @@ class PostgresStatements(Statements):
 
     def lock_for_claim(self, pick: SelectT) -> SelectT:
         return pick.with_for_update(skip_locked=True)
+
+    def among(self, column: ColumnElement[int], ids: Sequence[int]) -> ColumnElement[bool]:
+        """`column = ANY(ids)`: the ids as one array, so that the statement's text is the
+        same for any number of them (the driver parses it once, the server prepares it)."""
+        return column == any_(bindparam(None, list(ids), type_=ARRAY(BigInteger())))
+
+    def lease_all_sql(self, lease_seconds: float) -> str:
+        """The lease and the 'claimed' lines in one statement of one text, the rows as two
+        arrays (ids, Message-IDs), then the worker twice: a claim of 260 rows spent more
+        CPU on the driver parsing its 520 placeholders than on anything else."""
+        return (
+            "WITH v (id, message_id) AS (SELECT * FROM unnest(%s::bigint[], %s::text[])), "
+            f"leased AS ({self._lease_update(lease_seconds)} RETURNING outbox.id) "
+            "INSERT INTO outbox_event (outbox_id, kind, detail) "
+            "SELECT id, 'claimed', %s FROM leased"
+        )
 
     def with_lenient_retry(
         self, open_connection: OpenConnection, work: Callable[[Connection], T]

@@ -77,7 +77,7 @@ class OutboxTables:
                     outbox_attachment.c.outbox_id,
                     func.sum(self.statements.octets(outbox_attachment.c.content)),
                 )
-                .where(outbox_attachment.c.outbox_id.in_(ids))
+                .where(self.statements.among(outbox_attachment.c.outbox_id, ids))
                 .group_by(outbox_attachment.c.outbox_id)
             )
         }
@@ -86,7 +86,7 @@ class OutboxTables:
         if wanted:
             query = (
                 select(outbox_attachment)
-                .where(outbox_attachment.c.outbox_id.in_(wanted))
+                .where(self.statements.among(outbox_attachment.c.outbox_id, wanted))
                 .order_by(outbox_attachment.c.id)
             )
             for r in conn.execute(query).mappings():

@@ -9,12 +9,13 @@ from datetime import timedelta
 from sqlalchemy import Engine
 
 from robot.outbox.both_sides import Outbox
+from robot.outbox.claims import LEASE_CHUNK
 from robot.outbox.message_ids import AccountDomain, MessageIds
 from robot.outbox.rows import Decision
 from robot.outbox.schema import Status
 from robot.outcome.replies import Outcome
 from robot.outcome.retry import RetryPolicy
-from tests.integration.host import host_sql, now_plus_sql, series_sql
+from tests.integration.host import host_sql, insert_many, now_plus_sql, series_sql
 
 mid = MessageIds(fallback=AccountDomain("robot@example.org", "example.org"))
 
@@ -68,6 +69,31 @@ def test_claim_limit_and_oldest_first(db_url: str, engine: Engine) -> None:
     assert [r.id for r in first] == ids[:3]
     assert [r.id for r in second] == ids[3:]
     assert outbox(engine).claim("w3", 3, mid) == []
+
+
+def test_a_claim_of_more_rows_than_one_statement_leases_each_row_once(
+    db_url: str, engine: Engine
+) -> None:
+    """More rows than LEASE_CHUNK: two statements on SQLite and MariaDB/MySQL, one of
+    arrays on PostgreSQL. Each row is leased once with one 'claimed' line; a row keeps the
+    Message-ID it has, the others are given theirs."""
+    ids = insert_many(db_url, LEASE_CHUNK + 100)
+    own = ids[LEASE_CHUNK + 7]
+    host_sql(db_url, f"UPDATE outbox SET message_id = '<own@host.example>' WHERE id = {own}")
+    rows = outbox(engine).claim("w1", len(ids) + 10, mid)
+    assert sorted(r.id for r in rows) == ids
+    given = {r.id: r.message_id for r in rows}
+    assert given[own] == "<own@host.example>"
+    for row_id in ids:
+        if row_id != own:
+            assert re.fullmatch(rf"<{row_id}\.[0-9a-f]{{16}}@example\.org>", given[row_id] or "")
+    assert dict(host_sql(db_url, "SELECT id, message_id FROM outbox")) == given
+    assert host_sql(db_url, "SELECT DISTINCT status, claimed_by, attempts FROM outbox") == [
+        ("sending", "w1", 1)
+    ]
+    claimed = "SELECT count(*), count(DISTINCT outbox_id), min(detail), max(detail) "
+    claimed += "FROM outbox_event WHERE kind = 'claimed'"
+    assert host_sql(db_url, claimed) == [(len(ids), len(ids), "w1", "w1")]
 
 
 def test_message_id_is_kept_across_retries(db_url: str, engine: Engine) -> None:
