@@ -244,8 +244,13 @@ def mysql_clone(admin_url: str, template: str, name: str) -> str:
             created = cur.fetchone()[1]
             cur.execute(f"USE `{name}`")
             cur.execute(created)
-        for table in ("suppression", "web_user", "web_audit", "web_setting"):
-            cur.execute(f"CREATE TABLE `{name}`.`{table}` LIKE `{template}`.`{table}`")
+        cur.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+            (template,),
+        )
+        for (table,) in cur.fetchall():  # the rest as they are (account_state, web_*, ...)
+            if table not in ("alembic_version", "outbox", "outbox_attachment", "outbox_event"):
+                cur.execute(f"CREATE TABLE `{name}`.`{table}` LIKE `{template}`.`{table}`")
         cur.execute(
             f"INSERT INTO `{name}`.alembic_version SELECT * FROM `{template}`.alembic_version"
         )
