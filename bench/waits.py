@@ -35,6 +35,7 @@ from bench.cpu_ab import INI
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+AFTER_FILL: list[str] = []  # --after-fill: PostgreSQL statements run after the fill
 ROW = (
     "INSERT INTO outbox (recipient, subject, body_text, created_at) "
     "VALUES ({0}, 'Booking confirmed', {0}, '2020-01-01 00:00:00.000')"
@@ -164,6 +165,8 @@ def fill(url: str, rows: int) -> None:
     with psycopg.connect(dsn) as pg, pg.cursor() as cur:
         cur.executemany(ROW.format("%s"), values)
     with psycopg.connect(dsn, autocommit=True) as pg:
+        for statement in AFTER_FILL:
+            pg.execute(statement)
         pg.execute("VACUUM ANALYZE outbox")
 
 
@@ -234,7 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--out", type=Path, default=RESULTS / "waits.json")
+    parser.add_argument(
+        "--after-fill",
+        action="append",
+        default=[],
+        help="a PostgreSQL statement run after the fill (a table's autovacuum settings, say)",
+    )
     options = parser.parse_args(args)
+    AFTER_FILL.extend(options.after_fill)
     from bench.sink import SmtpSink, ensure_installed
     from tests.support.pg import PgCluster
 
@@ -250,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "rows": options.rows,
         "connections": options.connections,
+        "after_fill": options.after_fill,
     }
     try:
         if pg is not None:
