@@ -37,7 +37,7 @@ from robot.outbox.shared import (
     insert_suppression,
 )
 
-LEASE_CHUNK = 500  # claimed rows given Message-IDs, or history lines, by one statement
+LEASE_CHUNK = 500  # SQLite, MariaDB/MySQL: claimed rows leased, or history lines, by one statement
 LEASE_GIVE_UP = (
     "the robot sending it stopped answering on every attempt (lease expired); "
     "it may have been delivered before that: check before `email-robot retry`"
