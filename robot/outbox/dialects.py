@@ -89,6 +89,9 @@ class Statements(ABC):
     not_by_status: ClassVar[str] = NOT_BY_STATUS  # status, compared without its index
     # Whether a waiting row can hold a time the database cannot read (fail_unschedulable).
     times_can_be_unreadable: ClassVar[bool]
+    # Whether a claim resumes where the last one ended (claims.ResumePoint): PostgreSQL,
+    # whose index keeps the entries of claimed rows until vacuum.
+    resumes_claims: ClassVar[bool] = False
 
     def one_writer(self) -> AbstractContextManager[object]:
         """Held around the robot's busiest write transactions (a claim's lease, a group
@@ -443,6 +446,7 @@ class PostgresStatements(Statements):
     lease_row = "(%s::bigint, %s::text)"
     sql_now = "now()"
     times_can_be_unreadable = False  # timestamptz columns cannot hold text that is not a time
+    resumes_claims = True
 
     @staticmethod
     def sql_later(seconds: str) -> str:

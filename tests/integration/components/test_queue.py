@@ -6,8 +6,10 @@ import re
 import threading
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import Engine
 
+from robot.outbox import claims as claims_module
 from robot.outbox.both_sides import Outbox
 from robot.outbox.claims import LEASE_CHUNK
 from robot.outbox.message_ids import AccountDomain, MessageIds
@@ -94,6 +96,58 @@ def test_a_claim_of_more_rows_than_one_statement_leases_each_row_once(
     claimed = "SELECT count(*), count(DISTINCT outbox_id), min(detail), max(detail) "
     claimed += "FROM outbox_event WHERE kind = 'claimed'"
     assert host_sql(db_url, claimed) == [(len(ids), len(ids), "w1", "w1")]
+
+
+def test_claims_one_after_another_lease_each_row_once_in_order(db_url: str, engine: Engine) -> None:
+    """One robot's claims, one after another: on PostgreSQL each resumes where the last
+    one ended (claims.ResumePoint); the rows come once each, in the queue's order."""
+    ids = insert_many(db_url, 30)  # one INSERT: one created_at, so the id decides
+    queue = outbox(engine)
+    claimed = [[r.id for r in queue.claim("w1", 7, mid)] for _ in range(5)]
+    assert claimed == [ids[0:7], ids[7:14], ids[14:21], ids[21:28], ids[28:30]]
+    assert queue.claim("w1", 7, mid) == []
+
+
+def test_a_due_row_of_a_higher_priority_comes_first_in_the_next_claim(
+    db_url: str, engine: Engine
+) -> None:
+    ids = insert_many(db_url, 20)
+    queue = outbox(engine)
+    assert [r.id for r in queue.claim("w1", 5, mid)] == ids[:5]
+    urgent = insert(db_url, "urgent@example.org", priority="5")
+    assert [r.id for r in queue.claim("w1", 5, mid)] == [urgent, *ids[5:9]]
+    assert [r.id for r in queue.claim("w1", 5, mid)] == ids[9:14]
+
+
+def test_a_row_given_back_behind_the_claims_is_claimed_once_the_rows_ahead_run_short(
+    db_url: str, engine: Engine
+) -> None:
+    ids = insert_many(db_url, 10)
+    queue = outbox(engine)
+    assert [r.id for r in queue.claim("w1", 5, mid)] == ids[:5]
+    assert queue.release([ids[1]], "w1", "stopping") == 1
+    # Five rows are left after the first claim's last one: a claim of ten takes them and,
+    # from the head of the queue, the row given back, which comes first (older).
+    assert [r.id for r in queue.claim("w1", 10, mid)] == [ids[1], *ids[5:]]
+
+
+def test_a_row_due_behind_where_claims_resume_waits_at_most_a_second(
+    db_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The price of resuming (PostgreSQL only): a row of the same priority that becomes
+    due behind the point waits for the next claim from the head, FROM_HEAD_EVERY (one
+    second) at most; elsewhere every claim starts from the head."""
+    ids = insert_many(db_url, 20)
+    queue = outbox(engine)
+    assert [r.id for r in queue.claim("w1", 5, mid)] == ids[:5]
+    assert queue.release([ids[1]], "w1", "stopping") == 1
+    resumed = [r.id for r in queue.claim("w1", 5, mid)]
+    if engine.dialect.name == "postgresql":
+        assert resumed == ids[5:10]
+        monkeypatch.setattr(claims_module, "FROM_HEAD_EVERY", 0.0)  # the second has passed
+        assert [r.id for r in queue.claim("w1", 5, mid)] == [ids[1], *ids[10:14]]
+    else:
+        assert resumed == [ids[1], *ids[5:9]]
 
 
 def test_message_id_is_kept_across_retries(db_url: str, engine: Engine) -> None:
