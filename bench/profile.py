@@ -41,9 +41,12 @@ def py_spy() -> str | None:
     return str(here) if here.is_file() else shutil.which("py-spy")
 
 
-def prefix(binary: str, output: Path, rate: int = 100) -> list[str]:
-    """The command-line prefix that records the robot."""
-    options = ["--nonblocking", "--threads", "--format", "raw", "-r", str(rate)]
+def prefix(binary: str, output: Path, rate: int = 100, *, gil: bool = False) -> list[str]:
+    """The command-line prefix that records the robot; with `gil`, only the thread that
+    holds the GIL, at 250 Hz (what bounds a robot whose one interpreter is the limit)."""
+    options = ["--nonblocking", "--threads", "--format", "raw", "-r", str(250 if gil else rate)]
+    if gil:
+        options.append("--gil")
     return [binary, "record", *options, "-o", str(output), "--"]
 
 

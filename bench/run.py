@@ -291,7 +291,11 @@ def phase_profile(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -> d
         config = RobotConfig(url=url, port=sink.port, connections=conns)
         log(f"profile: sqlite {args.rows} rows, c={conns}, under py-spy")
         result = drain.drain(
-            config, boxes.work, args.rows, tag="profile", prefix=profile.prefix(spy, raw)
+            config,
+            boxes.work,
+            args.rows,
+            tag="profile",
+            prefix=profile.prefix(spy, raw, gil=args.profile_gil),
         )
         boxes.drop(url)
     shown = raw.relative_to(ROOT) if raw.is_relative_to(ROOT) else raw
@@ -828,6 +832,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
     names = lambda text: [x for x in text.split(",") if x]  # noqa: E731
     parser.add_argument("--rows", type=int, default=20000, help="backlog of a drain (20000)")
+    parser.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="profile: sample only the thread holding the GIL (py-spy --gil, 250 Hz)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the throughput phase")
     parser.add_argument("--connections", type=ints, default=[1, 4, 16], help="e.g. 1,4,16")
     parser.add_argument("--databases", type=names, default=list(DATABASES))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import os
 import resource
@@ -25,8 +26,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,8 @@ class Counts:
         self.settle_waits: list[float] = []
         self.take_waits: list[float] = []
         self.commits: list[tuple[int, float]] = []  # (outcomes, seconds)
+        self.commit_cpu: list[float] = []  # the committing thread's CPU seconds (thread commits)
+        self.lock_waits: dict[str, list[float]] = {}  # SQLite's one_writer: thread -> waits
         self.claims: list[tuple[int, float]] = []  # (rows, seconds)
 
     def summary(self) -> dict[str, Any]:
@@ -72,6 +76,8 @@ class Counts:
             | {"mean_batch": round(statistics.mean(n for n, _ in self.commits), 2)}
             if self.commits
             else seconds([]),
+            "commit_thread_cpu": seconds(self.commit_cpu),
+            "sqlite_writer_lock_waits": {t: seconds(w) for t, w in self.lock_waits.items()},
             "claims": seconds(claim_s)
             | {"mean_rows": round(statistics.mean(n for n, _ in self.claims), 1)}
             if self.claims
@@ -93,6 +99,18 @@ def counted_robot(argv: list[str], out: Path) -> int:
     thread_commit = GroupCommit._commit_until_done
     loop_commit = AsyncGroupCommit._commit_until_done
     claim = Claims.claim
+    from robot.outbox.dialects import SqliteStatements
+
+    one_writer = SqliteStatements.one_writer
+
+    @contextlib.contextmanager
+    def counted_writer(self: SqliteStatements) -> Iterator[None]:
+        lock = one_writer(self)
+        started = time.perf_counter()
+        with lock:
+            waited = time.perf_counter() - started
+            counts.lock_waits.setdefault(threading.current_thread().name, []).append(waited)
+            yield
 
     async def counted_settle(self: Worker) -> None:
         waits = not self.unsettled[0].committed.done()
@@ -109,9 +127,10 @@ def counted_robot(argv: list[str], out: Path) -> int:
         return row
 
     def counted_thread_commit(self: GroupCommit, batch: list[Any]) -> list[bool]:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         result = thread_commit(self, batch)
         counts.commits.append((len(batch), time.perf_counter() - started))
+        counts.commit_cpu.append(time.thread_time() - cpu)
         return result
 
     async def counted_loop_commit(self: AsyncGroupCommit, batch: list[Any]) -> list[bool]:
@@ -132,6 +151,7 @@ def counted_robot(argv: list[str], out: Path) -> int:
         (GroupCommit, "_commit_until_done", counted_thread_commit),
         (AsyncGroupCommit, "_commit_until_done", counted_loop_commit),
         (Claims, "claim", counted_claim),
+        (SqliteStatements, "one_writer", counted_writer),
     ]
     for owner, name, wrapper in patches:
         setattr(owner, name, wrapper)
