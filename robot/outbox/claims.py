@@ -133,9 +133,14 @@ class Claims(OutboxTables):
         # An operator's pause counts from the moment it is written (a small table).
         due.append(account.not_in(select(account_state.c.account).where(operator_paused_now())))
         resumes = self.statements.resumes_claims and only_account is None
-        columns = [outbox.c.id, outbox.c.account, outbox.c.sender, outbox.c.message_id]
-        if resumes:  # what the next claim resumes from (PostgreSQL: integer and timestamptz)
-            columns += [outbox.c.priority, outbox.c.created_at]
+        columns: list[ColumnElement[Any]] = [
+            outbox.c.id,
+            outbox.c.account,
+            outbox.c.sender,
+            outbox.c.message_id,
+        ]
+        if resumes:  # what the next claim resumes from; NULL for a time Python cannot hold
+            columns += [outbox.c.priority, self.statements.readable_time(outbox.c.created_at)]
         pick = select(*columns).where(*due).order_by(*CLAIM_ORDER).limit(limit)
         resumed = self._resumed(pick, due) if resumes else None
         # Two transactions, so that SQLite's write lock is held only for the first: lease
@@ -146,9 +151,12 @@ class Claims(OutboxTables):
                 self.engine.begin,
                 lambda conn: self._lease_in_order(conn, pick, resumed, limit, worker, message_ids),
             )
-        if resumes:
+        if resumes:  # after a row whose created_at Python cannot hold, from the head again
             last = picked[-1] if picked else None
-            self._resume = None if last is None else ResumePoint(last[4], last[5], last[0])
+            if last is None or last[5] is None:
+                self._resume = None
+            else:
+                self._resume = ResumePoint(last[4], last[5], last[0])
         if not picked:
             return []
         leased = [r[0] for r in picked]
@@ -207,8 +215,10 @@ class Claims(OutboxTables):
         more = self._lease(conn, pick.limit(limit - len(picked)), worker, message_ids)
         if not picked:
             return more
-        # The head's rows became due behind the point (older): they come first.
-        return sorted([*picked, *more], key=lambda r: (-r[4], r[5], r[0]))
+        # Of one priority, the head's rows came due behind the point: they go first; each
+        # part keeps its own order (the database's: created_at may be '-infinity').
+        parts = [(row, 1) for row in picked] + [(row, 0) for row in more]
+        return [row for row, _ in sorted(parts, key=lambda part: (-part[0][4], part[1]))]
 
     def _lease(
         self,
