@@ -74,12 +74,15 @@ class ResumePoint(NamedTuple):
 
 
 class ClaimRef(NamedTuple):
-    """A row just leased, before it is read whole."""
+    """A row just leased, before it is read whole; with its place in the claim order when
+    the claim resumes (PostgreSQL: created_at None when Python cannot hold the time)."""
 
     id: int
     account: str | None
     sender: str | None
     message_id: str | None
+    priority: int | None = None
+    created_at: datetime | None = None
 
 
 class Claims(OutboxTables):
@@ -153,13 +156,13 @@ class Claims(OutboxTables):
             )
         if resumes:  # after a row whose created_at Python cannot hold, from the head again
             last = picked[-1] if picked else None
-            if last is None or last[5] is None:
+            if last is None or last.priority is None or last.created_at is None:
                 self._resume = None
             else:
-                self._resume = ResumePoint(last[4], last[5], last[0])
+                self._resume = ResumePoint(last.priority, last.created_at, last.id)
         if not picked:
             return []
-        leased = [r[0] for r in picked]
+        leased = [r.id for r in picked]
         try:
             rows = self._read_leased(leased)
         except SQLAlchemyError:
@@ -204,7 +207,7 @@ class Claims(OutboxTables):
         limit: int,
         worker: str,
         message_ids: MessageIds,
-    ) -> list[Any]:
+    ) -> list[ClaimRef]:
         """Lease the rows of `resumed`, then, if they are fewer than the limit, more from
         the head of the queue with `pick`, in one transaction (rows this one leased are no
         longer waiting in it); the rows picked, in claim order."""
@@ -217,8 +220,9 @@ class Claims(OutboxTables):
             return more
         # Of one priority, the head's rows came due behind the point: they go first; each
         # part keeps its own order (the database's: created_at may be '-infinity').
-        parts = [(row, 1) for row in picked] + [(row, 0) for row in more]
-        return [row for row, _ in sorted(parts, key=lambda part: (-part[0][4], part[1]))]
+        parts = [(ref, 1) for ref in picked] + [(ref, 0) for ref in more]
+        parts.sort(key=lambda part: (-(part[0].priority or 0), part[1]))
+        return [ref for ref, _ in parts]
 
     def _lease(
         self,
@@ -226,11 +230,10 @@ class Claims(OutboxTables):
         pick: Select[Any],
         worker: str,
         message_ids: MessageIds,
-    ) -> list[Any]:
+    ) -> list[ClaimRef]:
         """Pick rows with `pick` (locked), lease them to `worker` with their Message-IDs in
-        one UPDATE, and write their claimed events; the picked rows, in claim order."""
-        picked = self.statements.pick_for_claim(conn, pick)
-        refs = [ClaimRef(*r[:4]) for r in picked]
+        one UPDATE, and write their claimed events; the rows, in claim order."""
+        refs = [ClaimRef(*r) for r in self.statements.pick_for_claim(conn, pick)]
         if not refs:
             return []
         # A row keeps the Message-ID it has (the statement does not write it again: it may
@@ -242,7 +245,7 @@ class Claims(OutboxTables):
         in_one = self.statements.lease_all_sql(self.lease_seconds)
         if in_one is not None:  # PostgreSQL: the rows as arrays, whatever their number
             conn.exec_driver_sql(in_one, ([r.id for r in refs], message_id, worker, worker))
-            return picked
+            return refs
         # One statement each for all rows (not executemany): this runs while the claim holds
         # its locks, and SQLite gives up the GIL, and waits to get it back, at every row.
         for start in range(0, len(refs), LEASE_CHUNK):
@@ -255,7 +258,7 @@ class Claims(OutboxTables):
                 self.statements.claimed_events_sql(len(chunk)),
                 tuple(value for r in chunk for value in (r.id, worker)),
             )
-        return picked
+        return refs
 
     def _lease_sql(self, rows: int) -> str:
         """The UPDATE that leases `rows` picked rows (Statements.lease_sql), kept per size."""

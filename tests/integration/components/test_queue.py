@@ -108,12 +108,19 @@ def test_claims_one_after_another_lease_each_row_once_in_order(db_url: str, engi
     assert queue.claim("w1", 7, mid) == []
 
 
+def first_five_claimed(db_url: str, engine: Engine, rows: int) -> tuple[list[int], Outbox]:
+    """`rows` rows in one INSERT (one created_at: the id decides), and one robot's queue
+    whose first claim took the first five."""
+    ids = insert_many(db_url, rows)
+    queue = outbox(engine)
+    assert [r.id for r in queue.claim("w1", 5, mid)] == ids[:5]
+    return ids, queue
+
+
 def test_a_due_row_of_a_higher_priority_comes_first_in_the_next_claim(
     db_url: str, engine: Engine
 ) -> None:
-    ids = insert_many(db_url, 20)
-    queue = outbox(engine)
-    assert [r.id for r in queue.claim("w1", 5, mid)] == ids[:5]
+    ids, queue = first_five_claimed(db_url, engine, 20)
     urgent = insert(db_url, "urgent@example.org", priority="5")
     assert [r.id for r in queue.claim("w1", 5, mid)] == [urgent, *ids[5:9]]
     assert [r.id for r in queue.claim("w1", 5, mid)] == ids[9:14]
@@ -122,9 +129,7 @@ def test_a_due_row_of_a_higher_priority_comes_first_in_the_next_claim(
 def test_a_row_given_back_behind_the_claims_is_claimed_once_the_rows_ahead_run_short(
     db_url: str, engine: Engine
 ) -> None:
-    ids = insert_many(db_url, 10)
-    queue = outbox(engine)
-    assert [r.id for r in queue.claim("w1", 5, mid)] == ids[:5]
+    ids, queue = first_five_claimed(db_url, engine, 10)
     assert queue.release([ids[1]], "w1", "stopping") == 1
     # Five rows are left after the first claim's last one: a claim of ten takes them and,
     # from the head of the queue, the row given back, which comes first (older).
@@ -137,9 +142,7 @@ def test_a_row_due_behind_where_claims_resume_waits_at_most_a_second(
     """The price of resuming (PostgreSQL only): a row of the same priority that becomes
     due behind the point waits for the next claim from the head, FROM_HEAD_EVERY (one
     second) at most; elsewhere every claim starts from the head."""
-    ids = insert_many(db_url, 20)
-    queue = outbox(engine)
-    assert [r.id for r in queue.claim("w1", 5, mid)] == ids[:5]
+    ids, queue = first_five_claimed(db_url, engine, 20)
     assert queue.release([ids[1]], "w1", "stopping") == 1
     resumed = [r.id for r in queue.claim("w1", 5, mid)]
     if engine.dialect.name == "postgresql":
