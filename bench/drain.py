@@ -41,6 +41,7 @@ class RobotConfig:
     grace_minutes: float = 0.0
     max_per_connection: int = 100
     accounts: str = ""  # [account:NAME] sections, as robot.ini text
+    processes: int = 1  # [robot] processes: sending processes under one supervisor
 
     def text(self) -> str:
         """robot.ini."""
@@ -48,7 +49,7 @@ class RobotConfig:
             f"[database]\nurl = {self.url}\n\n"
             f"[robot]\nname = {self.name}\ngrace_minutes = {self.grace_minutes}\n"
             f"poll_seconds = {self.poll_seconds}\nbatch_size = {self.batch_size}\n"
-            f"connections = {self.connections}\nrate = 0\n\n"
+            f"connections = {self.connections}\nrate = 0\nprocesses = {self.processes}\n\n"
             f"[smtp]\nhost = 127.0.0.1\nport = {self.port}\nsecurity = none\n"
             f"helo_name = bench.example.org\nmax_per_connection = {self.max_per_connection}\n\n"
             "[sender]\naddress = news@example.org\nname = Example Shop\n\n"

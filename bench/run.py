@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
@@ -160,17 +161,18 @@ def phase_throughput(args: argparse.Namespace, boxes: Outboxes, sink_bin: str) -
                         {"round": rnd, "kind": "smtp-source", "connections": conns, **source}
                     )
                     log(f"round {rnd} c={conns} smtp-source {source['msgs_per_s']} msgs/s")
-                for database in args.databases:
+                for database, procs in itertools.product(args.databases, args.robot_processes):
                     url = boxes.fresh(database, args.rows)
-                    config = RobotConfig(url=url, port=sink.port, connections=conns)
-                    tag = f"drain-{database}-c{conns}-r{rnd}"
+                    config = RobotConfig(
+                        url=url, port=sink.port, connections=conns, processes=procs
+                    )
+                    kind = f"robot-{database}" + (f"-p{procs}" if procs != 1 else "")
+                    tag = f"drain-{kind.removeprefix('robot-')}-c{conns}-r{rnd}"
                     result = drain.drain(config, boxes.work, args.rows, tag=tag)
                     boxes.drop(url)
-                    runs.append(
-                        {"round": rnd, "kind": f"robot-{database}", "load1": _load1(), **result}
-                    )
+                    runs.append({"round": rnd, "kind": kind, "load1": _load1(), **result})
                     log(
-                        f"round {rnd} c={conns} robot {database} {result['msgs_per_s']} msgs/s "
+                        f"round {rnd} c={conns} {kind} {result['msgs_per_s']} msgs/s "
                         f"(wall {result['wall_seconds']} s, peak RSS {result['peak_rss_mb']} MB)"
                     )
     return {"rows": args.rows, "rounds": args.rounds, "runs": runs, "medians": medians(runs)}
@@ -864,6 +866,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="benchmark robot/ and migrations/ of this git revision (git archive) instead of "
         "the working tree; several, comma-separated (main,pipeline), run the robot of each "
         "in the wan phase, the first one everywhere else",
+    )
+    parser.add_argument(
+        "--robot-processes",
+        type=ints,
+        default=[1],
+        help="throughput: run the robot with each [robot] processes count, e.g. 1,2 "
+        "(kind robot-DATABASE-pN for N > 1)",
     )
     parser.add_argument("--wan-rtts", type=ints, default=[20, 50], help="ms, e.g. 20,50")
     parser.add_argument("--wan-connections", type=ints, default=[4, 16])
