@@ -103,6 +103,7 @@ class Claims(OutboxTables):
         self.lease_seconds = lease_seconds
         self.max_body_bytes = max_body_bytes
         self._lease_sql_cache: dict[int, str] = {}
+        self._read_queries: dict[int, Select[Any]] = {}  # _read_query, by max_body_bytes
         self._resume: ResumePoint | None = None  # where the last claim ended (PostgreSQL)
         self._from_head_at = 0.0  # time.monotonic() of the last claim from the queue's head
 
@@ -271,15 +272,26 @@ class Claims(OutboxTables):
 
     def _read_leased(self, ids: list[int]) -> list[OutboxRow]:
         """The leased rows with what sending needs, and their files."""
-        query = select(*self._sized_columns()).where(self.statements.among(outbox.c.id, ids))
+        query = self._read_query()
         return self.statements.with_lenient_retry(
             self.reading, lambda conn: self._rows_with_files(conn, query, ids)
         )
 
+    def _read_query(self) -> Select[Any]:
+        """The SELECT of leased rows (their ids the parameter "ids"), built once per body
+        limit (a SIGHUP may change it): a claim's rows cost less Python than its query."""
+        query = self._read_queries.get(self.max_body_bytes)
+        if query is None:
+            query = select(*self._sized_columns()).where(
+                self.statements.among_param(outbox.c.id, "ids")
+            )
+            self._read_queries = {self.max_body_bytes: query}
+        return query
+
     def _rows_with_files(
         self, conn: Connection, query: Select[Any], ids: list[int]
     ) -> list[OutboxRow]:
-        result = conn.execute(query)
+        result = conn.execute(query, {"ids": ids})
         names = list(result.keys())
         # Plain dicts: a RowMapping looks up a column it lacks through an exception, and a
         # claim leaves out several (NOT_RETURNED_BY_CLAIM) of every row.

@@ -188,6 +188,12 @@ class Statements(ABC):
         """`column` IN `ids` (the rows of a claim, say)."""
         return column.in_(list(ids))
 
+    def among_param(self, column: ColumnElement[int], name: str) -> ColumnElement[bool]:
+        """`column` IN the ids given as parameter `name` at execution: a statement built
+        once and run with other ids each time (SQLAlchemy then keys its cache without
+        walking a new statement)."""
+        return column.in_(bindparam(name, expanding=True))
+
     def lease_sql(self, rows: int, lease_seconds: float) -> str:
         """The UPDATE that leases `rows` picked rows: parameters (id, message_id) per row,
         then the worker. A row's own Message-ID is kept (its parameter is then NULL); the
@@ -480,6 +486,10 @@ class PostgresStatements(Statements):
         """`column = ANY(ids)`: the ids as one array, so that the statement's text is the
         same for any number of them (the driver parses it once, the server prepares it)."""
         return column == any_(bindparam(None, list(ids), type_=ARRAY(BigInteger())))
+
+    def among_param(self, column: ColumnElement[int], name: str) -> ColumnElement[bool]:
+        """`column = ANY(:name)`, the ids one array given at execution."""
+        return column == any_(bindparam(name, type_=ARRAY(BigInteger())))
 
     def lease_all_sql(self, lease_seconds: float) -> str:
         """The lease and the 'claimed' lines in one statement of one text, the rows as two
