@@ -7,8 +7,9 @@ way to the account's HELO name, then to `email-robot.invalid`. Pure.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -35,7 +36,15 @@ class MessageIds:
     def for_row(self, row_id: int, account: str | None, sender: str | None) -> str:
         """A new Message-ID for row `row_id` of `account` whose own sender is `sender`."""
         known = self.accounts.get(account or "default", self.fallback)
-        domain = (sender or known.sender).rpartition("@")[2].strip().rstrip(">")
-        if not DOMAIN.match(domain):
-            domain = known.helo_name if DOMAIN.match(known.helo_name) else NO_DOMAIN
-        return f"<{row_id}.{secrets.token_hex(8)}@{domain}>"
+        domain = _domain(sender or known.sender, known.helo_name)
+        return f"<{row_id}.{os.urandom(8).hex()}@{domain}>"
+
+
+@functools.lru_cache(maxsize=256)
+def _domain(sender: str, helo_name: str) -> str:
+    """The domain of `sender` when it is a plain host name, else `helo_name`'s, else none;
+    worked out once per address, not once per row."""
+    domain = sender.rpartition("@")[2].strip().rstrip(">")
+    if not DOMAIN.match(domain):
+        domain = helo_name if DOMAIN.match(helo_name) else NO_DOMAIN
+    return domain
