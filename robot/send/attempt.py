@@ -114,6 +114,10 @@ class Attempt:
         """The account cannot send: connection, TLS or login failed, or a login is wanted."""
         return Attempt(fault=reason)
 
+    def answered_by(self, host: str) -> Attempt:
+        """This attempt with `host` as the one server that answered."""
+        return Attempt(self.accepted, self.accepted_reply, self.refusals, self.fault, (host,))
+
     def merged(self, other: Attempt) -> Attempt:
         """This attempt and another transaction of the same message (another domain)."""
         return Attempt(

@@ -13,7 +13,6 @@ belong to the next one, whatever they say.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import itertools
 import socket
@@ -196,7 +195,7 @@ class SmtpConnection:
                 ahead=ahead if transaction == 0 else None,
                 following=following if not later else None,
             )
-            attempt = attempt.merged(done.attempt)
+            attempt = done.attempt if transaction == 0 else attempt.merged(done.attempt)
             if attempt.fault is not None:
                 return attempt, False
             if transaction == 0:  # later ones come after a message went: never stale
@@ -216,7 +215,7 @@ class SmtpConnection:
                 break
             room = _room(batch, postponed) or room
         if attempt.accepted:
-            attempt = dataclasses.replace(attempt, hosts=(self.where,))
+            attempt = attempt.answered_by(self.where)
         return attempt, before_data
 
     async def _transaction(
