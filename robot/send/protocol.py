@@ -17,6 +17,7 @@ No I/O policy lives here: the caller (robot.send.relay) decides what a reply mea
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from typing import NamedTuple, cast
 
@@ -81,6 +82,11 @@ def parse_reply(buffer: bytes | bytearray, start: int = 0) -> tuple[SmtpReply, i
     """The complete reply at `buffer[start:]` and the offset after it, or None when its last
     line has not come yet. Control characters in its text are escaped (`printable`).
     Raises MalformedReply for a line without a 3-digit code."""
+    end = buffer.find(b"\n", start)
+    if 0 <= end < start + MAX_LINE:  # the usual reply, one line: read once per text
+        line = bytes(buffer[start : end + 1])
+        if line[3:4] != b"-":
+            return _one_line_reply(line), end + 1
     code = -1
     texts = []
     offset = start
@@ -102,6 +108,17 @@ def parse_reply(buffer: bytes | bytearray, start: int = 0) -> tuple[SmtpReply, i
         offset = end + 1
         if line[3:4] != b"-":
             return SmtpReply(code, printable("\n".join(texts))), offset
+
+
+@functools.lru_cache(maxsize=128)
+def _one_line_reply(line: bytes) -> SmtpReply:
+    """A reply of one line, as parse_reply reads it; a server says the same few replies
+    again and again (MAIL, RCPT, DATA), so each is read once."""
+    head = line[:3]
+    if not head.isdigit():
+        shown = line.decode("utf-8", "replace").strip()[:80]
+        raise MalformedReply(f"malformed SMTP reply line: {shown!r}")
+    return SmtpReply(int(head), printable(line[4:].strip(b" \t\r\n").decode("utf-8", "replace")))
 
 
 def data_payload(message: bytes) -> bytes:
