@@ -129,6 +129,37 @@ def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     return logger
 
 
+class Bound:
+    """`log.bind(**values)` made lazily: each event gets `values` as a bound logger's would,
+    and nothing is bound until something other than an event is asked for. A row's logger
+    is made for every message, and at the usual level most of them log nothing (a bind
+    copies the context each time)."""
+
+    __slots__ = ("_log", "_values")
+
+    def __init__(self, log: Any, **values: Any) -> None:
+        self._log = log
+        self._values = values
+
+    def debug(self, event: str, **fields: Any) -> Any:
+        return self._log.debug(event, **{**self._values, **fields})
+
+    def info(self, event: str, **fields: Any) -> Any:
+        return self._log.info(event, **{**self._values, **fields})
+
+    def warning(self, event: str, **fields: Any) -> Any:
+        return self._log.warning(event, **{**self._values, **fields})
+
+    def error(self, event: str, **fields: Any) -> Any:
+        return self._log.error(event, **{**self._values, **fields})
+
+    def exception(self, event: str, **fields: Any) -> Any:
+        return self._log.exception(event, **{**self._values, **fields})
+
+    def __getattr__(self, name: str) -> Any:  # bind, new, ...: the bound logger's own
+        return getattr(self._log.bind(**self._values), name)
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none): a
     database error's SQL and parameters stay out of the log."""

@@ -35,6 +35,7 @@ from robot.daemon.rendering import RenderProcessError, TemplateRenderers
 from robot.daemon.setup import Setup
 from robot.daemon.shared_pauses import SharedPauses
 from robot.errors import BadRowError
+from robot.logs import Bound
 from robot.outbox.group_commit import AsyncGroupCommit, GroupCommit
 from robot.outbox.rows import Finish, HistoryLine, OutboxRow
 from robot.outbox.schema import Status
@@ -148,7 +149,7 @@ class Worker:
     async def prepare(self, row: OutboxRow) -> Ready | None:
         """Compose `row`; None when it is not to be sent (recorded or released instead)."""
         setup = self.current()
-        log = self.log.bind(id=row.id, message_id=row.message_id)
+        log = Bound(self.log, id=row.id, message_id=row.message_id)
         account = setup.settings.accounts.get(row.account or "default")
         if account is None:
             reason = f"unknown account {row.account!r}: robot.ini has no [account:{row.account}]"
