@@ -105,3 +105,24 @@ def _reads_as_itself(column: str, value: Any) -> bool:
     if column == "transactional":
         return type(value) in (int, bool) and value in (0, 1)
     return value is None or (type(value) is str and value.isascii())
+
+
+@pytest.mark.parametrize("attachments", [(), (Attachment("a.txt", "text/plain", b"hi"),)])
+def test_a_claimed_row_is_the_row_its_constructor_makes(
+    attachments: tuple[Attachment, ...],
+) -> None:
+    """claimed() fills the frozen row in one step: the same row, every field set, as the
+    dataclass's own __init__ would make it (a field added later must be filled too)."""
+    row = OutboxRow.claimed(dict(PLAIN), attachments, 2)
+    columns: dict[str, Any] = {c: PLAIN.get(c) for c in ROW_COLUMNS if c != "transactional"}
+    expected = OutboxRow(
+        **columns,
+        transactional=False,
+        attachments=attachments,
+        body_bytes=5,
+        attachment_bytes=2,
+    )
+    assert row == expected
+    assert vars(row) == vars(expected)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        row.subject = "changed"  # type: ignore[misc]
