@@ -5,7 +5,7 @@ smtp-sink).
 
     .venv/bin/python -m bench.cpu_ab 0a94d6f HEAD --rows 20000 --connections 16 --pairs 3
 
-Writes bench/results/cpu_ab.json.
+Writes bench/results/cpu_ab.json (--out FILE elsewhere).
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS / "cpu_ab.json")
     args = parser.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="cpu-ab-code-"))
     commits = {
@@ -124,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         "median_cpu_us_per_msg": medians,
         "new_over_old": medians["new"] / medians["old"],
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cpu_ab.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"median: old {medians['old']:.0f} us/msg, new {medians['new']:.0f} us/msg, "
           f"new/old {result['new_over_old']:.3f}")  # fmt: skip
     return 0
