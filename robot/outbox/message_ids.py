@@ -40,11 +40,22 @@ class MessageIds:
         return f"<{row_id}.{os.urandom(8).hex()}@{domain}>"
 
 
-@functools.lru_cache(maxsize=256)
+CACHED_SENDER = 320  # characters: an address (254 at most) with room for a name
+
+
 def _domain(sender: str, helo_name: str) -> str:
     """The domain of `sender` when it is a plain host name, else `helo_name`'s, else none;
-    worked out once per address, not once per row."""
+    worked out once per address, not once per row (a host's overlong value is not kept)."""
+    if len(sender) > CACHED_SENDER:
+        return _domain_of(sender, helo_name)
+    return _cached_domain(sender, helo_name)
+
+
+def _domain_of(sender: str, helo_name: str) -> str:
     domain = sender.rpartition("@")[2].strip().rstrip(">")
     if not DOMAIN.match(domain):
         domain = helo_name if DOMAIN.match(helo_name) else NO_DOMAIN
     return domain
+
+
+_cached_domain = functools.lru_cache(maxsize=256)(_domain_of)
