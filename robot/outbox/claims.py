@@ -282,9 +282,7 @@ class Claims(OutboxTables):
         limit (a SIGHUP may change it): a claim's rows cost less Python than its query."""
         query = self._read_queries.get(self.max_body_bytes)
         if query is None:
-            query = select(*self._sized_columns()).where(
-                self.statements.among_param(outbox.c.id, "ids")
-            )
+            query = select(*self._sized_columns()).where(self.statements.among(outbox.c.id, "ids"))
             self._read_queries = {self.max_body_bytes: query}
         return query
 

@@ -184,14 +184,10 @@ class Statements(ABC):
         ).scalars()
         return list(changed)
 
-    def among(self, column: ColumnElement[int], ids: Sequence[int]) -> ColumnElement[bool]:
-        """`column` IN `ids` (the rows of a claim, say)."""
-        return column.in_(list(ids))
-
-    def among_param(self, column: ColumnElement[int], name: str) -> ColumnElement[bool]:
-        """`column` IN the ids given as parameter `name` at execution: a statement built
-        once and run with other ids each time (SQLAlchemy then keys its cache without
-        walking a new statement)."""
+    def among(self, column: ColumnElement[int], name: str) -> ColumnElement[bool]:
+        """`column` IN the ids given as parameter `name` at execution (the rows of a claim,
+        say): a statement built once and run with other ids each time (SQLAlchemy then keys
+        its cache without walking a new statement)."""
         return column.in_(bindparam(name, expanding=True))
 
     def lease_sql(self, rows: int, lease_seconds: float) -> str:
@@ -482,13 +478,9 @@ class PostgresStatements(Statements):
     def lock_for_claim(self, pick: SelectT) -> SelectT:
         return pick.with_for_update(skip_locked=True)
 
-    def among(self, column: ColumnElement[int], ids: Sequence[int]) -> ColumnElement[bool]:
-        """`column = ANY(ids)`: the ids as one array, so that the statement's text is the
+    def among(self, column: ColumnElement[int], name: str) -> ColumnElement[bool]:
+        """`column = ANY(:name)`: the ids as one array, so that the statement's text is the
         same for any number of them (the driver parses it once, the server prepares it)."""
-        return column == any_(bindparam(None, list(ids), type_=ARRAY(BigInteger())))
-
-    def among_param(self, column: ColumnElement[int], name: str) -> ColumnElement[bool]:
-        """`column = ANY(:name)`, the ids one array given at execution."""
         return column == any_(bindparam(name, type_=ARRAY(BigInteger())))
 
     def lease_all_sql(self, lease_seconds: float) -> str:
