@@ -82,11 +82,6 @@ def parse_reply(buffer: bytes | bytearray, start: int = 0) -> tuple[SmtpReply, i
     """The complete reply at `buffer[start:]` and the offset after it, or None when its last
     line has not come yet. Control characters in its text are escaped (`printable`).
     Raises MalformedReply for a line without a 3-digit code."""
-    end = buffer.find(b"\n", start)
-    if 0 <= end < start + MAX_LINE:  # the usual reply, one line: read once per text
-        line = bytes(buffer[start : end + 1])
-        if line[3:4] != b"-":
-            return _one_line_reply(line), end + 1
     code = -1
     texts = []
     offset = start
@@ -99,26 +94,29 @@ def parse_reply(buffer: bytes | bytearray, start: int = 0) -> tuple[SmtpReply, i
         line = bytes(buffer[offset : end + 1])
         if len(line) > MAX_LINE:
             raise MalformedReply(f"reply line longer than {MAX_LINE} bytes")
-        head = line[:3]
-        if not head.isdigit() or (code >= 0 and int(head) != code):
-            shown = line.decode("utf-8", "replace").strip()[:80]
-            raise MalformedReply(f"malformed SMTP reply line: {shown!r}")
-        code = int(head)
-        texts.append(line[4:].strip(b" \t\r\n").decode("utf-8", "replace"))
+        line_code, text = _reply_line(line)
+        if code >= 0 and line_code != code:
+            raise MalformedReply(_malformed(line))
+        code = line_code
+        texts.append(text)
         offset = end + 1
         if line[3:4] != b"-":
-            return SmtpReply(code, printable("\n".join(texts))), offset
+            return SmtpReply(code, "\n".join(texts)), offset
 
 
 @functools.lru_cache(maxsize=128)
-def _one_line_reply(line: bytes) -> SmtpReply:
-    """A reply of one line, as parse_reply reads it; a server says the same few replies
+def _reply_line(line: bytes) -> tuple[int, str]:
+    """The code and the printable text of one reply line; a server says the same few lines
     again and again (MAIL, RCPT, DATA), so each is read once."""
     head = line[:3]
     if not head.isdigit():
-        shown = line.decode("utf-8", "replace").strip()[:80]
-        raise MalformedReply(f"malformed SMTP reply line: {shown!r}")
-    return SmtpReply(int(head), printable(line[4:].strip(b" \t\r\n").decode("utf-8", "replace")))
+        raise MalformedReply(_malformed(line))
+    return int(head), printable(line[4:].strip(b" \t\r\n").decode("utf-8", "replace"))
+
+
+def _malformed(line: bytes) -> str:
+    shown = line.decode("utf-8", "replace").strip()[:80]
+    return f"malformed SMTP reply line: {shown!r}"
 
 
 def data_payload(message: bytes) -> bytes:
